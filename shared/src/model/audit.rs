@@ -1,0 +1,223 @@
+//! The audit rows of a batch: CompletionBatchResult (read by other programs, with its known key
+//! defect kept) and CompletionBatchVerdict (the fleet's own, collision-free journal).
+
+use chrono::{DateTime, Utc};
+
+use super::batch_summary::batch_pk;
+use super::item::{DecodeError, Item, Reader, s, s_or_null};
+use super::keys::{LabelKey, check_label, parse_id};
+use super::status::{BatchStatus, ValidationStatus, Verdict};
+use super::time::{format_timestamp, parse_timestamp};
+
+pub const TYPE_COMPLETION_BATCH_RESULT: &str = "COMPLETION_BATCH_RESULT";
+pub const TYPE_COMPLETION_BATCH_VERDICT: &str = "COMPLETION_BATCH_VERDICT";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletionBatchResult {
+    pub batch_id: String,
+    /// Not part of the SK (the known defect); kept in GSI3PK.
+    pub label: LabelKey,
+    pub status: BatchStatus,
+    pub gpt_suggested_label: Option<String>,
+    pub validated_at: DateTime<Utc>,
+}
+
+impl CompletionBatchResult {
+    /// `RESULT#RECEIPT#{r}#LINE#{l}#WORD#{w}#LABEL#{label}`, NOT zero-padded, no image id.
+    pub fn sk(&self) -> String {
+        let w = &self.label.word;
+        format!(
+            "RESULT#RECEIPT#{}#LINE#{}#WORD#{}#LABEL#{}",
+            w.receipt.receipt_id, w.line_id, w.word_id, self.label.label
+        )
+    }
+
+    pub fn to_item(&self) -> Item {
+        let status = self.status.as_str();
+        Item::from([
+            ("PK".into(), s(batch_pk(&self.batch_id))),
+            ("SK".into(), s(self.sk())),
+            ("GSI1PK".into(), s(format!("LABEL#{}", self.label.label))),
+            ("GSI1SK".into(), s(format!("STATUS#{status}"))),
+            ("GSI2PK".into(), s(batch_pk(&self.batch_id))),
+            ("GSI2SK".into(), s(format!("STATUS#{status}"))),
+            ("GSI3PK".into(), s(self.label.word.receipt.custom_id())),
+            (
+                "GSI3SK".into(),
+                s(format!("BATCH#{}#STATUS#{status}", self.batch_id)),
+            ),
+            ("TYPE".into(), s(TYPE_COMPLETION_BATCH_RESULT)),
+            ("original_label".into(), s(&self.label.label)),
+            (
+                "gpt_suggested_label".into(),
+                s_or_null(self.gpt_suggested_label.as_deref()),
+            ),
+            ("status".into(), s(status)),
+            (
+                "validated_at".into(),
+                s(format_timestamp(self.validated_at)),
+            ),
+        ])
+    }
+
+    /// Accepts the older unpadded receipt id in GSI3PK. Rejects an SK without exactly 9 parts,
+    /// as the current Python reader does.
+    pub fn from_item(item: &Item) -> Result<Self, DecodeError> {
+        let r = Reader::new(item);
+        r.expect("TYPE", TYPE_COMPLETION_BATCH_RESULT)?;
+        let batch_id = r
+            .pk()
+            .strip_prefix("BATCH#")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| r.error("PK", "expected BATCH#<batch_id>"))?
+            .to_owned();
+        let parts: Vec<&str> = r.sk().split('#').collect();
+        let (receipt_id, line_id, word_id, label) = match parts.as_slice() {
+            [
+                "RESULT",
+                "RECEIPT",
+                rc,
+                "LINE",
+                l,
+                "WORD",
+                w,
+                "LABEL",
+                label,
+            ] => {
+                let id = |what, v| parse_id(what, v).map_err(|e| r.error("SK", e.to_string()));
+                check_label(label).map_err(|e| r.error("SK", e.to_string()))?;
+                (
+                    id("receipt id", rc)?,
+                    id("line id", l)?,
+                    id("word id", w)?,
+                    *label,
+                )
+            }
+            _ => {
+                return Err(r.error(
+                    "SK",
+                    "expected 9 parts RESULT#RECEIPT#n#LINE#n#WORD#n#LABEL#label",
+                ));
+            }
+        };
+        let gsi3 = r.string("GSI3PK")?;
+        let receipt = super::keys::ReceiptKey::parse_custom_id(gsi3)
+            .map_err(|e| r.error("GSI3PK", e.to_string()))?;
+        if receipt.receipt_id != receipt_id {
+            return Err(r.error("GSI3PK", "receipt id differs from the SK's"));
+        }
+        let original = r.string("original_label")?;
+        if original != label {
+            return Err(r.error("original_label", "differs from the SK's label"));
+        }
+        Ok(CompletionBatchResult {
+            batch_id,
+            label: LabelKey::new(receipt.image_id, receipt_id, line_id, word_id, label),
+            status: r.parsed("status", str::parse)?,
+            gpt_suggested_label: r.opt_string("gpt_suggested_label")?.map(str::to_owned),
+            validated_at: r.parsed("validated_at", |v| {
+                parse_timestamp(v).ok_or("not an ISO-8601 timestamp")
+            })?,
+        })
+    }
+}
+
+/// The fleet's journal row: one per verdict, keyed with the image id so nothing collides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletionBatchVerdict {
+    pub batch_id: String,
+    pub label: LabelKey,
+    pub verdict: Verdict,
+    pub previous_status: ValidationStatus,
+    pub suggested_label: Option<String>,
+    /// `output:{line_number}` of the output line that carried the verdict.
+    pub source: String,
+    pub validated_at: DateTime<Utc>,
+}
+
+pub const VERDICT_SK_PREFIX: &str = "VERDICT#";
+
+impl CompletionBatchVerdict {
+    pub fn sk(&self) -> String {
+        format!("{VERDICT_SK_PREFIX}{}", self.label)
+    }
+
+    pub fn to_item(&self) -> Item {
+        Item::from([
+            ("PK".into(), s(batch_pk(&self.batch_id))),
+            ("SK".into(), s(self.sk())),
+            ("TYPE".into(), s(TYPE_COMPLETION_BATCH_VERDICT)),
+            ("verdict".into(), s(self.verdict.as_str())),
+            ("previous_status".into(), s(self.previous_status.as_str())),
+            (
+                "suggested_label".into(),
+                s_or_null(self.suggested_label.as_deref()),
+            ),
+            ("source".into(), s(&self.source)),
+            (
+                "validated_at".into(),
+                s(format_timestamp(self.validated_at)),
+            ),
+        ])
+    }
+
+    pub fn from_item(item: &Item) -> Result<Self, DecodeError> {
+        let r = Reader::new(item);
+        r.expect("TYPE", TYPE_COMPLETION_BATCH_VERDICT)?;
+        let batch_id = r
+            .pk()
+            .strip_prefix("BATCH#")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| r.error("PK", "expected BATCH#<batch_id>"))?
+            .to_owned();
+        let rest = r
+            .sk()
+            .strip_prefix(VERDICT_SK_PREFIX)
+            .ok_or_else(|| r.error("SK", "expected VERDICT#…"))?;
+        let label = parse_label_id(rest).map_err(|e| r.error("SK", e))?;
+        Ok(CompletionBatchVerdict {
+            batch_id,
+            label,
+            verdict: r.parsed("verdict", str::parse)?,
+            previous_status: r.parsed("previous_status", str::parse)?,
+            suggested_label: r.opt_string("suggested_label")?.map(str::to_owned),
+            source: r.string("source")?.to_owned(),
+            validated_at: r.parsed("validated_at", |v| {
+                parse_timestamp(v).ok_or("not an ISO-8601 timestamp")
+            })?,
+        })
+    }
+}
+
+/// Parses `IMAGE#{uuid}#RECEIPT#{r}#LINE#{l}#WORD#{w}#LABEL#{label}` (10 parts).
+pub fn parse_label_id(s: &str) -> Result<LabelKey, String> {
+    let parts: Vec<&str> = s.split('#').collect();
+    match parts.as_slice() {
+        [
+            "IMAGE",
+            image,
+            "RECEIPT",
+            rc,
+            "LINE",
+            l,
+            "WORD",
+            w,
+            "LABEL",
+            label,
+        ] => {
+            let image_id = super::keys::ImageId::parse(image).map_err(|e| e.to_string())?;
+            check_label(label).map_err(|e| e.to_string())?;
+            let id = |what, v| parse_id(what, v).map_err(|e| e.to_string());
+            Ok(LabelKey::new(
+                image_id,
+                id("receipt id", rc)?,
+                id("line id", l)?,
+                id("word id", w)?,
+                *label,
+            ))
+        }
+        _ => Err(format!(
+            "{s:?}: expected IMAGE#uuid#RECEIPT#n#LINE#n#WORD#n#LABEL#label"
+        )),
+    }
+}

@@ -1,0 +1,268 @@
+//! Identifiers and the key strings built from them (data-model.md).
+
+use std::fmt;
+
+/// Why an identifier or key string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?}: {problem}")]
+pub struct KeyError {
+    pub what: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+impl KeyError {
+    pub fn new(what: &'static str, value: &str, problem: impl Into<String>) -> Self {
+        KeyError {
+            what,
+            value: value.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// An image id: a UUID string, kept exactly as written so keys round-trip byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageId(String);
+
+impl ImageId {
+    pub fn parse(s: &str) -> Result<Self, KeyError> {
+        uuid::Uuid::try_parse(s).map_err(|e| KeyError::new("image id", s, e.to_string()))?;
+        if s.len() != 36 {
+            return Err(KeyError::new("image id", s, "not a hyphenated UUID"));
+        }
+        Ok(ImageId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses a positive integer id (receipt, line, word). Accepts zero padding (`00012`).
+pub fn parse_id(what: &'static str, s: &str) -> Result<u32, KeyError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(KeyError::new(what, s, "not a positive integer"));
+    }
+    match s.parse::<u32>() {
+        Ok(0) => Err(KeyError::new(what, s, "must be positive")),
+        Ok(v) => Ok(v),
+        Err(_) => Err(KeyError::new(what, s, "too large")),
+    }
+}
+
+/// A label name: upper case ASCII letters, digits and underscores, not empty.
+pub fn check_label(s: &str) -> Result<(), KeyError> {
+    if s.is_empty() {
+        return Err(KeyError::new("label", s, "empty"));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(KeyError::new("label", s, "not an upper-case label name"));
+    }
+    Ok(())
+}
+
+/// One receipt of one image.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReceiptKey {
+    pub image_id: ImageId,
+    pub receipt_id: u32,
+}
+
+impl ReceiptKey {
+    /// `IMAGE#{image_id}`: the base-table partition of the receipt's labels.
+    pub fn image_pk(&self) -> String {
+        format!("IMAGE#{}", self.image_id)
+    }
+
+    /// `RECEIPT#{receipt_id:05}#LINE#`: prefix of every word label SK of the receipt.
+    pub fn label_sk_prefix(&self) -> String {
+        format!("RECEIPT#{:05}#LINE#", self.receipt_id)
+    }
+
+    /// `IMAGE#{image_id}#RECEIPT#{receipt_id:05}`: the batch request's custom_id and GSI4PK.
+    pub fn custom_id(&self) -> String {
+        format!("IMAGE#{}#RECEIPT#{:05}", self.image_id, self.receipt_id)
+    }
+
+    /// Parses a request `custom_id` (`IMAGE#{uuid}#RECEIPT#{n}`; 4 parts).
+    pub fn parse_custom_id(s: &str) -> Result<Self, KeyError> {
+        let parts: Vec<&str> = s.split('#').collect();
+        match parts.as_slice() {
+            ["IMAGE", image, "RECEIPT", receipt] => Ok(ReceiptKey {
+                image_id: ImageId::parse(image)?,
+                receipt_id: parse_id("receipt id", receipt)?,
+            }),
+            _ => Err(KeyError::new(
+                "custom_id",
+                s,
+                "expected IMAGE#<uuid>#RECEIPT#<n>",
+            )),
+        }
+    }
+}
+
+/// One word of one receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WordKey {
+    pub receipt: ReceiptKey,
+    pub line_id: u32,
+    pub word_id: u32,
+}
+
+impl WordKey {
+    /// `IMAGE#…#RECEIPT#…#LINE#…#WORD#…`: the word's Pinecone vector id and the label GSI1SK.
+    pub fn vector_id(&self) -> String {
+        format!(
+            "IMAGE#{}#RECEIPT#{:05}#LINE#{:05}#WORD#{:05}",
+            self.receipt.image_id, self.receipt.receipt_id, self.line_id, self.word_id
+        )
+    }
+}
+
+/// One label of one word: the identity of a ReceiptWordLabel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabelKey {
+    pub word: WordKey,
+    pub label: String,
+}
+
+impl LabelKey {
+    pub fn new(
+        image_id: ImageId,
+        receipt_id: u32,
+        line_id: u32,
+        word_id: u32,
+        label: impl Into<String>,
+    ) -> Self {
+        LabelKey {
+            word: WordKey {
+                receipt: ReceiptKey {
+                    image_id,
+                    receipt_id,
+                },
+                line_id,
+                word_id,
+            },
+            label: label.into(),
+        }
+    }
+
+    pub fn image_id(&self) -> &ImageId {
+        &self.word.receipt.image_id
+    }
+
+    pub fn receipt_id(&self) -> u32 {
+        self.word.receipt.receipt_id
+    }
+
+    pub fn pk(&self) -> String {
+        self.word.receipt.image_pk()
+    }
+
+    /// `RECEIPT#{r:05}#LINE#{l:05}#WORD#{w:05}#LABEL#{label}`
+    pub fn sk(&self) -> String {
+        format!(
+            "RECEIPT#{:05}#LINE#{:05}#WORD#{:05}#LABEL#{}",
+            self.word.receipt.receipt_id, self.word.line_id, self.word.word_id, self.label
+        )
+    }
+
+    /// The same label on the same word under another name (a correction).
+    pub fn with_label(&self, label: impl Into<String>) -> LabelKey {
+        LabelKey {
+            word: self.word.clone(),
+            label: label.into(),
+        }
+    }
+
+    /// Parses a ReceiptWordLabel's PK and SK.
+    pub fn from_item_key(pk: &str, sk: &str) -> Result<Self, KeyError> {
+        let image = pk
+            .strip_prefix("IMAGE#")
+            .ok_or_else(|| KeyError::new("PK", pk, "expected IMAGE#<uuid>"))?;
+        let image_id = ImageId::parse(image)?;
+        let parts: Vec<&str> = sk.splitn(8, '#').collect();
+        match parts.as_slice() {
+            ["RECEIPT", r, "LINE", l, "WORD", w, "LABEL", label] => {
+                check_label(label)?;
+                Ok(LabelKey::new(
+                    image_id,
+                    parse_id("receipt id", r)?,
+                    parse_id("line id", l)?,
+                    parse_id("word id", w)?,
+                    *label,
+                ))
+            }
+            _ => Err(KeyError::new(
+                "SK",
+                sk,
+                "expected RECEIPT#n#LINE#n#WORD#n#LABEL#label",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for LabelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#LABEL#{}", self.word.vector_id(), self.label)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IMG: &str = "3f52804b-2fad-4e00-92c8-b593da3a8ed3";
+
+    #[test]
+    fn builds_keys_with_padding() {
+        let k = LabelKey::new(ImageId::parse(IMG).unwrap(), 1, 3, 12, "MERCHANT_NAME");
+        assert_eq!(k.pk(), format!("IMAGE#{IMG}"));
+        assert_eq!(
+            k.sk(),
+            "RECEIPT#00001#LINE#00003#WORD#00012#LABEL#MERCHANT_NAME"
+        );
+        assert_eq!(
+            k.word.vector_id(),
+            format!("IMAGE#{IMG}#RECEIPT#00001#LINE#00003#WORD#00012")
+        );
+        assert_eq!(LabelKey::from_item_key(&k.pk(), &k.sk()).unwrap(), k);
+    }
+
+    #[test]
+    fn parses_custom_ids() {
+        let r = ReceiptKey::parse_custom_id(&format!("IMAGE#{IMG}#RECEIPT#00007")).unwrap();
+        assert_eq!(r.receipt_id, 7);
+        for bad in [
+            format!("IMAGE#{IMG}#RECEIPT#0"),
+            format!("IMAGE#{IMG}#RECEIPT#x"),
+            format!("IMAGE#not-a-uuid#RECEIPT#1"),
+            format!("IMAGE#{IMG}"),
+            format!("IMAGE#{IMG}#RECEIPT#1#LINE#1"),
+            String::new(),
+        ] {
+            assert!(ReceiptKey::parse_custom_id(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_ids() {
+        assert!(parse_id("x", "").is_err());
+        assert!(parse_id("x", "-1").is_err());
+        assert!(parse_id("x", "99999999999").is_err());
+        assert_eq!(parse_id("x", "00042").unwrap(), 42);
+        assert!(check_label("merchant").is_err());
+        assert!(check_label("A#B").is_err());
+        assert!(ImageId::parse("3f52804b2fad4e0092c8b593da3a8ed3").is_err());
+    }
+}

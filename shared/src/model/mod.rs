@@ -1,0 +1,20 @@
+//! The receipts-table items, encoded exactly as data-model.md says.
+
+pub mod audit;
+pub mod batch_summary;
+pub mod fleet_state;
+pub mod item;
+pub mod keys;
+pub mod status;
+pub mod time;
+pub mod word_label;
+
+pub use audit::{CompletionBatchResult, CompletionBatchVerdict};
+pub use batch_summary::BatchSummary;
+pub use item::{DecodeError, Item};
+pub use keys::{ImageId, KeyError, LabelKey, ReceiptKey, WordKey};
+pub use status::{BatchStatus, BatchType, ValidationStatus, Verdict};
+pub use word_label::ReceiptWordLabel;
+
+#[cfg(test)]
+mod golden;

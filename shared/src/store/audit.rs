@@ -1,0 +1,131 @@
+//! Audit rows: batch writes with `UnprocessedItems` retried, and the verdict journal read.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+use super::error::classify;
+use super::{Store, StoreError};
+use crate::model::audit::VERDICT_SK_PREFIX;
+use crate::model::batch_summary::batch_pk;
+use crate::model::{CompletionBatchVerdict, DecodeError, Item};
+
+/// DynamoDB's limit of items per BatchWriteItem (moto does not enforce it; we must).
+pub const BATCH_WRITE_LIMIT: usize = 25;
+
+/// What a batch write did, for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchWriteReport {
+    pub items: usize,
+    pub calls: usize,
+    /// Calls that re-sent `UnprocessedItems`.
+    pub retries: usize,
+}
+
+impl Store {
+    /// Puts items unconditionally in chunks of 25. Items with the same key are written once
+    /// (the last one wins), as a batch may not name one key twice.
+    pub async fn put_items_batched(
+        &self,
+        items: Vec<Item>,
+    ) -> Result<BatchWriteReport, StoreError> {
+        let mut report = BatchWriteReport::default();
+        let mut order: Vec<(String, String)> = Vec::new();
+        let mut by_key: HashMap<(String, String), Item> = HashMap::new();
+        for item in items {
+            let key = (key_string(&item, "PK"), key_string(&item, "SK"));
+            if by_key.insert(key.clone(), item).is_none() {
+                order.push(key);
+            }
+        }
+        report.items = order.len();
+        let requests: Vec<WriteRequest> = order
+            .iter()
+            .filter_map(|k| by_key.remove(k))
+            .map(|item| {
+                let put = PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .expect("item is set");
+                WriteRequest::builder().put_request(put).build()
+            })
+            .collect();
+        for chunk in requests.chunks(BATCH_WRITE_LIMIT) {
+            self.write_chunk(chunk.to_vec(), &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    async fn write_chunk(
+        &self,
+        mut pending: Vec<WriteRequest>,
+        report: &mut BatchWriteReport,
+    ) -> Result<(), StoreError> {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.batch_retry.min_delay)
+            .with_max_delay(self.batch_retry.max_delay)
+            .with_max_times(self.batch_retry.max_times)
+            .with_jitter()
+            .build();
+        loop {
+            let out = self
+                .client
+                .batch_write_item()
+                .request_items(self.table.clone(), pending)
+                .send()
+                .await
+                .map_err(|e| classify("BatchWriteItem", e))?;
+            report.calls += 1;
+            pending = out
+                .unprocessed_items
+                .and_then(|mut m| m.remove(&self.table))
+                .unwrap_or_default();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            match delays.next() {
+                Some(delay) => {
+                    report.retries += 1;
+                    tracing::debug!(
+                        unprocessed = pending.len(),
+                        ?delay,
+                        "retrying unprocessed items"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                None => {
+                    return Err(StoreError::Transient {
+                        op: "BatchWriteItem",
+                        message: format!(
+                            "{} items still unprocessed after {} retries",
+                            pending.len(),
+                            self.batch_retry.max_times
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The verdict journal of a batch (every page).
+    pub async fn batch_verdicts(
+        &self,
+        batch_id: &str,
+    ) -> Result<Vec<Result<CompletionBatchVerdict, DecodeError>>, StoreError> {
+        let items = self
+            .query_prefix(&batch_pk(batch_id), VERDICT_SK_PREFIX)
+            .await?;
+        Ok(items
+            .iter()
+            .map(CompletionBatchVerdict::from_item)
+            .collect())
+    }
+}
+
+fn key_string(item: &Item, name: &str) -> String {
+    match item.get(name) {
+        Some(AttributeValue::S(s)) => s.clone(),
+        _ => String::new(),
+    }
+}

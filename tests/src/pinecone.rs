@@ -1,0 +1,698 @@
+//! Emulator of the part of the Pinecone data plane the fleet uses (spec: end of
+//! `openai-batch.md`).
+//!
+//! Endpoints, under `base_url()` = `http://127.0.0.1:PORT` (the `PINECONE_INDEX_HOST`):
+//!
+//! - `GET /vectors/fetch?ids=A&ids=B&namespace=words` →
+//!   `{"vectors": {"A": {"id": "A", "values": [..], "metadata": {..}}}, "namespace": "words",
+//!   "usage": {"readUnits": 1}}`. Ids are percent-decoded (`%23` → `#`); ids absent from the
+//!   namespace are absent from `vectors`; `metadata` is omitted for a vector without metadata.
+//!   No `namespace` means the default namespace `""`. No ids, or more than 1000 → 400.
+//! - `POST /vectors/update` with `{"id": "A", "setMetadata": {..}, "values": [..]?,
+//!   "namespace": "words"}` → 200 `{}`. `setMetadata` overwrites only the keys it names. An id
+//!   absent from the namespace still answers 200 `{}` and stores nothing. 400 when: the body is
+//!   not a JSON object, `id` is missing/empty, a `setMetadata` value is `null` or not a string,
+//!   number, boolean or list of strings, or the resulting metadata exceeds 40 KB (40,960 bytes
+//!   of compact JSON).
+//!
+//! Every call needs an `Api-Key` header (any non-empty value, or exactly the key set with
+//! [`PineconeEmulator::set_api_key`]), else 401. `X-Pinecone-Api-Version` is recorded in the
+//! request log ([`RequestRecord::api_version`]).
+//!
+//! Errors use the data plane's gRPC-style shape `{"code": N, "message": "…", "details": []}`
+//! with N the gRPC code of the status (400 → 3 INVALID_ARGUMENT, 401 → 16 UNAUTHENTICATED,
+//! 404 → 5, 429 → 8 RESOURCE_EXHAUSTED, 500 → 13 INTERNAL, 503 → 14 UNAVAILABLE; others → 2).
+//! A 429 message starts with `TOO_MANY_REQUESTS`.
+//!
+//! Rate limit ([`PineconeEmulator::set_rate_limit`]): a token bucket per namespace on
+//! `/vectors/update` only (like the real per-namespace write limit), holding at most one
+//! second's worth of tokens; an update over it answers 429 and changes nothing.
+//!
+//! # Admin API (no auth, not logged, never faulted)
+//!
+//! - `POST /_admin/upsert` with `{"namespace": "words", "id": "A", "values": [..],
+//!   "metadata": {..}}` (or an array of those; `namespace` default `""`, `values` default `[]`,
+//!   `metadata` default `{}`) → 201. Replaces the whole vector.
+//! - `GET /_admin/vectors?namespace=words` → `{"namespace": "words", "vectors": {"A": {"id",
+//!   "values", "metadata"}}}` (every vector, metadata always present).
+//! - `POST /_admin/faults` with a [`FaultSpec`] → 201; `DELETE /_admin/faults` → 204.
+//! - `POST /_admin/rate_limit` with `{"per_second": 100}` or `{"per_second": null}` → 204.
+//! - `POST /_admin/outage` with `{"on": bool}` → 204; `POST /_admin/latency` with `{"ms": N}`.
+//! - `GET /_admin/requests` → `[RequestRecord…]`; `DELETE /_admin/requests` → 204.
+//! - `GET /_admin/updates` → `[UpdateRecord…]`.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+pub use crate::common::{Fault, FaultSpec, RequestRecord};
+use crate::common::{Harness, Server, harness_layer, parse_query};
+
+/// Most ids one fetch accepts.
+pub const MAX_FETCH_IDS: usize = 1000;
+/// Largest metadata of one vector, in bytes of compact JSON.
+pub const MAX_METADATA_BYTES: usize = 40 * 1024;
+
+/// A stored vector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredVector {
+    pub values: Vec<f32>,
+    pub metadata: Map<String, Value>,
+}
+
+/// One accepted `/vectors/update` call (200), whether or not the id existed.
+///
+/// JSON: `{"namespace", "id", "set_metadata": {..}|null, "values": [..]|null, "existed": bool,
+/// "changed": bool, "unix_ms": N}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    pub namespace: String,
+    pub id: String,
+    pub set_metadata: Option<Map<String, Value>>,
+    pub values: Option<Vec<f32>>,
+    /// The id existed in the namespace (otherwise nothing was stored).
+    pub existed: bool,
+    /// The stored vector differs after the update.
+    pub changed: bool,
+    pub unix_ms: u64,
+}
+
+struct RateLimiter {
+    per_second: f64,
+    buckets: HashMap<String, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    fn allow(&mut self, namespace: &str) -> bool {
+        let now = Instant::now();
+        let cap = self.per_second;
+        let (tokens, last) = self
+            .buckets
+            .entry(namespace.to_owned())
+            .or_insert((cap, now));
+        let refilled = (*tokens + now.duration_since(*last).as_secs_f64() * cap).min(cap);
+        *last = now;
+        if refilled >= 1.0 {
+            *tokens = refilled - 1.0;
+            true
+        } else {
+            *tokens = refilled;
+            false
+        }
+    }
+}
+
+#[derive(Default)]
+struct PineconeState {
+    namespaces: BTreeMap<String, BTreeMap<String, StoredVector>>,
+    updates: Vec<UpdateRecord>,
+    rate: Option<RateLimiter>,
+    api_key: Option<String>,
+}
+
+impl PineconeState {
+    fn upsert(
+        &mut self,
+        namespace: &str,
+        id: &str,
+        values: Vec<f32>,
+        metadata: Map<String, Value>,
+    ) {
+        self.namespaces
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(id.to_owned(), StoredVector { values, metadata });
+    }
+}
+
+struct Shared {
+    state: Mutex<PineconeState>,
+    harness: Arc<Harness>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, PineconeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running Pinecone data-plane emulator. Stops when dropped or on
+/// [`PineconeEmulator::shutdown`].
+pub struct PineconeEmulator {
+    shared: Arc<Shared>,
+    server: Server,
+}
+
+impl PineconeEmulator {
+    /// Starts on `127.0.0.1:0` (a free port).
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
+        let harness = Arc::new(Harness::new(pinecone_fault_body));
+        let shared = Arc::new(Shared {
+            state: Mutex::new(PineconeState::default()),
+            harness,
+        });
+        let server = Server::bind(addr, router(shared.clone())).await?;
+        tracing::info!(addr = %server.addr(), "pinecone emulator listening");
+        Ok(Self { shared, server })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// `http://127.0.0.1:PORT`, the value for `PINECONE_INDEX_HOST`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// `Some(key)`: only `Api-Key: key` is accepted. `None` (default): any non-empty key.
+    pub fn set_api_key(&self, key: Option<String>) {
+        self.shared.lock().api_key = key;
+    }
+
+    /// Stores (replaces) a whole vector.
+    pub fn upsert(
+        &self,
+        namespace: &str,
+        id: &str,
+        values: Vec<f32>,
+        metadata: Map<String, Value>,
+    ) {
+        self.shared.lock().upsert(namespace, id, values, metadata);
+    }
+
+    pub fn delete(&self, namespace: &str, id: &str) -> bool {
+        self.shared
+            .lock()
+            .namespaces
+            .get_mut(namespace)
+            .is_some_and(|ns| ns.remove(id).is_some())
+    }
+
+    pub fn vector(&self, namespace: &str, id: &str) -> Option<StoredVector> {
+        self.shared
+            .lock()
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.get(id).cloned())
+    }
+
+    pub fn metadata(&self, namespace: &str, id: &str) -> Option<Map<String, Value>> {
+        self.vector(namespace, id).map(|v| v.metadata)
+    }
+
+    /// Every vector's metadata in the namespace, by id (for whole-state comparisons).
+    pub fn all(&self, namespace: &str) -> BTreeMap<String, Map<String, Value>> {
+        self.shared
+            .lock()
+            .namespaces
+            .get(namespace)
+            .map(|ns| {
+                ns.iter()
+                    .map(|(id, v)| (id.clone(), v.metadata.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `Some(n)`: at most about n updates per second per namespace (token bucket, burst n);
+    /// more answer 429. `None` (default): unlimited.
+    pub fn set_rate_limit(&self, per_second: Option<u32>) {
+        self.shared.lock().rate = per_second.map(|n| RateLimiter {
+            per_second: f64::from(n.max(1)),
+            buckets: HashMap::new(),
+        });
+    }
+
+    /// Accepted (200) update calls so far, including those for absent ids.
+    pub fn update_count(&self) -> usize {
+        self.shared.lock().updates.len()
+    }
+
+    pub fn updates(&self) -> Vec<UpdateRecord> {
+        self.shared.lock().updates.clone()
+    }
+
+    pub fn clear_updates(&self) {
+        self.shared.lock().updates.clear();
+    }
+
+    /// Queues a fault (see [`FaultSpec`]), e.g. `FaultSpec::status(429).times(3)`.
+    pub fn fail_next(&self, fault: FaultSpec) {
+        self.shared.harness.fail_next(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.harness.clear_faults();
+    }
+
+    pub fn pending_faults(&self) -> Vec<FaultSpec> {
+        self.shared.harness.pending_faults()
+    }
+
+    /// While on, every call answers 500.
+    pub fn set_outage(&self, on: bool) {
+        self.shared.harness.set_outage(on);
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.harness.set_latency(latency);
+    }
+
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.harness.requests()
+    }
+
+    pub fn count(&self, method: &str, path_prefix: &str) -> usize {
+        self.shared.harness.count(method, path_prefix)
+    }
+
+    pub fn clear_requests(&self) {
+        self.shared.harness.clear_requests();
+    }
+
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+fn grpc_code(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => 3,
+        401 => 16,
+        403 => 7,
+        404 => 5,
+        409 => 6,
+        429 => 8,
+        500 => 13,
+        501 => 12,
+        503 => 14,
+        504 => 4,
+        _ => 2,
+    }
+}
+
+/// `{"code": <gRPC code>, "message", "details": []}` with `status`.
+pub fn error_response(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"code": grpc_code(status), "message": message, "details": []})),
+    )
+        .into_response()
+}
+
+fn pinecone_fault_body(status: StatusCode) -> Response {
+    let message = match status.as_u16() {
+        429 => "TOO_MANY_REQUESTS: Request failed. You've reached the max request rate \
+                (emulated)."
+            .to_owned(),
+        s if s >= 500 => format!("Internal error (emulated {s})"),
+        s => format!("Emulated error {s}"),
+    };
+    error_response(status, &message)
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/vectors/fetch", get(fetch))
+        .route("/vectors/update", post(update))
+        .route_layer(from_fn_with_state(shared.clone(), auth));
+    let admin = Router::new()
+        .route("/_admin/upsert", post(admin_upsert))
+        .route("/_admin/vectors", get(admin_vectors))
+        .route(
+            "/_admin/faults",
+            post(admin_add_fault).delete(admin_clear_faults),
+        )
+        .route("/_admin/rate_limit", post(admin_rate_limit))
+        .route("/_admin/outage", post(admin_outage))
+        .route("/_admin/latency", post(admin_latency))
+        .route(
+            "/_admin/requests",
+            get(admin_requests).delete(admin_clear_requests),
+        )
+        .route("/_admin/updates", get(admin_updates))
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    let harness = shared.harness.clone();
+    api.merge(admin)
+        .fallback(unknown_url)
+        .with_state(shared)
+        .layer(from_fn_with_state(harness, harness_layer))
+}
+
+async fn auth(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let provided = req
+        .headers()
+        .get("api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned);
+    let expected = shared.lock().api_key.clone();
+    match (provided, expected) {
+        (None, _) => error_response(StatusCode::UNAUTHORIZED, "Api-Key header is missing"),
+        (Some(key), Some(expected)) if key != expected => {
+            error_response(StatusCode::UNAUTHORIZED, "Invalid API Key")
+        }
+        _ => next.run(req).await,
+    }
+}
+
+async fn unknown_url(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        &format!("Not found: {method} {}", uri.path()),
+    )
+}
+
+fn bad_request(message: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, message)
+}
+
+fn vector_json(id: &str, v: &StoredVector, always_metadata: bool) -> Value {
+    let mut out = json!({"id": id, "values": v.values});
+    if always_metadata || !v.metadata.is_empty() {
+        out["metadata"] = Value::Object(v.metadata.clone());
+    }
+    out
+}
+
+async fn fetch(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+    let pairs = match parse_query(query.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return bad_request(&e),
+    };
+    let mut ids = Vec::new();
+    let mut namespace = String::new();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "ids" => ids.push(v),
+            "namespace" => namespace = v,
+            _ => {}
+        }
+    }
+    if ids.is_empty() {
+        return bad_request("No IDs provided for fetch query");
+    }
+    if ids.len() > MAX_FETCH_IDS {
+        return bad_request(&format!(
+            "Too many IDs: {} provided, at most {MAX_FETCH_IDS} per fetch request",
+            ids.len()
+        ));
+    }
+    let state = shared.lock();
+    let mut vectors = Map::new();
+    if let Some(ns) = state.namespaces.get(&namespace) {
+        for id in &ids {
+            if let Some(v) = ns.get(id) {
+                vectors.insert(id.clone(), vector_json(id, v, false));
+            }
+        }
+    }
+    axum::Json(json!({
+        "vectors": vectors,
+        "namespace": namespace,
+        "usage": {"readUnits": 1},
+    }))
+    .into_response()
+}
+
+fn valid_metadata_value(v: &Value) -> bool {
+    match v {
+        Value::String(_) | Value::Number(_) | Value::Bool(_) => true,
+        Value::Array(items) => items.iter().all(Value::is_string),
+        Value::Null | Value::Object(_) => false,
+    }
+}
+
+fn metadata_size(m: &Map<String, Value>) -> usize {
+    serde_json::to_vec(m).map_or(usize::MAX, |b| b.len())
+}
+
+async fn update(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("Request body must be a JSON object");
+    };
+    let Some(id) = req
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
+        return bad_request("Vector id must be a non-empty string");
+    };
+    let namespace = match req.get("namespace") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return bad_request("namespace must be a string"),
+    };
+    let set_metadata = match req.get("setMetadata") {
+        None => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => return bad_request("setMetadata must be an object"),
+    };
+    let values = match req.get("values") {
+        None => None,
+        Some(v) => match serde_json::from_value::<Vec<f32>>(v.clone()) {
+            Ok(v) => Some(v),
+            Err(_) => return bad_request("values must be an array of numbers"),
+        },
+    };
+    if let Some(m) = &set_metadata {
+        for (key, value) in m {
+            if value.is_null() {
+                return bad_request(&format!(
+                    "Metadata value for key '{key}' is null: null values are not supported"
+                ));
+            }
+            if !valid_metadata_value(value) {
+                return bad_request(&format!(
+                    "Metadata value for key '{key}' must be a string, number, boolean or \
+                     list of strings"
+                ));
+            }
+        }
+        let size = metadata_size(m);
+        if size > MAX_METADATA_BYTES {
+            return bad_request(&format!(
+                "Metadata size is {size} bytes, which exceeds the limit of \
+                 {MAX_METADATA_BYTES} bytes per vector"
+            ));
+        }
+    }
+
+    let mut state = shared.lock();
+    if let Some(rate) = state.rate.as_mut() {
+        if !rate.allow(namespace) {
+            return error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "TOO_MANY_REQUESTS: Request failed. You've reached the max update rate \
+                     of {} per second for namespace '{namespace}' (emulated).",
+                    rate.per_second
+                ),
+            );
+        }
+    }
+    let existing = state
+        .namespaces
+        .get(namespace)
+        .and_then(|ns| ns.get(id))
+        .cloned();
+    let existed = existing.is_some();
+    let mut changed = false;
+    if let Some(old) = existing {
+        let mut new = old.clone();
+        if let Some(m) = &set_metadata {
+            for (k, v) in m {
+                new.metadata.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(v) = &values {
+            new.values.clone_from(v);
+        }
+        let size = metadata_size(&new.metadata);
+        if size > MAX_METADATA_BYTES {
+            return bad_request(&format!(
+                "Metadata size is {size} bytes, which exceeds the limit of \
+                 {MAX_METADATA_BYTES} bytes per vector"
+            ));
+        }
+        changed = new != old;
+        state.upsert(namespace, id, new.values, new.metadata);
+    }
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    state.updates.push(UpdateRecord {
+        namespace: namespace.to_owned(),
+        id: id.to_owned(),
+        set_metadata,
+        values,
+        existed,
+        changed,
+        unix_ms,
+    });
+    axum::Json(json!({})).into_response()
+}
+
+#[derive(Deserialize)]
+struct AdminVector {
+    #[serde(default)]
+    namespace: String,
+    id: String,
+    #[serde(default)]
+    values: Vec<f32>,
+    #[serde(default)]
+    metadata: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AdminUpsert {
+    One(AdminVector),
+    Many(Vec<AdminVector>),
+}
+
+fn bad_admin(message: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": message.to_string()})),
+    )
+        .into_response()
+}
+
+async fn admin_upsert(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let vectors = match serde_json::from_slice::<AdminUpsert>(&body) {
+        Ok(AdminUpsert::One(v)) => vec![v],
+        Ok(AdminUpsert::Many(v)) => v,
+        Err(e) => {
+            return bad_admin(format!(
+                "expected {{namespace, id, values, metadata}} or a list of them: {e}"
+            ));
+        }
+    };
+    let mut state = shared.lock();
+    for v in vectors {
+        state.upsert(&v.namespace, &v.id, v.values, v.metadata);
+    }
+    StatusCode::CREATED.into_response()
+}
+
+async fn admin_vectors(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+    let pairs = match parse_query(query.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return bad_admin(e),
+    };
+    let namespace = pairs
+        .into_iter()
+        .find(|(k, _)| k == "namespace")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    let state = shared.lock();
+    let vectors: Map<String, Value> = state
+        .namespaces
+        .get(&namespace)
+        .map(|ns| {
+            ns.iter()
+                .map(|(id, v)| (id.clone(), vector_json(id, v, true)))
+                .collect()
+        })
+        .unwrap_or_default();
+    axum::Json(json!({"namespace": namespace, "vectors": vectors})).into_response()
+}
+
+async fn admin_add_fault(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<FaultSpec>(&body) {
+        Ok(f) => {
+            shared.harness.fail_next(f);
+            StatusCode::CREATED.into_response()
+        }
+        Err(e) => bad_admin(format!("invalid FaultSpec: {e}")),
+    }
+}
+
+async fn admin_clear_faults(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.harness.clear_faults();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct RateLimitBody {
+    per_second: Option<u32>,
+}
+
+async fn admin_rate_limit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<RateLimitBody>(&body) {
+        Ok(b) => {
+            let mut state = shared.lock();
+            state.rate = b.per_second.map(|n| RateLimiter {
+                per_second: f64::from(n.max(1)),
+                buckets: HashMap::new(),
+            });
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_admin(format!("expected {{\"per_second\": N|null}}: {e}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct OutageBody {
+    on: bool,
+}
+
+async fn admin_outage(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<OutageBody>(&body) {
+        Ok(b) => {
+            shared.harness.set_outage(b.on);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_admin(format!("expected {{\"on\": bool}}: {e}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct LatencyBody {
+    ms: u64,
+}
+
+async fn admin_latency(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<LatencyBody>(&body) {
+        Ok(b) => {
+            shared.harness.set_latency(Duration::from_millis(b.ms));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_admin(format!("expected {{\"ms\": N}}: {e}")),
+    }
+}
+
+async fn admin_requests(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.harness.requests()).into_response()
+}
+
+async fn admin_clear_requests(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.harness.clear_requests();
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_updates(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.lock().updates.clone()).into_response()
+}
