@@ -14,9 +14,13 @@
 //!   `pinecone-emulator` binaries (`--addr`, print `listening on http://…`, run until
 //!   SIGINT/SIGTERM).
 //!
+//! - [`aws_env`]: local AWS for tests and the demo: moto_server, a unique receipts table and
+//!   queues.
+//!
 //! Both emulators expose a control API under `/_admin/…` (never authenticated, faulted or
 //! logged) mirroring the library methods, so the binaries can be driven over HTTP.
 
+pub mod aws_env;
 pub mod common;
 pub mod openai;
 pub mod pinecone;

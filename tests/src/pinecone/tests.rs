@@ -1,1 +1,496 @@
-//! In-process tests of the Pinecone emulator.
+//! In-process tests of the Pinecone emulator, through a real HTTP client.
+
+use std::time::Duration;
+
+use reqwest::StatusCode as Rs;
+use serde_json::{Map, Value, json};
+
+use super::*;
+
+const NS: &str = "words";
+const W1: &str = "IMAGE#3f52804b-2fad-4e00-92c8-b593da3a8ed3#RECEIPT#00001#LINE#00003#WORD#00001";
+const W2: &str = "IMAGE#3f52804b-2fad-4e00-92c8-b593da3a8ed3#RECEIPT#00001#LINE#00010#WORD#00002";
+
+struct Ctx {
+    emu: PineconeEmulator,
+    http: reqwest::Client,
+}
+
+fn meta(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => panic!("not an object"),
+    }
+}
+
+impl Ctx {
+    async fn new() -> Self {
+        let emu = PineconeEmulator::start().await.expect("start");
+        emu.upsert(
+            NS,
+            W1,
+            vec![0.5, -1.0],
+            meta(json!({"valid_labels": ["MERCHANT_NAME"], "text": "ACME"})),
+        );
+        emu.upsert(NS, W2, vec![0.25], Map::new());
+        Self {
+            emu,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn fetch(&self, ids: &[&str], namespace: &str) -> reqwest::Response {
+        let mut query: Vec<(&str, &str)> = ids.iter().map(|id| ("ids", *id)).collect();
+        query.push(("namespace", namespace));
+        self.http
+            .get(format!("{}/vectors/fetch", self.emu.base_url()))
+            .query(&query)
+            .header("Api-Key", "pc-key")
+            .header("X-Pinecone-Api-Version", "2025-10")
+            .send()
+            .await
+            .expect("send")
+    }
+
+    async fn update(&self, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/vectors/update", self.emu.base_url()))
+            .header("Api-Key", "pc-key")
+            .header("X-Pinecone-Api-Version", "2025-10")
+            .json(&body)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.emu.base_url()))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("send")
+    }
+}
+
+async fn error_of(resp: reqwest::Response) -> Value {
+    let v: Value = resp.json().await.expect("error json");
+    assert!(v["code"].is_u64(), "{v}");
+    assert!(v["message"].is_string(), "{v}");
+    v
+}
+
+#[tokio::test]
+async fn auth_and_api_version_logging() {
+    let ctx = Ctx::new().await;
+    let url = format!("{}/vectors/fetch?ids=a&namespace=words", ctx.emu.base_url());
+    let resp = ctx.http.get(&url).send().await.expect("send");
+    assert_eq!(resp.status(), Rs::UNAUTHORIZED);
+    assert_eq!(error_of(resp).await["code"], json!(16));
+
+    ctx.emu.set_api_key(Some("right".into()));
+    let resp = ctx
+        .http
+        .get(&url)
+        .header("Api-Key", "wrong")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), Rs::UNAUTHORIZED);
+    let resp = ctx
+        .http
+        .get(&url)
+        .header("api-key", "right")
+        .header("X-Pinecone-Api-Version", "2025-10")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), Rs::OK);
+
+    let log = ctx.emu.requests();
+    assert_eq!(
+        log.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![401, 401, 200]
+    );
+    assert_eq!(log[0].api_version, None);
+    assert_eq!(log[2].api_version.as_deref(), Some("2025-10"));
+    assert_eq!(log[2].path, "/vectors/fetch");
+    assert_eq!(log[2].query.as_deref(), Some("ids=a&namespace=words"));
+}
+
+#[tokio::test]
+async fn fetch_decodes_ids_and_omits_absent_ones() {
+    let ctx = Ctx::new().await;
+    let resp = ctx.fetch(&[W1, W2, "IMAGE#missing"], NS).await;
+    assert_eq!(resp.status(), Rs::OK);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["namespace"], json!(NS));
+    assert_eq!(v["usage"], json!({"readUnits": 1}));
+    let vectors = v["vectors"].as_object().expect("map");
+    assert_eq!(vectors.len(), 2);
+    assert_eq!(
+        vectors[W1],
+        json!({"id": W1, "values": [0.5, -1.0],
+               "metadata": {"valid_labels": ["MERCHANT_NAME"], "text": "ACME"}})
+    );
+    assert_eq!(vectors[W2], json!({"id": W2, "values": [0.25]}));
+
+    // Hand-encoded query, as a client building the URL itself would send it.
+    let raw = format!(
+        "{}/vectors/fetch?namespace=words&ids={}",
+        ctx.emu.base_url(),
+        W1.replace('#', "%23")
+    );
+    let v: Value = ctx
+        .http
+        .get(raw)
+        .header("Api-Key", "k")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert!(v["vectors"].get(W1).is_some());
+
+    // Other namespace: nothing; default namespace is "".
+    let v: Value = ctx.fetch(&[W1], "other").await.json().await.expect("json");
+    assert_eq!(v["vectors"], json!({}));
+    ctx.emu.upsert("", "d", vec![], Map::new());
+    let url = format!("{}/vectors/fetch?ids=d", ctx.emu.base_url());
+    let v: Value = ctx
+        .http
+        .get(url)
+        .header("Api-Key", "k")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["namespace"], json!(""));
+    assert!(v["vectors"].get("d").is_some());
+}
+
+#[tokio::test]
+async fn fetch_limits() {
+    let ctx = Ctx::new().await;
+    let ids: Vec<String> = (0..1001).map(|i| format!("id{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let resp = ctx.fetch(&refs, NS).await;
+    assert_eq!(resp.status(), Rs::BAD_REQUEST);
+    assert_eq!(error_of(resp).await["code"], json!(3));
+    assert_eq!(ctx.fetch(&refs[..1000], NS).await.status(), Rs::OK);
+    assert_eq!(ctx.fetch(&[], NS).await.status(), Rs::BAD_REQUEST);
+    let bad = format!("{}/vectors/fetch?ids=%zz", ctx.emu.base_url());
+    let resp = ctx
+        .http
+        .get(bad)
+        .header("Api-Key", "k")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), Rs::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn update_merges_named_keys_only() {
+    let ctx = Ctx::new().await;
+    let resp = ctx
+        .update(json!({"id": W1, "namespace": NS,
+                       "setMetadata": {"invalid_labels": ["TOTAL"], "proposed_label": "UNIT_PRICE"}}))
+        .await;
+    assert_eq!(resp.status(), Rs::OK);
+    assert_eq!(resp.json::<Value>().await.expect("json"), json!({}));
+    assert_eq!(
+        ctx.emu.metadata(NS, W1).expect("stored"),
+        meta(json!({"valid_labels": ["MERCHANT_NAME"], "text": "ACME",
+                    "invalid_labels": ["TOTAL"], "proposed_label": "UNIT_PRICE"}))
+    );
+    // Overwrite one key.
+    ctx.update(json!({"id": W1, "namespace": NS, "setMetadata": {"valid_labels": ["A", "B"]}}))
+        .await;
+    let m = ctx.emu.metadata(NS, W1).expect("stored");
+    assert_eq!(m["valid_labels"], json!(["A", "B"]));
+    assert_eq!(m["text"], json!("ACME"));
+    assert_eq!(ctx.emu.vector(NS, W1).expect("v").values, vec![0.5, -1.0]);
+
+    // Absent id: 200 {} and nothing stored.
+    let before = ctx.emu.all(NS);
+    let resp = ctx
+        .update(json!({"id": "IMAGE#nope", "namespace": NS, "setMetadata": {"a": "b"}}))
+        .await;
+    assert_eq!(resp.status(), Rs::OK);
+    assert_eq!(resp.json::<Value>().await.expect("json"), json!({}));
+    assert_eq!(ctx.emu.all(NS), before);
+    assert!(ctx.emu.metadata(NS, "IMAGE#nope").is_none());
+
+    // Same values again: accepted, counted, not a change.
+    ctx.update(json!({"id": W1, "namespace": NS, "setMetadata": {"valid_labels": ["A", "B"]}}))
+        .await;
+
+    assert_eq!(ctx.emu.update_count(), 4);
+    let updates = ctx.emu.updates();
+    assert_eq!(
+        updates
+            .iter()
+            .map(|u| (u.existed, u.changed))
+            .collect::<Vec<_>>(),
+        vec![(true, true), (true, true), (false, false), (true, false)]
+    );
+    assert_eq!(updates[2].id, "IMAGE#nope");
+    assert_eq!(ctx.emu.count("POST", "/vectors/update"), 4);
+
+    // all() gives the whole namespace.
+    let all = ctx.emu.all(NS);
+    assert_eq!(all.keys().collect::<Vec<_>>(), vec![W1, W2]);
+    assert_eq!(all[W2], Map::new());
+}
+
+#[tokio::test]
+async fn update_rejects_bad_metadata() {
+    let ctx = Ctx::new().await;
+    let before = ctx.emu.all(NS);
+    for body in [
+        json!({"id": W1, "namespace": NS, "setMetadata": {"proposed_label": null}}),
+        json!({"id": W1, "namespace": NS, "setMetadata": {"nested": {"a": 1}}}),
+        json!({"id": W1, "namespace": NS, "setMetadata": {"list": [1, 2]}}),
+        json!({"id": W1, "namespace": NS, "setMetadata": "x"}),
+        json!({"namespace": NS, "setMetadata": {"a": "b"}}),
+        json!({"id": "", "namespace": NS}),
+        json!([1, 2]),
+    ] {
+        let resp = ctx.update(body.clone()).await;
+        assert_eq!(resp.status(), Rs::BAD_REQUEST, "{body}");
+        assert_eq!(error_of(resp).await["code"], json!(3));
+    }
+    // Too large on its own.
+    let big = "x".repeat(MAX_METADATA_BYTES);
+    let resp = ctx
+        .update(json!({"id": W1, "namespace": NS, "setMetadata": {"big": big}}))
+        .await;
+    assert_eq!(resp.status(), Rs::BAD_REQUEST);
+    // Too large only once merged with what is stored.
+    let half = "y".repeat(MAX_METADATA_BYTES / 2);
+    ctx.emu
+        .upsert(NS, "w3", vec![], meta(json!({"a": half.clone()})));
+    let resp = ctx
+        .update(json!({"id": "w3", "namespace": NS, "setMetadata": {"b": half.clone()}}))
+        .await;
+    assert_eq!(resp.status(), Rs::BAD_REQUEST);
+    assert_eq!(ctx.emu.metadata(NS, "w3").expect("w3").len(), 1);
+    ctx.emu.delete(NS, "w3");
+    assert_eq!(ctx.emu.all(NS), before);
+    assert_eq!(ctx.emu.update_count(), 0);
+}
+
+#[tokio::test]
+async fn rate_limit_per_namespace() {
+    let ctx = Ctx::new().await;
+    ctx.emu.set_rate_limit(Some(2));
+    let started = std::time::Instant::now();
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..10 {
+        let resp = ctx
+            .update(json!({"id": W1, "namespace": NS, "setMetadata": {"k": "v"}}))
+            .await;
+        match resp.status() {
+            Rs::OK => ok += 1,
+            Rs::TOO_MANY_REQUESTS => {
+                limited += 1;
+                let v = error_of(resp).await;
+                assert_eq!(v["code"], json!(8));
+                assert!(
+                    v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("TOO_MANY_REQUESTS"))
+                );
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    // Burst of 2, then 2 per second (bounded by how long the loop took, for slow machines).
+    let refilled = (started.elapsed().as_secs_f64() * 2.0).floor() as usize;
+    assert!(ok >= 2 && ok <= 2 + refilled, "ok = {ok}");
+    assert!(limited >= 1);
+    assert_eq!(ok + limited, 10);
+    assert_eq!(ctx.emu.update_count(), ok);
+    // Another namespace has its own bucket; fetches are not limited.
+    let resp = ctx
+        .update(json!({"id": W1, "namespace": "other", "setMetadata": {"k": "v"}}))
+        .await;
+    assert_eq!(resp.status(), Rs::OK);
+    assert_eq!(ctx.fetch(&[W1], NS).await.status(), Rs::OK);
+    // Tokens come back.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let resp = ctx
+        .update(json!({"id": W1, "namespace": NS, "setMetadata": {"k": "v"}}))
+        .await;
+    assert_eq!(resp.status(), Rs::OK);
+    ctx.emu.set_rate_limit(None);
+    for _ in 0..20 {
+        let resp = ctx
+            .update(json!({"id": W1, "namespace": NS, "setMetadata": {"k": "v"}}))
+            .await;
+        assert_eq!(resp.status(), Rs::OK);
+    }
+}
+
+#[tokio::test]
+async fn faults_and_outage() {
+    let ctx = Ctx::new().await;
+    ctx.emu
+        .fail_next(FaultSpec::status(429).on_path("/vectors/update").times(2));
+    ctx.emu
+        .fail_next(FaultSpec::status(500).on_path("/vectors/fetch"));
+    for _ in 0..2 {
+        let resp = ctx
+            .update(json!({"id": W1, "namespace": NS, "setMetadata": {"k": "v"}}))
+            .await;
+        assert_eq!(resp.status(), Rs::TOO_MANY_REQUESTS);
+        let v = error_of(resp).await;
+        assert_eq!(v["code"], json!(8));
+    }
+    assert!(ctx.emu.metadata(NS, W1).expect("w1").get("k").is_none());
+    let resp = ctx.fetch(&[W1], NS).await;
+    assert_eq!(resp.status(), Rs::INTERNAL_SERVER_ERROR);
+    assert_eq!(error_of(resp).await["code"], json!(13));
+    assert_eq!(ctx.fetch(&[W1], NS).await.status(), Rs::OK);
+    let resp = ctx
+        .update(json!({"id": W1, "namespace": NS, "setMetadata": {"k": "v"}}))
+        .await;
+    assert_eq!(resp.status(), Rs::OK);
+    assert_eq!(ctx.emu.update_count(), 1);
+
+    ctx.emu.set_outage(true);
+    assert_eq!(
+        ctx.fetch(&[W1], NS).await.status(),
+        Rs::INTERNAL_SERVER_ERROR
+    );
+    ctx.emu.set_outage(false);
+    assert_eq!(ctx.fetch(&[W1], NS).await.status(), Rs::OK);
+    assert_eq!(
+        ctx.emu
+            .requests()
+            .iter()
+            .filter(|r| r.fault.is_some())
+            .count(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn admin_api_drives_the_emulator() {
+    let ctx = Ctx::new().await;
+    let resp = ctx
+        .admin_post(
+            "/_admin/upsert",
+            json!({"namespace": NS, "id": "w9", "values": [1.0], "metadata": {"proposed_label": "TOTAL"}}),
+        )
+        .await;
+    assert_eq!(resp.status(), Rs::CREATED);
+    let resp = ctx
+        .admin_post(
+            "/_admin/upsert",
+            json!([{"namespace": NS, "id": "w10"}, {"namespace": NS, "id": "w11", "metadata": {"a": "b"}}]),
+        )
+        .await;
+    assert_eq!(resp.status(), Rs::CREATED);
+    assert_eq!(
+        ctx.admin_post("/_admin/upsert", json!({"nope": 1}))
+            .await
+            .status(),
+        Rs::BAD_REQUEST
+    );
+    assert_eq!(
+        ctx.emu.metadata(NS, "w9").expect("w9")["proposed_label"],
+        json!("TOTAL")
+    );
+
+    let v: Value = ctx
+        .http
+        .get(format!(
+            "{}/_admin/vectors?namespace=words",
+            ctx.emu.base_url()
+        ))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["namespace"], json!(NS));
+    assert_eq!(v["vectors"].as_object().expect("map").len(), 5);
+    assert_eq!(v["vectors"]["w10"]["metadata"], json!({}));
+
+    let resp = ctx
+        .admin_post("/_admin/rate_limit", json!({"per_second": 1}))
+        .await;
+    assert_eq!(resp.status(), Rs::NO_CONTENT);
+    assert_eq!(
+        ctx.update(json!({"id": "w9", "namespace": NS, "setMetadata": {"a": "b"}}))
+            .await
+            .status(),
+        Rs::OK
+    );
+    assert_eq!(
+        ctx.update(json!({"id": "w9", "namespace": NS, "setMetadata": {"a": "b"}}))
+            .await
+            .status(),
+        Rs::TOO_MANY_REQUESTS
+    );
+    ctx.admin_post("/_admin/rate_limit", json!({"per_second": null}))
+        .await;
+
+    let resp = ctx
+        .admin_post(
+            "/_admin/faults",
+            json!({"type": "status", "status": 500, "path_prefix": "/vectors/fetch"}),
+        )
+        .await;
+    assert_eq!(resp.status(), Rs::CREATED);
+    assert_eq!(
+        ctx.fetch(&["w9"], NS).await.status(),
+        Rs::INTERNAL_SERVER_ERROR
+    );
+
+    let log: Vec<RequestRecord> = ctx
+        .http
+        .get(format!("{}/_admin/requests", ctx.emu.base_url()))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        log.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![200, 429, 500]
+    );
+    let updates: Vec<UpdateRecord> = ctx
+        .http
+        .get(format!("{}/_admin/updates", ctx.emu.base_url()))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].set_metadata, Some(meta(json!({"a": "b"}))));
+}
+
+#[tokio::test]
+async fn delay_and_truncate_apply_to_pinecone_too() {
+    let ctx = Ctx::new().await;
+    ctx.emu.fail_next(FaultSpec::delay(200));
+    let t = std::time::Instant::now();
+    assert_eq!(ctx.fetch(&[W1], NS).await.status(), Rs::OK);
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    ctx.emu.fail_next(FaultSpec::truncate(5));
+    assert!(ctx.fetch(&[W1], NS).await.json::<Value>().await.is_err());
+    let url = ctx.emu.base_url();
+    ctx.emu.shutdown().await;
+    assert!(ctx.http.get(url).send().await.is_err());
+}

@@ -1,0 +1,1 @@
+//! The producer: one scheduler tick enqueues pending completion batches; operators' tools.

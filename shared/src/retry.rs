@@ -1,0 +1,371 @@
+//! Bounded retries with exponential backoff, shared by the HTTP clients (OpenAI, Pinecone).
+//!
+//! The schedule comes from `backon`'s [`ExponentialBuilder`]; the loop itself ([`retry`]) is
+//! written here because a server's `Retry-After` must be able to replace the next delay, and a
+//! `Retry-After` longer than we are willing to sleep inline must end the loop at once, so that
+//! the caller can hand the suggested delay to the queue (re-schedule the message) instead of
+//! holding a worker slot while it sleeps.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+/// How often and how patiently to retry one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Tries in all, the first one included (1 = never retry).
+    pub max_attempts: u32,
+    /// Delay before the first retry; later ones double up to `max_delay`.
+    pub min_delay: Duration,
+    /// Cap of a backoff delay (jitter included).
+    pub max_delay: Duration,
+    /// Spread retries of many workers hit by the same outage, so they do not return in step.
+    pub jitter: bool,
+    /// Longest server-suggested `Retry-After` honoured by sleeping in place. A longer one ends
+    /// the retries with the error, which carries the suggestion for the caller to re-schedule.
+    pub max_inline_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(20),
+            jitter: true,
+            max_inline_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all (tests, and callers that retry at a higher level).
+    pub fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The backon schedule: `max_attempts - 1` delays (the first try needs none).
+    pub fn builder(&self) -> ExponentialBuilder {
+        let retries = usize::try_from(self.max_attempts.saturating_sub(1)).unwrap_or(usize::MAX);
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay.max(self.min_delay))
+            .with_factor(2.0)
+            .with_max_times(retries);
+        if self.jitter {
+            builder.with_jitter()
+        } else {
+            builder
+        }
+    }
+
+    /// The delays between tries, capped at `max_delay`: backon's jitter adds up to 100 % on top
+    /// of the current delay, which would otherwise double the cap.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        let cap = self.max_delay.max(self.min_delay);
+        self.builder().build().map(move |d| d.min(cap))
+    }
+}
+
+/// What one try produced, as judged by the caller.
+#[derive(Debug)]
+pub enum Attempt<T, E> {
+    Done(T),
+    /// Worth another try. `reason` is a short, bounded metric label (`rate_limited`,
+    /// `server_error`, `timeout`, …); `retry_after` is the server's suggestion, if any.
+    Retry {
+        error: E,
+        reason: &'static str,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying the same call cannot help.
+    Fail(E),
+}
+
+/// One retry about to happen, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryEvent {
+    pub reason: &'static str,
+    /// The try that failed (1-based).
+    pub attempt: u32,
+    pub delay: Duration,
+    /// The delay came from the server's `Retry-After`.
+    pub from_retry_after: bool,
+}
+
+/// Runs `attempt(n)` for n = 1, 2, … until it is done, fails, or the policy is spent; returns
+/// the last error in the latter cases. Before each retry `on_retry` is told why and how long we
+/// wait. Sleeps with `tokio::time`, so tests can run it under paused time.
+pub async fn retry<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    mut attempt: F,
+    mut on_retry: impl FnMut(&RetryEvent, &E),
+) -> Result<T, E>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Attempt<T, E>>,
+{
+    let mut delays = policy.delays();
+    let mut n: u32 = 1;
+    loop {
+        match attempt(n).await {
+            Attempt::Done(value) => return Ok(value),
+            Attempt::Fail(error) => return Err(error),
+            Attempt::Retry {
+                error,
+                reason,
+                retry_after,
+            } => {
+                if retry_after.is_some_and(|d| d > policy.max_inline_retry_after) {
+                    return Err(error);
+                }
+                // The backoff schedule is consumed even when Retry-After wins, so that the
+                // number of tries stays bounded by the policy either way.
+                let Some(backoff) = delays.next() else {
+                    return Err(error);
+                };
+                let event = RetryEvent {
+                    reason,
+                    attempt: n,
+                    delay: retry_after.unwrap_or(backoff),
+                    from_retry_after: retry_after.is_some(),
+                };
+                on_retry(&event, &error);
+                tokio::time::sleep(event.delay).await;
+                n = n.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// The server's requested wait from `retry-after-ms` (milliseconds, sent by OpenAI and read
+/// first by its official SDKs) or `Retry-After` (seconds, or an HTTP-date), if any.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    retry_after_at(headers, SystemTime::now())
+}
+
+/// [`retry_after`] with an explicit clock, for HTTP-date values.
+pub fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let millis = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_seconds(v.trim()))
+        .map(|ms| ms / 1000);
+    millis.or_else(|| {
+        headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, now))
+    })
+}
+
+/// Parses a `Retry-After` value: delta-seconds (`120`; a fractional `1.5` is accepted too,
+/// as some gateways send it) or an HTTP-date (`Wed, 21 Oct 2015 07:28:00 GMT`), which becomes
+/// the time left until then (zero if already past). Anything else is ignored (`None`), and
+/// the caller falls back to its own backoff.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Some(secs) = parse_seconds(value) {
+        return Some(secs);
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let at = SystemTime::from(at.with_timezone(&chrono::Utc));
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A non-negative decimal number of seconds (or milliseconds, by the caller's reading).
+fn parse_seconds(value: &str) -> Option<Duration> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    if let Ok(whole) = value.parse::<u64>() {
+        return Some(Duration::from_secs(whole));
+    }
+    let secs: f64 = value.parse().ok()?;
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).expect("valid"));
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_seconds_dates_and_garbage() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 07:27:50 GMT
+        let p = |v: &str| parse_retry_after(v, now);
+        assert_eq!(p("0"), Some(Duration::ZERO));
+        assert_eq!(p(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(p("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            p("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(p("Wed, 21 Oct 2015 07:00:00 GMT"), Some(Duration::ZERO));
+        for bad in ["", "-1", "soon", "1e3", "NaN", "inf", "1.2.3"] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_header_prefers_milliseconds() {
+        let now = SystemTime::now();
+        assert_eq!(retry_after_at(&headers(&[]), now), None);
+        assert_eq!(
+            retry_after_at(&headers(&[("retry-after", "3")]), now),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            retry_after_at(
+                &headers(&[("retry-after", "3"), ("retry-after-ms", "250")]),
+                now
+            ),
+            Some(Duration::from_millis(250))
+        );
+        // An unreadable millisecond header falls back to Retry-After.
+        assert_eq!(
+            retry_after_at(
+                &headers(&[("retry-after", "3"), ("retry-after-ms", "x")]),
+                now
+            ),
+            Some(Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn delays_are_bounded_in_number_and_size() {
+        let policy = RetryPolicy {
+            max_attempts: 6,
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(350),
+            jitter: true,
+            ..RetryPolicy::default()
+        };
+        for _ in 0..50 {
+            let delays: Vec<_> = policy.delays().collect();
+            assert_eq!(delays.len(), 5);
+            assert!(delays.iter().all(|d| *d >= Duration::from_millis(100)));
+            assert!(delays.iter().all(|d| *d <= Duration::from_millis(350)));
+        }
+        let plain = RetryPolicy {
+            jitter: false,
+            ..policy
+        };
+        let ms: Vec<u128> = plain.delays().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![100, 200, 350, 350, 350]);
+        assert_eq!(RetryPolicy::none().delays().count(), 0);
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 4,
+            min_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(8),
+            jitter: false,
+            max_inline_retry_after: Duration::from_secs(30),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_until_done_and_honours_retry_after() {
+        let calls = AtomicU32::new(0);
+        let mut events = Vec::new();
+        let start = tokio::time::Instant::now();
+        let out: Result<u32, &str> = retry(
+            &policy(),
+            |n| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match n {
+                        1 => Attempt::Retry {
+                            error: "busy",
+                            reason: "rate_limited",
+                            retry_after: Some(Duration::from_secs(7)),
+                        },
+                        2 => Attempt::Retry {
+                            error: "boom",
+                            reason: "server_error",
+                            retry_after: None,
+                        },
+                        _ => Attempt::Done(n),
+                    }
+                }
+            },
+            |e, _| events.push(*e),
+        )
+        .await;
+        assert_eq!(out, Ok(3));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // 7 s from Retry-After, then the second backoff step (2 s): the schedule advanced.
+        assert_eq!(start.elapsed(), Duration::from_secs(9));
+        assert_eq!(events[0].delay, Duration::from_secs(7));
+        assert!(events[0].from_retry_after);
+        assert_eq!(events[1].reason, "server_error");
+        assert_eq!(events[1].delay, Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_max_attempts_with_the_last_error() {
+        let calls = AtomicU32::new(0);
+        let out: Result<(), u32> = retry(
+            &policy(),
+            |n| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    Attempt::Retry {
+                        error: n,
+                        reason: "timeout",
+                        retry_after: None,
+                    }
+                }
+            },
+            |_, _| {},
+        )
+        .await;
+        assert_eq!(out, Err(4));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_retry_after_and_permanent_errors_end_at_once() {
+        let start = tokio::time::Instant::now();
+        let out: Result<(), &str> = retry(
+            &policy(),
+            |_| async {
+                Attempt::Retry {
+                    error: "come back in an hour",
+                    reason: "rate_limited",
+                    retry_after: Some(Duration::from_secs(3600)),
+                }
+            },
+            |_, _| panic!("must not retry"),
+        )
+        .await;
+        assert_eq!(out, Err("come back in an hour"));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+
+        let out: Result<(), &str> = retry(
+            &policy(),
+            |_| async { Attempt::Fail("not found") },
+            |_, _| panic!("must not retry"),
+        )
+        .await;
+        assert_eq!(out, Err("not found"));
+    }
+}

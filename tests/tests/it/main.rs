@@ -1,0 +1,5 @@
+//! The fleet's integration tests: one binary (link time on 2 cores), one module per subject.
+//! They run against moto_server (`scripts/moto.sh`, started on demand) and the emulators.
+
+mod store;
+mod support;

@@ -1,0 +1,2 @@
+//! The worker: a long-running SQS consumer that checks OpenAI completion batches and applies
+//! finished ones.
