@@ -852,7 +852,7 @@ def main() -> int:
     c.report("alerts: required ones present, known metrics and labels, runbooks", errs, detail)
     errs, detail = check_skips(a.deploy_dir, docs, cfn)
     c.report("checkov skips are justified inline", errs, detail)
-    print(f"  crosscheck: {c.passed} passed, {c.failed} failed")
+    print(f"  crosscheck summary: {c.passed} of {c.passed + c.failed} checks ok")
     return 1 if c.failed else 0
 
 

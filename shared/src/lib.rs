@@ -6,10 +6,24 @@
 //! - [`model`]: the DynamoDB items of data-model.md (encode, decode, keys, enumerations).
 //! - [`store`]: the receipts table through aws-sdk-dynamodb: queries, conditional status
 //!   changes, audit-row batches, leases and schedule markers.
+//! - [`config`]: typed settings from flags and a [`config::ConfigSource`] (exit 64 on errors).
+//! - [`message`]: the work-queue message, schema v1, and what makes a body poison.
+//! - [`telemetry`]: JSON or text logs on stderr.
 //! - [`aws`]: building SDK clients from the standard chain (`AWS_ENDPOINT_URL` for emulators).
 //! - [`openai`]: the OpenAI Batch API (batch object, client).
+//! - [`queue`]: SQS sends (batched, delayed, dead-letter) and queue depths.
+//! - [`pinecone`]: the Pinecone data plane: metadata fetch, label merge, rate-limited updates.
+//! - [`retry`]: bounded exponential backoff with `Retry-After`, shared by the HTTP clients.
+//! - [`secret`]: keeping API keys out of logs, errors and `Debug` output.
 
 pub mod aws;
+pub mod config;
+pub mod message;
 pub mod model;
 pub mod openai;
+pub mod queue;
+pub mod pinecone;
+pub mod retry;
+pub mod secret;
 pub mod store;
+pub mod telemetry;

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 /// How often and how patiently to retry one call.
@@ -190,6 +191,105 @@ fn parse_seconds(value: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
+/// Statuses worth retrying: request timeout, rate limiting, and server-side failures.
+pub fn is_retryable_status(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+}
+
+/// Why a request failed before a complete answer arrived. Every kind is transient: the same
+/// request may well succeed on another connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    Timeout,
+    Connect,
+    /// The answer's body broke off or could not be read.
+    Body,
+    Other,
+}
+
+impl TransportKind {
+    pub fn of(error: &reqwest::Error) -> Self {
+        if error.is_timeout() {
+            Self::Timeout
+        } else if error.is_connect() {
+            Self::Connect
+        } else if error.is_body() || error.is_decode() {
+            Self::Body
+        } else {
+            Self::Other
+        }
+    }
+
+    /// A bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Body => "body",
+            Self::Other => "transport",
+        }
+    }
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error and its sources on one line: reqwest's own message ("error sending request") says
+/// little; the cause ("Connection refused", "connection closed before message completed") is
+/// in the chain.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
+/// Reads at most `cap` bytes of an (error) answer's body: enough for any JSON error, without
+/// trusting a misbehaving proxy to send a small page.
+pub async fn read_body_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= cap {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// A short, single-line excerpt of a non-JSON body (an HTML error page), for error messages.
+pub fn body_excerpt(body: &[u8], max_chars: usize) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out = String::new();
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+        if out.chars().count() >= max_chars {
+            let cut: String = out.chars().take(max_chars).collect();
+            return format!("{cut}…");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -246,6 +346,27 @@ mod tests {
             ),
             Some(Duration::from_secs(3))
         );
+    }
+
+    #[test]
+    fn retryable_statuses() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(is_retryable_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [200, 400, 401, 403, 404, 409, 422] {
+            assert!(!is_retryable_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+    }
+
+    #[test]
+    fn excerpts_are_short_and_single_line() {
+        let html = b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n</html>";
+        assert_eq!(
+            body_excerpt(html, 200),
+            "<html> <head><title>502 Bad Gateway</title></head> </html>"
+        );
+        assert_eq!(body_excerpt(b"abcdef", 3), "abc…");
+        assert_eq!(body_excerpt(b"", 3), "");
     }
 
     #[test]

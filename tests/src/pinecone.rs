@@ -387,8 +387,19 @@ fn bad_request(message: &str) -> Response {
     error_response(StatusCode::BAD_REQUEST, message)
 }
 
+/// An f32 as the JSON number with its shortest decimal form (`0.1`, not `0.10000000149011612`),
+/// as Pinecone prints it.
+fn f32_json(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
 fn vector_json(id: &str, v: &StoredVector, always_metadata: bool) -> Value {
-    let mut out = json!({"id": id, "values": v.values});
+    let values: Vec<Value> = v.values.iter().copied().map(f32_json).collect();
+    let mut out = json!({"id": id, "values": values});
     if always_metadata || !v.metadata.is_empty() {
         out["metadata"] = Value::Object(v.metadata.clone());
     }

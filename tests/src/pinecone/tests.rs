@@ -134,6 +134,9 @@ async fn fetch_decodes_ids_and_omits_absent_ones() {
                "metadata": {"valid_labels": ["MERCHANT_NAME"], "text": "ACME"}})
     );
     assert_eq!(vectors[W2], json!({"id": W2, "values": [0.25]}));
+    ctx.emu.upsert(NS, "tenth", vec![0.1], Map::new());
+    let text = ctx.fetch(&["tenth"], NS).await.text().await.expect("text");
+    assert!(text.contains("\"values\":[0.1]"), "{text}");
 
     // Hand-encoded query, as a client building the URL itself would send it.
     let raw = format!(
