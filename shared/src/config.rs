@@ -258,7 +258,10 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_source() {
-        let env = [("DYNAMODB_TABLE_NAME", "from-env"), ("QUEUE_URL", "http://q/1")];
+        let env = [
+            ("DYNAMODB_TABLE_NAME", "from-env"),
+            ("QUEUE_URL", "http://q/1"),
+        ];
         let mut l = Lookup::new([("DYNAMODB_TABLE_NAME", Some("from-flag".into()))], &env);
         let c = CommonSettings::read(&mut l);
         l.finish().unwrap();
@@ -308,6 +311,9 @@ mod tests {
         assert!(!format!("{key:?}").contains("sk-very-secret"));
         let mut l = Lookup::new([], &env);
         let _ = l.secret("PINECONE_API_KEY");
-        assert_eq!(l.finish().unwrap_err().0, ["PINECONE_API_KEY is required but not set"]);
+        assert_eq!(
+            l.finish().unwrap_err().0,
+            ["PINECONE_API_KEY is required but not set"]
+        );
     }
 }

@@ -142,9 +142,16 @@ mod tests {
             (r#"{"v":1,"batch_id":"b","checks":-1}"#, "bad_field"),
         ];
         for (body, code) in cases {
-            assert_eq!(BatchMessage::parse(body).unwrap_err().code(), *code, "{body}");
+            assert_eq!(
+                BatchMessage::parse(body).unwrap_err().code(),
+                *code,
+                "{body}"
+            );
         }
         let garbage = "x".repeat(1024 * 1024);
-        assert_eq!(BatchMessage::parse(&garbage).unwrap_err().code(), "body_too_large");
+        assert_eq!(
+            BatchMessage::parse(&garbage).unwrap_err().code(),
+            "body_too_large"
+        );
     }
 }

@@ -101,15 +101,32 @@ pub struct RetryEvent {
 
 /// Runs `attempt(n)` for n = 1, 2, … until it is done, fails, or the policy is spent; returns
 /// the last error in the latter cases. Before each retry `on_retry` is told why and how long we
-/// wait. Sleeps with `tokio::time`, so tests can run it under paused time.
+/// wait. Sleeps with `tokio::time::sleep`.
 pub async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
-    mut attempt: F,
-    mut on_retry: impl FnMut(&RetryEvent, &E),
+    attempt: F,
+    on_retry: impl FnMut(&RetryEvent, &E),
 ) -> Result<T, E>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Attempt<T, E>>,
+{
+    retry_with_sleep(policy, attempt, on_retry, tokio::time::sleep).await
+}
+
+/// [`retry`] with the sleep supplied by the caller, so tests can record the delays instead of
+/// waiting for them.
+pub async fn retry_with_sleep<T, E, F, Fut, S, SFut>(
+    policy: &RetryPolicy,
+    mut attempt: F,
+    mut on_retry: impl FnMut(&RetryEvent, &E),
+    mut sleep: S,
+) -> Result<T, E>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Attempt<T, E>>,
+    S: FnMut(Duration) -> SFut,
+    SFut: Future<Output = ()>,
 {
     let mut delays = policy.delays();
     let mut n: u32 = 1;
@@ -137,7 +154,7 @@ where
                     from_retry_after: retry_after.is_some(),
                 };
                 on_retry(&event, &error);
-                tokio::time::sleep(event.delay).await;
+                sleep(event.delay).await;
                 n = n.saturating_add(1);
             }
         }
@@ -354,7 +371,10 @@ mod tests {
             assert!(is_retryable_status(StatusCode::from_u16(s).unwrap()), "{s}");
         }
         for s in [200, 400, 401, 403, 404, 409, 422] {
-            assert!(!is_retryable_status(StatusCode::from_u16(s).unwrap()), "{s}");
+            assert!(
+                !is_retryable_status(StatusCode::from_u16(s).unwrap()),
+                "{s}"
+            );
         }
     }
 
@@ -403,90 +423,116 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn retries_until_done_and_honours_retry_after() {
-        let calls = AtomicU32::new(0);
+    /// Runs the retry loop with a sleep that records its delays and returns at once.
+    async fn run<T, E>(
+        attempt: impl FnMut(u32) -> std::future::Ready<Attempt<T, E>>,
+    ) -> (Result<T, E>, Vec<Duration>, Vec<RetryEvent>) {
+        let slept = std::sync::Mutex::new(Vec::new());
         let mut events = Vec::new();
-        let start = tokio::time::Instant::now();
-        let out: Result<u32, &str> = retry(
+        let out = retry_with_sleep(
             &policy(),
-            |n| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    match n {
-                        1 => Attempt::Retry {
-                            error: "busy",
-                            reason: "rate_limited",
-                            retry_after: Some(Duration::from_secs(7)),
-                        },
-                        2 => Attempt::Retry {
-                            error: "boom",
-                            reason: "server_error",
-                            retry_after: None,
-                        },
-                        _ => Attempt::Done(n),
-                    }
-                }
-            },
+            attempt,
             |e, _| events.push(*e),
+            |d| {
+                slept.lock().unwrap().push(d);
+                std::future::ready(())
+            },
         )
         .await;
-        assert_eq!(out, Ok(3));
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
-        // 7 s from Retry-After, then the second backoff step (2 s): the schedule advanced.
-        assert_eq!(start.elapsed(), Duration::from_secs(9));
-        assert_eq!(events[0].delay, Duration::from_secs(7));
-        assert!(events[0].from_retry_after);
-        assert_eq!(events[1].reason, "server_error");
-        assert_eq!(events[1].delay, Duration::from_secs(2));
+        (out, slept.into_inner().unwrap(), events)
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
+    async fn retries_until_done_and_honours_retry_after() {
+        let (out, slept, events) = run(|n| {
+            std::future::ready(match n {
+                1 => Attempt::Retry {
+                    error: "busy",
+                    reason: "rate_limited",
+                    retry_after: Some(Duration::from_secs(7)),
+                },
+                2 => Attempt::Retry {
+                    error: "boom",
+                    reason: "server_error",
+                    retry_after: None,
+                },
+                _ => Attempt::Done(n),
+            })
+        })
+        .await;
+        assert_eq!(out, Ok(3));
+        // 7 s from Retry-After, then the second backoff step (2 s): the schedule advanced.
+        assert_eq!(slept, vec![Duration::from_secs(7), Duration::from_secs(2)]);
+        assert!(events[0].from_retry_after);
+        assert_eq!(events[0].attempt, 1);
+        assert_eq!(events[1].reason, "server_error");
+        assert!(!events[1].from_retry_after);
+    }
+
+    #[tokio::test]
     async fn gives_up_after_max_attempts_with_the_last_error() {
         let calls = AtomicU32::new(0);
-        let out: Result<(), u32> = retry(
-            &policy(),
-            |n| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async move {
+        let (out, slept, _) = run(|n| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Attempt::<(), u32>::Retry {
+                error: n,
+                reason: "timeout",
+                retry_after: None,
+            })
+        })
+        .await;
+        assert_eq!(out, Err(4));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        let secs: Vec<u64> = slept.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, vec![1, 2, 4]);
+    }
+
+    #[tokio::test]
+    async fn long_retry_after_and_permanent_errors_end_at_once() {
+        let (out, slept, _) = run(|_| {
+            std::future::ready(Attempt::<(), _>::Retry {
+                error: "come back in an hour",
+                reason: "rate_limited",
+                retry_after: Some(Duration::from_secs(3600)),
+            })
+        })
+        .await;
+        assert_eq!(out, Err("come back in an hour"));
+        assert!(slept.is_empty());
+
+        let (out, slept, _) =
+            run(|_| std::future::ready(Attempt::<(), _>::Fail("not found"))).await;
+        assert_eq!(out, Err("not found"));
+        assert!(slept.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_real_sleep_is_used_by_default() {
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            min_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(5),
+            jitter: false,
+            ..RetryPolicy::default()
+        };
+        let start = std::time::Instant::now();
+        let out: Result<u32, ()> = retry(
+            &policy,
+            |n| async move {
+                if n == 1 {
                     Attempt::Retry {
-                        error: n,
+                        error: (),
                         reason: "timeout",
                         retry_after: None,
                     }
+                } else {
+                    Attempt::Done(n)
                 }
             },
             |_, _| {},
         )
         .await;
-        assert_eq!(out, Err(4));
-        assert_eq!(calls.load(Ordering::SeqCst), 4);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn long_retry_after_and_permanent_errors_end_at_once() {
-        let start = tokio::time::Instant::now();
-        let out: Result<(), &str> = retry(
-            &policy(),
-            |_| async {
-                Attempt::Retry {
-                    error: "come back in an hour",
-                    reason: "rate_limited",
-                    retry_after: Some(Duration::from_secs(3600)),
-                }
-            },
-            |_, _| panic!("must not retry"),
-        )
-        .await;
-        assert_eq!(out, Err("come back in an hour"));
-        assert_eq!(start.elapsed(), Duration::ZERO);
-
-        let out: Result<(), &str> = retry(
-            &policy(),
-            |_| async { Attempt::Fail("not found") },
-            |_, _| panic!("must not retry"),
-        )
-        .await;
-        assert_eq!(out, Err("not found"));
+        assert_eq!(out, Ok(2));
+        assert!(start.elapsed() >= Duration::from_millis(5));
     }
 }

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The deploy check must reject broken deploy files. Each test copies deploy/
+# to a temporary folder, breaks one thing, runs the checks that concern it
+# (deploy/check.sh --deploy-dir COPY --only ...) and asserts that they fail,
+# and that every check expected to catch the fault is among the failures.
+# An unmodified copy must pass the same checks first (so a failure is the
+# mutation's doing, not the copy's).
+#
+#   deploy/tests/broken-copies.sh        (also run by deploy/check.sh --with-mutations)
+#
+# Prints "ok - mutation NAME rejected (...)" per mutation, "not ok - ..." when
+# a broken copy passes, and exits 1 then.
+set -euo pipefail
+
+TESTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+DEPLOY_SRC=$(cd "$TESTS_DIR/.." && pwd)
+REPO_ROOT=$(cd "$DEPLOY_SRC/.." && pwd)
+CHECK=$DEPLOY_SRC/check.sh
+CRDS_DIR=${FLEET_CRDS_DIR:-$REPO_ROOT/../shared/crds}
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/deploy-mutations.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+
+PASSED=0
+FAILED=0
+
+fresh_copy() {  # fresh_copy NAME -> path of a pristine copy of deploy/
+  local dst=$TMP/$1/deploy
+  mkdir -p "$TMP/$1"
+  cp -a "$DEPLOY_SRC" "$dst"
+  rm -rf "$dst/tests"
+  printf '%s' "$dst"
+}
+
+# replace FILE OLD NEW: replace the single occurrence of OLD (exact text).
+replace() {
+  python3 - "$@" <<'PYEOF'
+import sys
+path, old, new = sys.argv[1:4]
+text = open(path, encoding="utf-8").read()
+n = text.count(old)
+if n != 1:
+    sys.exit(f"mutation setup: {old!r} occurs {n} times in {path}, expected once")
+open(path, "w", encoding="utf-8").write(text.replace(old, new))
+PYEOF
+}
+
+# drop_block FILE KEY_LINE: delete a YAML block (the line equal to KEY_LINE,
+# once, and the lines indented deeper below it).
+drop_block() {
+  python3 - "$@" <<'PYEOF'
+import sys
+path, key = sys.argv[1:3]
+lines = open(path, encoding="utf-8").read().split("\n")
+idx = [i for i, l in enumerate(lines) if l == key]
+if len(idx) != 1:
+    sys.exit(f"mutation setup: {key!r} occurs {len(idx)} times in {path}, expected once")
+i = idx[0]
+indent = len(key) - len(key.lstrip())
+j = i + 1
+while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
+    j += 1
+del lines[i:j]
+open(path, "w", encoding="utf-8").write("\n".join(lines))
+PYEOF
+}
+
+# expect_rejected NAME STEPS EXPECTED EVIDENCE COPY
+#   STEPS     the checks to run (check.sh --only)
+#   EXPECTED  space-separated check names that must each FAIL
+#   EVIDENCE  regex of the output lines to show as the reason
+expect_rejected() {
+  local name=$1 steps=$2 expected=$3 evidence=$4 copy=$5 out rc=0 failed missing=""
+  out=$("$CHECK" --deploy-dir "$copy" --only "$steps" 2>&1) || rc=$?
+  printf '%s\n' "$out" >"$TMP/$name.log"
+  failed=$(grep -E '^FAIL - ' <<<"$out" | sed -E 's/^FAIL - ([a-z-]+( [a-z]+)?):.*/\1/; s/^checkov ([a-z]+)$/checkov-\1/' |
+    sort -u | tr '\n' ' ' || true)
+  if [[ $rc -eq 0 ]]; then
+    FAILED=$((FAILED + 1))
+    echo "not ok - mutation $name passed the checks ($steps): the check does not catch it"
+    return
+  fi
+  for e in $expected; do
+    [[ " $failed " == *" $e "* ]] || missing+=" $e"
+  done
+  if [[ -n $missing ]]; then
+    FAILED=$((FAILED + 1))
+    echo "not ok - mutation $name rejected, but not by:$missing (failed: ${failed% })"
+  else
+    PASSED=$((PASSED + 1))
+    echo "ok - mutation $name rejected (failed: ${failed% })"
+  fi
+  grep -E -- "$evidence" <<<"$out" | grep -vE '^(ok|FAIL) - ' | sed 's/^ */     evidence: /' | head -n 6 || true
+}
+
+STEPS_ALL=kubernetes-validate,crds,crosscheck,cfn-lint,checkov
+
+# 0. control: an unmodified copy passes every check used below.
+copy=$(fresh_copy control)
+if out=$("$CHECK" --deploy-dir "$copy" --only "yamllint,hadolint,$STEPS_ALL" 2>&1); then
+  PASSED=$((PASSED + 1))
+  echo "ok - unmodified copy passes ($(tail -n 1 <<<"$out"))"
+else
+  FAILED=$((FAILED + 1))
+  echo "not ok - unmodified copy fails, so the mutation results below mean nothing:"
+  sed 's/^/     /' <<<"$out"
+fi
+
+# 1. KEDA queueLength a number instead of a string.
+copy=$(fresh_copy keda-queue-length-number)
+replace "$copy/k8s/base/worker-scaledobject.yaml" 'queueLength: "16"' 'queueLength: 16'
+if [[ -d $CRDS_DIR ]]; then expected="crds crosscheck"; else expected="crosscheck"; fi
+expect_rejected keda-queue-length-number "crds,crosscheck" "$expected" 'queueLength' "$copy"
+
+# 2. The shutdown grace period not below the visibility timeout.
+copy=$(fresh_copy grace-not-below-visibility)
+replace "$copy/k8s/base/kustomization.yaml" 'SHUTDOWN_GRACE_SECONDS=25' 'SHUTDOWN_GRACE_SECONDS=120'
+expect_rejected grace-not-below-visibility "crosscheck" "crosscheck" 'SHUTDOWN_GRACE_SECONDS [0-9]+ is not below' "$copy"
+
+# 3. A container without resources.limits.
+copy=$(fresh_copy container-without-limits)
+drop_block "$copy/k8s/base/worker-deployment.yaml" '            limits:'
+expect_rejected container-without-limits "kubernetes-validate,crosscheck,checkov" "crosscheck checkov-kubernetes" \
+  'limits|CKV_K8S_1[13]' "$copy"
+
+# 4. A misspelt IAM action.
+copy=$(fresh_copy iam-action-misspelt)
+replace "$copy/cloudformation/fleet.yaml" \
+  $'Sid: ConsumeWorkQueue\n                Effect: Allow\n                Action:\n                  - sqs:ReceiveMessage' \
+  $'Sid: ConsumeWorkQueue\n                Effect: Allow\n                Action:\n                  - sqs:RecieveMessage'
+expect_rejected iam-action-misspelt "cfn-lint,crosscheck,checkov" "cfn-lint crosscheck" \
+  '[Rr]ecieve[Mm]essage|W3037' "$copy"
+
+echo "broken-copies: $PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 ]]

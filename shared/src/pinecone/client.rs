@@ -1,0 +1,743 @@
+//! HTTP client of the Pinecone data plane (end of openai-batch.md): fetch metadata, update
+//! metadata, and the fetch-merge-update of a batch's label verdicts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{StatusCode, Url};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::bucket::TokenBucket;
+use super::merge::{Metadata, MetadataChange, merge_metadata};
+use crate::retry::{
+    self, Attempt, RetryEvent, RetryPolicy, TransportKind, body_excerpt, error_chain,
+    is_retryable_status, read_body_capped,
+};
+use crate::secret::{scrub, sensitive_header};
+
+/// The namespace of word vectors (data-model.md).
+pub const DEFAULT_NAMESPACE: &str = "words";
+/// The data-plane API version this client speaks; pinned so that a server-side default change
+/// cannot alter response shapes under us.
+pub const API_VERSION: &str = "2025-10";
+/// Pinecone's own cap on ids per fetch.
+pub const MAX_FETCH_IDS: usize = 1000;
+
+const ERROR_BODY_CAP: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct PineconeConfig {
+    /// The index's data-plane URL (`https://my-index-abc.svc….pinecone.io`, or
+    /// `http://127.0.0.1:PORT` for an emulator). A bare host name means `https://`.
+    pub index_host: String,
+    pub api_key: SecretString,
+    pub namespace: String,
+    /// Sent as `X-Pinecone-Api-Version`.
+    pub api_version: String,
+    /// Pace of metadata updates from this client. Pinecone allows about 100 per second per
+    /// namespace; the default leaves headroom. With several worker replicas, divide.
+    pub updates_per_second: f64,
+    /// Updates in flight at once. Latency, not the server, limits one connection's rate, so a
+    /// few in flight are needed to reach `updates_per_second`; the bucket bounds the rate.
+    pub update_concurrency: usize,
+    /// Ids per fetch, at most 1,000 (Pinecone's limit); see [`PineconeConfig::fetch_max_query_bytes`].
+    pub fetch_max_ids: usize,
+    /// Budget of one fetch's query string. Ids travel in the URL: a word id is ~78 characters,
+    /// ~93 bytes once `#` is encoded and `ids=…&` added, so 1,000 ids would make a ~93 KB URL,
+    /// far past the 8–16 KB request-line limits common in proxies and load balancers. 6,000
+    /// bytes (~64 word ids) stays under the strictest common limit (8 KB) with room for the
+    /// rest of the request line.
+    pub fetch_max_query_bytes: usize,
+    /// Fetches in flight at once.
+    pub fetch_concurrency: usize,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl PineconeConfig {
+    pub fn new(index_host: impl Into<String>, api_key: SecretString) -> Self {
+        Self {
+            index_host: index_host.into(),
+            api_key,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            api_version: API_VERSION.to_owned(),
+            updates_per_second: 90.0,
+            update_concurrency: 8,
+            fetch_max_ids: 100,
+            fetch_max_query_bytes: 6_000,
+            fetch_concurrency: 4,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Everything that can go wrong calling Pinecone, after the client's own retries. Never holds
+/// the API key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PineconeError {
+    #[error("Pinecone {op}: HTTP {status}: {message}{}", fmt_retry_after(*retry_after))]
+    Api {
+        op: &'static str,
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("Pinecone {op}: {kind} error: {message}")]
+    Transport {
+        op: &'static str,
+        kind: TransportKind,
+        message: String,
+    },
+    #[error("Pinecone {op}: undecodable response: {message}")]
+    Decode { op: &'static str, message: String },
+    #[error("Pinecone client configuration: {0}")]
+    Config(String),
+}
+
+fn fmt_retry_after(d: Option<Duration>) -> String {
+    d.map_or_else(String::new, |d| {
+        format!(" (retry after {:.3}s)", d.as_secs_f64())
+    })
+}
+
+impl PineconeError {
+    /// Transient: throttling, server errors, timeouts, broken connections. Permanent: auth,
+    /// bad requests (a null value, metadata over 40 KB), undecodable answers, configuration.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Api { status, .. } => {
+                is_retryable_status(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK))
+            }
+            Self::Transport { .. } => true,
+            Self::Decode { .. } | Self::Config(_) => false,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short, bounded label for metrics and dead-letter attributes.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Api { status, .. } => status_class(*status),
+            Self::Transport { kind, .. } => kind.as_str(),
+            Self::Decode { .. } => "decode",
+            Self::Config(_) => "config",
+        }
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        401 | 403 => "unauthorized",
+        404 => "not_found",
+        408 => "timeout",
+        429 => "rate_limited",
+        500..=599 => "server_error",
+        _ => "client_error",
+    }
+}
+
+/// What [`PineconeClient::apply_merges`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PineconeReport {
+    /// Vectors whose metadata was written.
+    pub updated: u64,
+    /// Vectors that already held every label: no write.
+    pub unchanged: u64,
+    /// Vectors absent from the index (the fetch did not return them): not written, since
+    /// Pinecone would answer 200 to the update and store nothing.
+    pub missing: u64,
+    /// 429 answers met on the way (each retried or, past the policy, returned as an error).
+    pub rate_limited: u64,
+    /// The missing vectors' ids, sorted.
+    pub missing_ids: Vec<String>,
+}
+
+/// The Pinecone data-plane client for one namespace. Clones share the connection pool and the
+/// update pacing, so every clone in a process counts against the same rate.
+#[derive(Clone)]
+pub struct PineconeClient {
+    http: reqwest::Client,
+    fetch_url: Url,
+    update_url: Url,
+    api_key: SecretString,
+    namespace: String,
+    request_timeout: Duration,
+    retry: RetryPolicy,
+    update_concurrency: usize,
+    fetch_max_ids: usize,
+    fetch_max_query_bytes: usize,
+    fetch_concurrency: usize,
+    bucket: Arc<TokenBucket>,
+}
+
+impl fmt::Debug for PineconeClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PineconeClient")
+            .field("fetch_url", &self.fetch_url.as_str())
+            .field("api_key", &"[REDACTED]")
+            .field("namespace", &self.namespace)
+            .field("updates_per_second", &self.bucket.rate())
+            .field("update_concurrency", &self.update_concurrency)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct FetchResponse {
+    #[serde(default)]
+    vectors: HashMap<String, FetchedVector>,
+}
+
+#[derive(Deserialize)]
+struct FetchedVector {
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+impl PineconeClient {
+    pub fn new(config: PineconeConfig) -> Result<Self, PineconeError> {
+        let host = config.index_host.trim();
+        let host = if host.contains("://") {
+            host.to_owned()
+        } else {
+            format!("https://{host}")
+        };
+        let base =
+            Url::parse(&host).map_err(|e| PineconeError::Config(format!("index host: {e}")))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(PineconeError::Config(format!(
+                "index host must be http(s): {base}"
+            )));
+        }
+        let endpoint = |path: &[&str]| {
+            let mut url = base.clone();
+            url.set_query(None);
+            if let Ok(mut segments) = url.path_segments_mut() {
+                segments.pop_if_empty().extend(path);
+            }
+            url
+        };
+        if config.namespace.is_empty() {
+            // The default namespace is "", but the fleet's vectors live in a named one;
+            // an empty value is far more likely a configuration slip.
+            return Err(PineconeError::Config("namespace is empty".into()));
+        }
+
+        let mut headers = HeaderMap::new();
+        let key = sensitive_header("", &config.api_key).map_err(|_| {
+            PineconeError::Config("API key contains characters invalid in a header".into())
+        })?;
+        headers.insert("api-key", key);
+        headers.insert(
+            "x-pinecone-api-version",
+            HeaderValue::from_str(&config.api_version)
+                .map_err(|_| PineconeError::Config("invalid API version".into()))?,
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("fleet/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .build()
+            .map_err(|e| PineconeError::Config(error_chain(&e)))?;
+
+        Ok(Self {
+            http,
+            fetch_url: endpoint(&["vectors", "fetch"]),
+            update_url: endpoint(&["vectors", "update"]),
+            api_key: config.api_key,
+            namespace: config.namespace,
+            request_timeout: config.request_timeout,
+            retry: config.retry,
+            update_concurrency: config.update_concurrency.max(1),
+            fetch_max_ids: config.fetch_max_ids.clamp(1, MAX_FETCH_IDS),
+            fetch_max_query_bytes: config.fetch_max_query_bytes,
+            fetch_concurrency: config.fetch_concurrency.max(1),
+            bucket: Arc::new(TokenBucket::for_rate(config.updates_per_second)),
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Current metadata of the given vectors, by id. Ids absent from the index are absent
+    /// from the result; a vector without metadata maps to an empty map. Duplicate ids are
+    /// fetched once.
+    pub async fn fetch_metadata(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, Metadata>, PineconeError> {
+        self.fetch_counting(ids, &AtomicU64::new(0)).await
+    }
+
+    /// `setMetadata` of one vector: overwrites only the keys named. Pinecone answers 200 even
+    /// when the id does not exist, so callers must know it exists (see [`Self::apply_merges`]).
+    /// Paced by the client's token bucket.
+    pub async fn update_metadata(
+        &self,
+        id: &str,
+        set_metadata: &Metadata,
+    ) -> Result<(), PineconeError> {
+        self.update_counting(id, set_metadata, &AtomicU64::new(0))
+            .await
+    }
+
+    /// Fetches the current metadata of every vector named, merges each change in
+    /// ([`merge_metadata`]), and writes only the vectors whose metadata changes. Several
+    /// changes for one id are folded together first ([`MetadataChange::absorb`]).
+    ///
+    /// Safe to run again: a second run finds every label present and writes nothing. On an
+    /// error the updates already made stay made, which a re-run then counts as unchanged.
+    pub async fn apply_merges(
+        &self,
+        changes: Vec<(String, MetadataChange)>,
+    ) -> Result<PineconeReport, PineconeError> {
+        let mut combined: BTreeMap<String, MetadataChange> = BTreeMap::new();
+        for (id, change) in changes {
+            match combined.get_mut(&id) {
+                Some(existing) => existing.absorb(change),
+                None => {
+                    combined.insert(id, change);
+                }
+            }
+        }
+        let rate_limited = AtomicU64::new(0);
+        let ids: Vec<String> = combined.keys().cloned().collect();
+        let current = self.fetch_counting(&ids, &rate_limited).await?;
+
+        let mut report = PineconeReport::default();
+        let mut writes = Vec::new();
+        for (id, change) in &combined {
+            let Some(metadata) = current.get(id) else {
+                report.missing_ids.push(id.clone());
+                continue;
+            };
+            let merged = merge_metadata(metadata, change);
+            if merged.changed() {
+                writes.push((id.as_str(), merged.set_metadata));
+            } else {
+                report.unchanged += 1;
+            }
+        }
+        report.missing = report.missing_ids.len() as u64;
+        count_outcome("unchanged", report.unchanged);
+        count_outcome("missing", report.missing);
+        if !report.missing_ids.is_empty() {
+            tracing::warn!(
+                namespace = %self.namespace,
+                missing = report.missing,
+                sample = ?report.missing_ids.iter().take(5).collect::<Vec<_>>(),
+                "vectors absent from the index; their metadata was not written"
+            );
+        }
+
+        let updated = futures::stream::iter(writes)
+            .map(|(id, set_metadata)| {
+                let rate_limited = &rate_limited;
+                async move {
+                    self.update_counting(id, &set_metadata, rate_limited)
+                        .await?;
+                    count_outcome("updated", 1);
+                    Ok::<_, PineconeError>(())
+                }
+            })
+            .buffer_unordered(self.update_concurrency)
+            .try_fold(0u64, |n, ()| async move { Ok(n + 1) })
+            .await;
+        report.rate_limited = rate_limited.load(Ordering::Relaxed);
+        report.updated = updated?;
+        Ok(report)
+    }
+
+    async fn fetch_counting(
+        &self,
+        ids: &[String],
+        rate_limited: &AtomicU64,
+    ) -> Result<HashMap<String, Metadata>, PineconeError> {
+        let mut unique: Vec<&str> = ids.iter().map(String::as_str).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let chunks = chunk_ids(&unique, self.fetch_max_ids, self.fetch_max_query_bytes);
+        futures::stream::iter(chunks)
+            .map(|chunk| self.fetch_chunk(chunk, rate_limited))
+            .buffer_unordered(self.fetch_concurrency)
+            .try_fold(HashMap::new(), |mut all, part| async move {
+                all.extend(part);
+                Ok(all)
+            })
+            .await
+    }
+
+    async fn fetch_chunk(
+        &self,
+        ids: &[&str],
+        rate_limited: &AtomicU64,
+    ) -> Result<HashMap<String, Metadata>, PineconeError> {
+        const OP: &str = "fetch";
+        let mut query: Vec<(&str, &str)> = ids.iter().map(|id| ("ids", *id)).collect();
+        query.push(("namespace", self.namespace.as_str()));
+        let response: FetchResponse = retry::retry(
+            &self.retry,
+            |_| {
+                let request = self
+                    .http
+                    .get(self.fetch_url.clone())
+                    .query(&query)
+                    .timeout(self.request_timeout);
+                self.attempt(OP, request, rate_limited)
+            },
+            |event, error| on_retry(OP, event, error),
+        )
+        .await?;
+        Ok(response
+            .vectors
+            .into_iter()
+            .map(|(id, v)| (id, v.metadata.unwrap_or_default()))
+            .collect())
+    }
+
+    async fn update_counting(
+        &self,
+        id: &str,
+        set_metadata: &Metadata,
+        rate_limited: &AtomicU64,
+    ) -> Result<(), PineconeError> {
+        const OP: &str = "update";
+        let body = json!({
+            "id": id,
+            "setMetadata": set_metadata,
+            "namespace": self.namespace,
+        });
+        let _: Value = retry::retry(
+            &self.retry,
+            |_| {
+                let body = &body;
+                async move {
+                    // Every try counts against the rate, retries included.
+                    self.bucket.acquire().await;
+                    let request = self
+                        .http
+                        .post(self.update_url.clone())
+                        .json(body)
+                        .timeout(self.request_timeout);
+                    self.attempt(OP, request, rate_limited).await
+                }
+            },
+            |event, error| on_retry(OP, event, error),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn attempt<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        request: reqwest::RequestBuilder,
+        rate_limited: &AtomicU64,
+    ) -> Attempt<T, PineconeError> {
+        let response = match request.send().await {
+            Ok(r) => r,
+            // Fetch URLs are kilobytes of ids: keep them out of the message.
+            Err(e) => return transport_attempt(op, e.without_url()),
+        };
+        let status = response.status();
+        if status.is_success() {
+            let body = match response.bytes().await {
+                Ok(b) => b,
+                Err(e) => return transport_attempt(op, e.without_url()),
+            };
+            return match serde_json::from_slice::<T>(&body) {
+                Ok(value) => {
+                    count_request(op, "ok");
+                    Attempt::Done(value)
+                }
+                Err(e) => {
+                    count_request(op, "decode");
+                    Attempt::Fail(PineconeError::Decode {
+                        op,
+                        message: format!(
+                            "{e}: {}",
+                            scrub(&body_excerpt(&body, 200), &self.api_key)
+                        ),
+                    })
+                }
+            };
+        }
+
+        let retry_after = retry::retry_after(response.headers());
+        let body = read_body_capped(response, ERROR_BODY_CAP)
+            .await
+            .unwrap_or_default();
+        let class = status_class(status.as_u16());
+        count_request(op, class);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            rate_limited.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("fleet_pinecone_rate_limited_total").increment(1);
+        }
+        let error = PineconeError::Api {
+            op,
+            status: status.as_u16(),
+            message: scrub(&error_message(&body), &self.api_key),
+            retry_after,
+        };
+        if is_retryable_status(status) {
+            Attempt::Retry {
+                error,
+                reason: class,
+                retry_after,
+            }
+        } else {
+            Attempt::Fail(error)
+        }
+    }
+}
+
+/// The data plane answers `{"code": N, "message": "…", "details": []}`; the control plane
+/// `{"error": {"code": "…", "message": "…"}}`; a gateway may send anything.
+fn error_message(body: &[u8]) -> String {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return body_excerpt(body, 300);
+    };
+    let inner = value
+        .get("error")
+        .filter(|e| e.is_object())
+        .unwrap_or(&value);
+    let message = inner.get("message").and_then(Value::as_str);
+    let code = inner.get("code").filter(|c| !c.is_null()).map(|c| match c {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    match (message, code) {
+        (Some(m), Some(c)) => format!("{m} [code {c}]"),
+        (Some(m), None) => m.to_owned(),
+        _ => body_excerpt(body, 300),
+    }
+}
+
+/// Splits ids into fetch calls of at most `max_ids` ids and about `max_query_bytes` of
+/// encoded query string each (an id longer than the budget still gets a call of its own).
+pub fn chunk_ids<'a>(
+    ids: &'a [&'a str],
+    max_ids: usize,
+    max_query_bytes: usize,
+) -> Vec<&'a [&'a str]> {
+    let max_ids = max_ids.clamp(1, MAX_FETCH_IDS);
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, id) in ids.iter().enumerate() {
+        // `ids=` + the encoded id + `&`.
+        let cost = 5 + encoded_len(id);
+        let count = i - start;
+        if count > 0 && (count >= max_ids || bytes + cost > max_query_bytes) {
+            chunks.push(&ids[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += cost;
+    }
+    if start < ids.len() {
+        chunks.push(&ids[start..]);
+    }
+    chunks
+}
+
+/// Length of `s` once `application/x-www-form-urlencoded` (what reqwest's `.query` produces).
+fn encoded_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_' | b' ') {
+                1
+            } else {
+                3
+            }
+        })
+        .sum()
+}
+
+fn transport_attempt<T>(op: &'static str, error: reqwest::Error) -> Attempt<T, PineconeError> {
+    let kind = TransportKind::of(&error);
+    count_request(op, kind.as_str());
+    Attempt::Retry {
+        error: PineconeError::Transport {
+            op,
+            kind,
+            message: error_chain(&error),
+        },
+        reason: kind.as_str(),
+        retry_after: None,
+    }
+}
+
+fn count_request(op: &'static str, outcome: &'static str) {
+    metrics::counter!("fleet_pinecone_requests_total", "op" => op, "outcome" => outcome)
+        .increment(1);
+}
+
+fn count_outcome(outcome: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!("fleet_pinecone_updates_total", "outcome" => outcome).increment(n);
+    }
+}
+
+fn on_retry(op: &'static str, event: &RetryEvent, error: &PineconeError) {
+    metrics::counter!("fleet_pinecone_retries_total", "reason" => event.reason).increment(1);
+    tracing::warn!(
+        op,
+        reason = event.reason,
+        attempt = event.attempt,
+        delay_ms = u64::try_from(event.delay.as_millis()).unwrap_or(u64::MAX),
+        from_retry_after = event.from_retry_after,
+        error = %error,
+        "Pinecone call failed; retrying"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "pcsk_SECRET_0123456789abcdef";
+
+    fn word_id(n: usize) -> String {
+        format!("IMAGE#3f52804b-2fad-4e00-92c8-b593da3a8ed3#RECEIPT#00001#LINE#{n:05}#WORD#00001")
+    }
+
+    #[test]
+    fn chunks_respect_count_and_query_budget() {
+        let owned: Vec<String> = (0..250).map(word_id).collect();
+        let ids: Vec<&str> = owned.iter().map(String::as_str).collect();
+        // One word id encodes to 78 + 5 × 2 = 88 bytes, 93 with `ids=` and `&`.
+        assert_eq!(encoded_len(&owned[0]), 88);
+        let chunks = chunk_ids(&ids, 100, 6_000);
+        assert!(chunks.iter().all(|c| c.len() == 64 || c.len() == 250 % 64));
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 250);
+        assert!(chunks.iter().all(|c| c.len() * 93 <= 6_000));
+
+        let chunks = chunk_ids(&ids, 100, usize::MAX);
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![100, 100, 50]);
+        // Pinecone's cap holds whatever is configured.
+        let many: Vec<&str> = vec!["a"; 2500];
+        assert!(
+            chunk_ids(&many, 5000, usize::MAX)
+                .iter()
+                .all(|c| c.len() <= MAX_FETCH_IDS)
+        );
+        // An id over budget still goes, alone.
+        let chunks = chunk_ids(&ids[..3], 100, 10);
+        assert_eq!(chunks.len(), 3);
+        assert!(chunk_ids(&[], 100, 6_000).is_empty());
+    }
+
+    #[test]
+    fn error_bodies_of_both_planes() {
+        assert_eq!(
+            error_message(br#"{"code":8,"message":"TOO_MANY_REQUESTS: slow down","details":[]}"#),
+            "TOO_MANY_REQUESTS: slow down [code 8]"
+        );
+        assert_eq!(
+            error_message(br#"{"error":{"code":"UNAUTHENTICATED","message":"Invalid API Key"}}"#),
+            "Invalid API Key [code UNAUTHENTICATED]"
+        );
+        assert_eq!(error_message(b"<html>oops</html>"), "<html>oops</html>");
+    }
+
+    #[test]
+    fn classification() {
+        let api = |status| PineconeError::Api {
+            op: "update",
+            status,
+            message: String::new(),
+            retry_after: None,
+        };
+        assert!(api(429).is_transient());
+        assert!(api(503).is_transient());
+        assert!(!api(400).is_transient());
+        assert!(!api(401).is_transient());
+        assert_eq!(api(429).class(), "rate_limited");
+        assert!(
+            PineconeError::Transport {
+                op: "fetch",
+                kind: TransportKind::Connect,
+                message: String::new()
+            }
+            .is_transient()
+        );
+        assert!(
+            !PineconeError::Decode {
+                op: "fetch",
+                message: String::new()
+            }
+            .is_transient()
+        );
+    }
+
+    #[test]
+    fn urls_headers_and_debug() {
+        let config = PineconeConfig::new("my-index-abc.svc.pinecone.io", SecretString::from(KEY));
+        assert!(!format!("{config:?}").contains("SECRET"));
+        let client = PineconeClient::new(config).expect("valid");
+        assert_eq!(
+            client.fetch_url.as_str(),
+            "https://my-index-abc.svc.pinecone.io/vectors/fetch"
+        );
+        assert_eq!(
+            client.update_url.as_str(),
+            "https://my-index-abc.svc.pinecone.io/vectors/update"
+        );
+        assert_eq!(client.namespace(), "words");
+        let text = format!("{client:?} {client:#?}");
+        assert!(!text.contains("SECRET"), "{text}");
+
+        let client = PineconeClient::new(PineconeConfig::new(
+            "http://127.0.0.1:5080/",
+            SecretString::from(KEY),
+        ))
+        .expect("valid");
+        assert_eq!(
+            client.update_url.as_str(),
+            "http://127.0.0.1:5080/vectors/update"
+        );
+
+        let mut bad = PineconeConfig::new("http://h", SecretString::from("SECRET\nkey-012345"));
+        let err = PineconeClient::new(bad.clone()).expect_err("newline in key");
+        assert!(!format!("{err} {err:?}").contains("SECRET"));
+        bad.api_key = SecretString::from(KEY);
+        bad.namespace = String::new();
+        assert!(PineconeClient::new(bad).is_err());
+    }
+
+    #[test]
+    fn error_text_is_scrubbed() {
+        let secret = SecretString::from(KEY);
+        let body = format!(r#"{{"code":16,"message":"Invalid API Key {KEY}","details":[]}}"#);
+        let message = scrub(&error_message(body.as_bytes()), &secret);
+        assert!(!message.contains("SECRET"));
+    }
+}
