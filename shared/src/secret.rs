@@ -5,7 +5,8 @@
 //! server or proxy echoes back.
 
 use reqwest::header::{HeaderValue, InvalidHeaderValue};
-use secrecy::{ExposeSecret, SecretString};
+/// Re-exported so that users of the clients' configs need no direct `secrecy` dependency.
+pub use secrecy::{ExposeSecret, SecretString};
 
 /// Replaces every occurrence of the secret in `text` by `[REDACTED]`.
 ///

@@ -17,6 +17,8 @@
 //! - [`aws_env`]: local AWS for tests and the demo: moto_server, a unique receipts table and
 //!   queues.
 //!
+//! - [`scenario`]: realistic, seeded batches (table items, OpenAI script and files, vectors).
+//!
 //! Both emulators expose a control API under `/_admin/…` (never authenticated, faulted or
 //! logged) mirroring the library methods, so the binaries can be driven over HTTP.
 
@@ -24,3 +26,4 @@ pub mod aws_env;
 pub mod common;
 pub mod openai;
 pub mod pinecone;
+pub mod scenario;

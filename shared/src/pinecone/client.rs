@@ -47,13 +47,13 @@ pub struct PineconeConfig {
     /// Updates in flight at once. Latency, not the server, limits one connection's rate, so a
     /// few in flight are needed to reach `updates_per_second`; the bucket bounds the rate.
     pub update_concurrency: usize,
-    /// Ids per fetch, at most 1,000 (Pinecone's limit); see [`PineconeConfig::fetch_max_query_bytes`].
+    /// Ids per fetch, at most 1,000 (Pinecone's limit); the query budget below usually binds.
     pub fetch_max_ids: usize,
-    /// Budget of one fetch's query string. Ids travel in the URL: a word id is ~78 characters,
-    /// ~93 bytes once `#` is encoded and `ids=…&` added, so 1,000 ids would make a ~93 KB URL,
-    /// far past the 8–16 KB request-line limits common in proxies and load balancers. 6,000
-    /// bytes (~64 word ids) stays under the strictest common limit (8 KB) with room for the
-    /// rest of the request line.
+    /// Budget of one fetch's query string. Ids travel in the URL: a word id is 78 characters,
+    /// 97 bytes once its seven `#` are encoded (`%23`) and `ids=…&` added, so 1,000 ids would
+    /// make a ~97 KB URL, far past the 8–16 KB request-line limits common in proxies and load
+    /// balancers. 6,000 bytes (61 word ids) stays under the strictest common limit (8 KB) with
+    /// room for the rest of the request line.
     pub fetch_max_query_bytes: usize,
     /// Fetches in flight at once.
     pub fetch_concurrency: usize,
@@ -632,12 +632,14 @@ mod tests {
     fn chunks_respect_count_and_query_budget() {
         let owned: Vec<String> = (0..250).map(word_id).collect();
         let ids: Vec<&str> = owned.iter().map(String::as_str).collect();
-        // One word id encodes to 78 + 5 × 2 = 88 bytes, 93 with `ids=` and `&`.
-        assert_eq!(encoded_len(&owned[0]), 88);
+        // A word id: 78 characters with 7 `#`, each encoded as `%23`: 92 bytes, 97 with
+        // `ids=` and `&`.
+        assert_eq!(owned[0].len(), 78);
+        assert_eq!(encoded_len(&owned[0]), 92);
         let chunks = chunk_ids(&ids, 100, 6_000);
-        assert!(chunks.iter().all(|c| c.len() == 64 || c.len() == 250 % 64));
-        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 250);
-        assert!(chunks.iter().all(|c| c.len() * 93 <= 6_000));
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![61, 61, 61, 61, 6]);
+        assert!(sizes.iter().all(|n| n * 97 <= 6_000));
 
         let chunks = chunk_ids(&ids, 100, usize::MAX);
         let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
