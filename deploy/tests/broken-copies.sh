@@ -90,7 +90,8 @@ expect_rejected() {
     PASSED=$((PASSED + 1))
     echo "ok - mutation $name rejected (failed: ${failed% })"
   fi
-  grep -E -- "$evidence" <<<"$out" | grep -vE '^(ok|FAIL) - ' | sed 's/^ */     evidence: /' | head -n 6 || true
+  grep -E -- "$evidence" <<<"$out" | grep -vE '^(ok - |FAIL - (crosscheck|crds|kubernetes-validate|cfn-lint|hadolint|yamllint):)' |
+    sed -E 's/^ *(- )?//' | awk '!seen[$0]++' | cut -c1-200 | sed 's/^/     evidence: /' | head -n 6 || true
 }
 
 STEPS_ALL=kubernetes-validate,crds,crosscheck,cfn-lint,checkov
