@@ -246,7 +246,7 @@ mod tests {
         for bad in [
             format!("IMAGE#{IMG}#RECEIPT#0"),
             format!("IMAGE#{IMG}#RECEIPT#x"),
-            format!("IMAGE#not-a-uuid#RECEIPT#1"),
+            "IMAGE#not-a-uuid#RECEIPT#1".to_owned(),
             format!("IMAGE#{IMG}"),
             format!("IMAGE#{IMG}#RECEIPT#1#LINE#1"),
             String::new(),

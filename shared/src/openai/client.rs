@@ -778,12 +778,14 @@ mod tests {
         ));
     }
 
-    // Real time: under paused time the connect timeout could fire before the refusal arrives.
     #[tokio::test]
     async fn connection_refused_is_transient_after_retries() {
+        // A port that was just free: nothing listens there now.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
         let mut config = OpenAiConfig::new(SecretString::from(KEY));
-        // Port 9 (discard) is closed on test machines: connect is refused at once.
-        config.base_url = "http://127.0.0.1:9/v1".into();
+        config.base_url = format!("http://{addr}/v1");
         config.retry = RetryPolicy {
             max_attempts: 2,
             min_delay: Duration::from_millis(10),

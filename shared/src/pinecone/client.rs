@@ -735,6 +735,23 @@ mod tests {
         assert!(PineconeClient::new(bad).is_err());
     }
 
+    #[tokio::test]
+    async fn nothing_to_merge_makes_no_request() {
+        // Nothing listens on port 9 here; a request would fail.
+        let mut config = PineconeConfig::new("http://127.0.0.1:9", SecretString::from(KEY));
+        config.retry = RetryPolicy::none();
+        let client = PineconeClient::new(config).expect("valid");
+        let report = client.apply_merges(Vec::new()).await.expect("no calls");
+        assert_eq!(report, PineconeReport::default());
+        assert!(
+            client
+                .fetch_metadata(&[])
+                .await
+                .expect("no calls")
+                .is_empty()
+        );
+    }
+
     #[test]
     fn error_text_is_scrubbed() {
         let secret = SecretString::from(KEY);

@@ -271,7 +271,7 @@ async fn summary(
         if pending > 0 {
             problems.push(format!("{pending} labels are still PENDING"));
         }
-        if by_status.get(BatchStatus::Pending.as_str()).is_some() {
+        if by_status.contains_key(BatchStatus::Pending.as_str()) {
             problems.push("some batches are still PENDING".into());
         }
         if problems.is_empty() {

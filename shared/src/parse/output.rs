@@ -1,0 +1,407 @@
+//! Lines of a batch's output file and error file (openai-batch.md), classified one at a time.
+//!
+//! Speed matters on a file of hundreds of MB: the line is read once into borrowed views (the
+//! chat completion's other fields are skipped, not built), and only the answer's `arguments`
+//! string, which is JSON inside a JSON string, is unescaped and parsed a second time.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::json::{EntryFields, ErrorFields, Picked, Scalar, StatusFields};
+use super::lines::LineTooLong;
+use super::malformed::{Malformed, MalformedKind};
+use super::result_id::{ResultId, ResultIdError};
+use crate::model::{LabelKey, ReceiptKey, ValidationStatus};
+
+/// What one physical line of an output (or error) file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParsedLine {
+    /// Empty or whitespace only: allowed anywhere, never malformed.
+    Blank,
+    Malformed(Malformed),
+    /// The request failed: no verdicts from this line.
+    Failed {
+        receipt: ReceiptKey,
+        /// As written, for logs.
+        custom_id: String,
+        failure: RequestFailure,
+    },
+    /// A completed request: one entry per element of `results`, in file order.
+    Answered {
+        receipt: ReceiptKey,
+        results: Vec<Result<ParsedResult, ResultSkip>>,
+    },
+}
+
+impl ParsedLine {
+    pub fn receipt(&self) -> Option<&ReceiptKey> {
+        match self {
+            ParsedLine::Failed { receipt, .. } | ParsedLine::Answered { receipt, .. } => {
+                Some(receipt)
+            }
+            ParsedLine::Blank | ParsedLine::Malformed(_) => None,
+        }
+    }
+}
+
+impl From<LineTooLong> for ParsedLine {
+    fn from(e: LineTooLong) -> Self {
+        ParsedLine::Malformed(e.into())
+    }
+}
+
+/// Why a request counts as failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// `error` was set (the error file's shape, e.g. `batch_expired`).
+    Error {
+        code: Option<String>,
+        message: Option<String>,
+    },
+    /// `response.status_code` was not 200.
+    Status(i64),
+    /// `response` was null or absent, with no `error` either.
+    NoResponse,
+}
+
+impl RequestFailure {
+    /// Bounded, for metrics: the error code when it is one, else the kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RequestFailure::Error { .. } => "error",
+            RequestFailure::Status(_) => "status",
+            RequestFailure::NoResponse => "no_response",
+        }
+    }
+}
+
+/// One usable model result. Whether its label is a target, exists, and what it means for the
+/// label is the plan's business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedResult {
+    pub label: LabelKey,
+    pub status_at_submit: ValidationStatus,
+    pub is_valid: bool,
+    /// As the model wrote it, when a non-empty string (any other type is ignored): whether it
+    /// is a core label, differs from the judged one, or even makes sense for a valid verdict is
+    /// decided by the plan, so the audit rows can record exactly what was said.
+    pub correct_label: Option<String>,
+}
+
+/// Why one element of `results` (or of a prompt's targets) was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResultSkip {
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("id missing, null or not a string")]
+    MissingId,
+    #[error("bad id: {0}")]
+    BadId(ResultIdError),
+    /// A response may only judge labels of its own receipt.
+    #[error("id names receipt {found}, the line is for {expected}", found = found.custom_id(), expected = expected.custom_id())]
+    OtherReceipt {
+        expected: ReceiptKey,
+        found: ReceiptKey,
+    },
+    #[error("is_valid missing or not a boolean")]
+    IsValidNotBool,
+}
+
+impl ResultSkip {
+    /// Bounded, for metrics and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResultSkip::NotAnObject => "not_an_object",
+            ResultSkip::MissingId => "missing_id",
+            ResultSkip::BadId(_) => "bad_id",
+            ResultSkip::OtherReceipt { .. } => "other_receipt",
+            ResultSkip::IsValidNotBool => "is_valid_not_bool",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LineDe<'a> {
+    #[serde(borrow, default)]
+    custom_id: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    response: Option<ResponseDe<'a>>,
+    #[serde(borrow, default)]
+    error: Option<Picked<'a, ErrorFields>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseDe<'a> {
+    #[serde(borrow, default)]
+    status_code: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    body: Option<BodyDe<'a>>,
+}
+
+#[derive(Deserialize)]
+struct BodyDe<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<ChoiceDe<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceDe<'a> {
+    #[serde(borrow, default)]
+    message: Option<MessageDe<'a>>,
+}
+
+#[derive(Deserialize)]
+struct MessageDe<'a> {
+    #[serde(borrow, default)]
+    function_call: Option<CallDe<'a>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallDe<'a>>>,
+    #[serde(borrow, default)]
+    content: Option<Scalar<'a>>,
+}
+
+#[derive(Deserialize)]
+struct CallDe<'a> {
+    #[serde(borrow, default)]
+    arguments: Option<Scalar<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDe<'a> {
+    #[serde(borrow, default)]
+    function: Option<CallDe<'a>>,
+}
+
+/// Read when [`LineDe`] refused the line: enough to tell a failed request (whose `response` may
+/// hold anything) from a malformed line.
+#[derive(Deserialize)]
+struct LenientLineDe<'a> {
+    #[serde(borrow, default)]
+    custom_id: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    response: Option<Picked<'a, StatusFields>>,
+    #[serde(borrow, default)]
+    error: Option<Picked<'a, ErrorFields>>,
+}
+
+#[derive(Deserialize)]
+struct ArgumentsDe<'a> {
+    #[serde(borrow, default)]
+    results: Option<Vec<Picked<'a, EntryFields>>>,
+}
+
+#[derive(Deserialize)]
+struct PeekDe<'a> {
+    #[serde(borrow, default)]
+    custom_id: Option<Scalar<'a>>,
+}
+
+fn malformed(kind: MalformedKind, detail: impl Into<String>) -> ParsedLine {
+    ParsedLine::Malformed(Malformed::new(kind, detail))
+}
+
+/// Classifies one physical line (without its line ending). The line number is not needed here:
+/// the reader ([`super::LineReader`]) counts lines and the caller hands the number to the plan.
+pub fn parse_output_line(line: &[u8]) -> ParsedLine {
+    let line = line.trim_ascii();
+    if line.is_empty() {
+        return ParsedLine::Blank;
+    }
+    match serde_json::from_slice::<LineDe<'_>>(line) {
+        Ok(de) => classify(de),
+        Err(e) if e.is_data() => classify_lenient(line, &e),
+        Err(e) => malformed(MalformedKind::NotJson, e.to_string()),
+    }
+}
+
+/// [`parse_output_line`] for a line as the reader yields it.
+pub fn parse_output_read(line: Result<&[u8], LineTooLong>) -> ParsedLine {
+    match line {
+        Ok(bytes) => parse_output_line(bytes),
+        Err(e) => e.into(),
+    }
+}
+
+/// The receipt a line is for, without judging the rest: what the input-file fallback needs from
+/// a first pass over the output and error files.
+pub fn peek_custom_id(line: &[u8]) -> Option<ReceiptKey> {
+    let de: PeekDe<'_> = serde_json::from_slice(line.trim_ascii()).ok()?;
+    ReceiptKey::parse_custom_id(de.custom_id?.as_str()?).ok()
+}
+
+fn receipt_of(custom_id: Option<&Scalar<'_>>) -> Result<(ReceiptKey, String), ParsedLine> {
+    let Some(Scalar::Str(id)) = custom_id else {
+        let what = custom_id.map_or("missing", Scalar::type_name);
+        return Err(malformed(
+            MalformedKind::CustomId,
+            format!("custom_id: expected a string, found {what}"),
+        ));
+    };
+    match ReceiptKey::parse_custom_id(id) {
+        Ok(r) => Ok((r, id.clone().into_owned())),
+        Err(e) => Err(malformed(MalformedKind::CustomId, e.to_string())),
+    }
+}
+
+fn failure_of(mut error: Picked<'_, ErrorFields>) -> RequestFailure {
+    let mut text = |i| error.take(i).and_then(|v| v.to_text());
+    RequestFailure::Error {
+        code: text(ErrorFields::CODE),
+        message: text(ErrorFields::MESSAGE),
+    }
+}
+
+fn classify(de: LineDe<'_>) -> ParsedLine {
+    let (receipt, custom_id) = match receipt_of(de.custom_id.as_ref()) {
+        Ok(r) => r,
+        Err(line) => return line,
+    };
+    let failed = |failure| ParsedLine::Failed {
+        receipt: receipt.clone(),
+        custom_id: custom_id.clone(),
+        failure,
+    };
+    if let Some(error) = de.error {
+        return failed(failure_of(error));
+    }
+    let Some(response) = de.response else {
+        return failed(RequestFailure::NoResponse);
+    };
+    match response.status_code {
+        Some(Scalar::Int(200)) => {}
+        Some(Scalar::Int(code)) => return failed(RequestFailure::Status(code)),
+        other => {
+            let what = other.as_ref().map_or("missing", Scalar::type_name);
+            return malformed(
+                MalformedKind::Shape,
+                format!("response.status_code: expected an integer, found {what}"),
+            );
+        }
+    }
+    let Some(mut choices) = response.body.and_then(|b| b.choices) else {
+        return malformed(MalformedKind::Shape, "response.body.choices missing");
+    };
+    if choices.len() != 1 {
+        return malformed(
+            MalformedKind::Choices,
+            format!("expected exactly one choice, found {}", choices.len()),
+        );
+    }
+    let Some(message) = choices.pop().and_then(|c| c.message) else {
+        return malformed(MalformedKind::NoAnswer, "choices[0].message missing");
+    };
+    let Some((source, arguments)) = answer_of(message) else {
+        return malformed(
+            MalformedKind::NoAnswer,
+            "no function_call.arguments, tool_calls[0].function.arguments or content string",
+        );
+    };
+    parse_arguments(receipt, source, &arguments)
+}
+
+/// The answer string. Structured calls come before `content`: a model answering with a tool call
+/// may also say something in `content`, never the other way round. Only the first tool call is
+/// read, as openai-batch.md describes; the prompt asks for exactly one.
+fn answer_of(message: MessageDe<'_>) -> Option<(&'static str, Cow<'_, str>)> {
+    if let Some(Scalar::Str(a)) = message.function_call.and_then(|c| c.arguments) {
+        return Some(("function_call.arguments", a));
+    }
+    let tool = message
+        .tool_calls
+        .and_then(|calls| calls.into_iter().next())
+        .and_then(|call| call.function)
+        .and_then(|f| f.arguments);
+    if let Some(Scalar::Str(a)) = tool {
+        return Some(("tool_calls[0].function.arguments", a));
+    }
+    if let Some(Scalar::Str(a)) = message.content {
+        return Some(("content", a));
+    }
+    None
+}
+
+fn parse_arguments(receipt: ReceiptKey, source: &str, arguments: &str) -> ParsedLine {
+    let de: ArgumentsDe<'_> = match serde_json::from_str(arguments) {
+        Ok(de) => de,
+        Err(e) => return malformed(MalformedKind::Arguments, format!("{source}: {e}")),
+    };
+    let Some(results) = de.results else {
+        return malformed(
+            MalformedKind::Arguments,
+            format!("{source}: no \"results\" array"),
+        );
+    };
+    let results = results
+        .into_iter()
+        .map(|entry| check_result(&receipt, entry))
+        .collect();
+    ParsedLine::Answered { receipt, results }
+}
+
+/// The id of a result or target entry.
+pub(crate) fn entry_id(entry: &mut Picked<'_, EntryFields>) -> Result<ResultId, ResultSkip> {
+    if !entry.is_object {
+        return Err(ResultSkip::NotAnObject);
+    }
+    let Some(Scalar::Str(id)) = entry.take(EntryFields::ID) else {
+        return Err(ResultSkip::MissingId);
+    };
+    ResultId::parse(&id).map_err(ResultSkip::BadId)
+}
+
+fn check_result(
+    receipt: &ReceiptKey,
+    mut entry: Picked<'_, EntryFields>,
+) -> Result<ParsedResult, ResultSkip> {
+    let id = entry_id(&mut entry)?;
+    if id.label.word.receipt != *receipt {
+        return Err(ResultSkip::OtherReceipt {
+            expected: receipt.clone(),
+            found: id.label.word.receipt,
+        });
+    }
+    let Some(Scalar::Bool(is_valid)) = entry.take(EntryFields::IS_VALID) else {
+        return Err(ResultSkip::IsValidNotBool);
+    };
+    let correct_label = match entry.take(EntryFields::CORRECT_LABEL) {
+        Some(Scalar::Str(s)) if !s.is_empty() => Some(s.into_owned()),
+        _ => None,
+    };
+    Ok(ParsedResult {
+        label: id.label,
+        status_at_submit: id.status_at_submit,
+        is_valid,
+        correct_label,
+    })
+}
+
+fn classify_lenient(line: &[u8], original: &serde_json::Error) -> ParsedLine {
+    let Ok(de) = serde_json::from_slice::<LenientLineDe<'_>>(line) else {
+        return malformed(
+            MalformedKind::Shape,
+            format!("not an output line object: {original}"),
+        );
+    };
+    let (receipt, custom_id) = match receipt_of(de.custom_id.as_ref()) {
+        Ok(r) => r,
+        Err(line) => return line,
+    };
+    let failure = match (de.error, de.response) {
+        (Some(error), _) => failure_of(error),
+        (None, None) => RequestFailure::NoResponse,
+        (None, Some(mut response)) => match response.take(StatusFields::STATUS_CODE) {
+            Some(Scalar::Int(code)) if code != 200 => RequestFailure::Status(code),
+            _ => return malformed(MalformedKind::Shape, original.to_string()),
+        },
+    };
+    ParsedLine::Failed {
+        receipt,
+        custom_id,
+        failure,
+    }
+}
+
+#[cfg(test)]
+#[path = "output_tests.rs"]
+mod tests;
