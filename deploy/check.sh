@@ -245,7 +245,7 @@ fi
 
 # -------------------------------------------------------------- hadolint
 if selected hadolint; then
-  run_step hadolint "hadolint $(rel "$DEPLOY_DIR")/Dockerfile" hadolint "$DEPLOY_DIR/Dockerfile"
+  run_step hadolint "hadolint $(rel "$DEPLOY_DIR")/Dockerfile" hadolint --no-color "$DEPLOY_DIR/Dockerfile"
 fi
 
 # --------------------------------------------------------------- checkov

@@ -742,6 +742,38 @@ def check_queues(cfn, params) -> list[str]:
     return errs
 
 
+def check_params(cfn, params_file: Path) -> tuple[list[str], str]:
+    """The example parameters exist in the template and meet its constraints."""
+    errs: list[str] = []
+    decl = cfn.get("Parameters") or {}
+    if not params_file.is_file():
+        return [f"{params_file} missing"], ""
+    data = json.loads(params_file.read_text(encoding="utf-8"))
+    given = {p["ParameterKey"]: p["ParameterValue"] for p in data} if isinstance(data, list) else data
+    for k, v in given.items():
+        d = decl.get(k)
+        if d is None:
+            errs.append(f"{k}: no such parameter in the template")
+            continue
+        v = str(v)
+        if "AllowedValues" in d and v not in [str(x) for x in d["AllowedValues"]]:
+            errs.append(f"{k}={v!r} not in {d['AllowedValues']}")
+        if "AllowedPattern" in d and not re.fullmatch(d["AllowedPattern"], v):
+            errs.append(f"{k}={v!r} does not match {d['AllowedPattern']}")
+        if d.get("Type") == "Number":
+            try:
+                n = float(v)
+            except ValueError:
+                errs.append(f"{k}={v!r} is not a number")
+                continue
+            if "MinValue" in d and n < float(d["MinValue"]) or "MaxValue" in d and n > float(d["MaxValue"]):
+                errs.append(f"{k}={v} outside {d.get('MinValue')}..{d.get('MaxValue')}")
+    for k, d in decl.items():
+        if "Default" not in d and k not in given:
+            errs.append(f"{k}: required by the template, missing from {params_file.name}")
+    return errs, f"{len(given)} parameters of {params_file.name}"
+
+
 # ----------------------------------------------------------------- alerts
 def slug(heading: str) -> str:
     s = heading.strip().lower()
@@ -847,6 +879,8 @@ def main() -> int:
     c.report("IAM: exactly the actions each binary calls, on this stack's resources; IRSA trust",
              check_iam(cfn, params))
     c.report("queues: redrive, redrive allow policy, retention", check_queues(cfn, params))
+    errs, detail = check_params(cfn, a.deploy_dir / "cloudformation" / "parameters.example.json")
+    c.report("example stack parameters meet the template's constraints", errs, detail)
     c.report("receipts table: keys and indexes of data-model.md", check_table(cfn))
     errs, detail = check_alerts(docs, a.deploy_dir / "README.md")
     c.report("alerts: required ones present, known metrics and labels, runbooks", errs, detail)

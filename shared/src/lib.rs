@@ -11,6 +11,8 @@
 //! - [`telemetry`]: JSON or text logs on stderr.
 //! - [`aws`]: building SDK clients from the standard chain (`AWS_ENDPOINT_URL` for emulators).
 //! - [`openai`]: the OpenAI Batch API (batch object, client).
+//! - [`parse`]: streaming parsers of a batch's input, output and error files.
+//! - [`plan`]: processing-rules.md as a pure function from parsed lines and table state to writes.
 //! - [`queue`]: SQS sends (batched, delayed, dead-letter) and queue depths.
 //! - [`pinecone`]: the Pinecone data plane: metadata fetch, label merge, rate-limited updates.
 //! - [`retry`]: bounded exponential backoff with `Retry-After`, shared by the HTTP clients.
@@ -21,7 +23,9 @@ pub mod config;
 pub mod message;
 pub mod model;
 pub mod openai;
+pub mod parse;
 pub mod pinecone;
+pub mod plan;
 pub mod queue;
 pub mod retry;
 pub mod secret;

@@ -1,0 +1,76 @@
+//! What can stop a batch from finishing, classified for the worker: retry later (transient),
+//! dead-letter (permanent), or a stop it asked for.
+
+use std::time::Duration;
+
+use crate::openai::client::OpenAiError;
+use crate::pinecone::client::PineconeError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    /// No BatchSummary for this id: nothing to apply, ever.
+    #[error("batch {0} is unknown to DynamoDB")]
+    BatchUnknown(String),
+    /// The summary exists but is not something this fleet handles.
+    #[error("batch {batch_id}: {problem}")]
+    BadSummary { batch_id: String, problem: String },
+    #[error("OpenAI: {0}")]
+    OpenAi(#[from] OpenAiError),
+    #[error("Pinecone: {0}")]
+    Pinecone(#[from] PineconeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading {what}: {message}")]
+    Io { what: &'static str, message: String },
+    /// The apply was told to stop (lease lost, deadline, shutdown) or hit a drill's write
+    /// budget; everything written so far is safe to write again.
+    #[error("apply stopped before write {writes}: {why}")]
+    Stopped { writes: usize, why: &'static str },
+}
+
+impl FinishError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FinishError::BatchUnknown(_) | FinishError::BadSummary { .. } => false,
+            FinishError::OpenAi(e) => e.is_transient(),
+            FinishError::Pinecone(e) => e.is_transient(),
+            FinishError::Store(e) => e.is_transient(),
+            FinishError::Io { .. } | FinishError::Stopped { .. } => true,
+        }
+    }
+
+    /// A bounded name for metrics and the dead-letter `reason` attribute.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FinishError::BatchUnknown(_) => "batch_unknown",
+            FinishError::BadSummary { .. } => "bad_summary",
+            FinishError::OpenAi(e) if e.is_not_found() => "openai_batch_not_found",
+            FinishError::OpenAi(e) => match e.class() {
+                "unauthorized" => "openai_unauthorized",
+                "rate_limited" => "openai_rate_limited",
+                "server_error" => "openai_server_error",
+                "truncated" => "openai_truncated_download",
+                _ => "openai_error",
+            },
+            FinishError::Pinecone(e) => match e.class() {
+                "rate_limited" => "pinecone_rate_limited",
+                "unauthorized" => "pinecone_unauthorized",
+                _ => "pinecone_error",
+            },
+            FinishError::Store(StoreError::Decode(_)) => "bad_item",
+            FinishError::Store(_) => "dynamodb_error",
+            FinishError::Io { .. } => "io_error",
+            FinishError::Stopped { .. } => "stopped",
+        }
+    }
+
+    /// A server's own suggestion of when to try again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FinishError::OpenAi(e) => e.retry_after(),
+            FinishError::Pinecone(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! What a plan found and decided, in numbers: printed by `worker apply-batch`, exported as
+//! metrics, and the first thing to read when a batch looks wrong.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::model::Verdict;
+
+/// Lines of one file (output or error).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LineCounters {
+    pub total: u64,
+    pub blank: u64,
+    pub answered: u64,
+    /// Failed requests (`error` set, status ≠ 200, no response).
+    pub failed: u64,
+    /// By [`crate::parse::MalformedKind::as_str`].
+    pub malformed: BTreeMap<String, u64>,
+}
+
+/// Every result of an answered output line ends in exactly one of these (so they sum to
+/// `total`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ResultCounters {
+    pub total: u64,
+    /// Decided a verdict now (including verdicts that only got a journal row: conflicts).
+    pub applied: u64,
+    /// The label has a journal row of this batch: its recorded verdict is used instead.
+    pub recorded: u64,
+    /// The label is VALID and this batch did not set it: no downgrade, no rows.
+    pub already_valid: u64,
+    /// An earlier result (by file position) for a label that has a later one.
+    pub duplicate_overridden: u64,
+    pub not_an_object: u64,
+    pub missing_id: u64,
+    pub bad_id: u64,
+    pub other_receipt: u64,
+    pub is_valid_not_bool: u64,
+    pub not_target: u64,
+    pub not_in_table: u64,
+    /// Results of a batch whose outcome applies no output (never expected: a failed batch has
+    /// no output file).
+    pub ignored: u64,
+}
+
+/// Journal rows to write, by verdict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VerdictCounters {
+    pub valid: u64,
+    pub invalid: u64,
+    pub needs_review: u64,
+}
+
+impl VerdictCounters {
+    pub(crate) fn add(&mut self, v: Verdict) {
+        match v {
+            Verdict::Valid => self.valid += 1,
+            Verdict::Invalid => self.invalid += 1,
+            Verdict::NeedsReview => self.needs_review += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.valid + self.invalid + self.needs_review
+    }
+}
+
+/// What happens to the targets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TargetCounters {
+    /// Targets of the input (or fallback) plus labels only the journal names.
+    pub total: u64,
+    /// Verdicts whose status change is planned (fresh or recorded).
+    pub status_changes: u64,
+    /// Verdicts re-applied from this batch's journal.
+    pub recorded: u64,
+    /// Verdicts not applied because the label is no longer in the state they were decided from
+    /// (found at planning); their journal rows are still written.
+    pub conflicts: u64,
+    /// Conflicts the conditional writes found later ([`super::Plan::without_conflicts`]).
+    pub apply_conflicts: u64,
+    /// PENDING targets without a verdict, going back to NONE.
+    pub resets: u64,
+    /// Targets without a verdict that are not PENDING: left alone.
+    pub not_pending: u64,
+    /// Targets (or journal labels) not in the table.
+    pub missing: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CorrectionCounters {
+    /// New labels to create (one per word and name).
+    pub created: u64,
+    /// A label of that name is already on the word (possibly one an earlier run created).
+    pub existing: u64,
+    /// Invalid verdicts whose suggestion is not a core label: recorded, nothing created.
+    pub non_core: u64,
+    /// Invalid verdicts suggesting the judged label itself.
+    pub same_label: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ResultRowCounters {
+    pub written: u64,
+    /// Verdicts whose CompletionBatchResult key another verdict (smaller image id) took.
+    pub collisions: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PlanCounters {
+    pub output_lines: LineCounters,
+    pub error_lines: LineCounters,
+    pub results: ResultCounters,
+    pub verdicts: VerdictCounters,
+    pub targets: TargetCounters,
+    pub corrections: CorrectionCounters,
+    /// Words whose vector metadata gets a merge.
+    pub vector_merges: u64,
+    pub result_rows: ResultRowCounters,
+    /// Journal rows of another batch handed in, or of a batch whose outcome applies no output.
+    pub journal_ignored: u64,
+    /// The batch field `validated_at` came from (`completed_at`, … or `none`).
+    pub timestamp_field: String,
+}

@@ -1,0 +1,1 @@
+//! The processing rules as a pure function.
