@@ -167,7 +167,10 @@ mod tests {
             (&["replay-dlq", "--rate", "0"][..], "--rate"),
             (&["replay-dlq", "--rate", "fast"][..], "--rate"),
             (&["replay-dlq", "--bulk", "--dry-run"][..], "--dry-run"),
-            (&["replay-dlq", "--bulk", "--batch-id", "b"][..], "--batch-id"),
+            (
+                &["replay-dlq", "--bulk", "--batch-id", "b"][..],
+                "--batch-id",
+            ),
             (&["enqueue", "--frobnicate"][..], "--frobnicate"),
             (&["launch"][..], "launch"),
         ] {
@@ -202,8 +205,15 @@ mod tests {
 
     #[test]
     fn replay_defaults() {
-        let cli = Cli::try_parse_from(["producer", "replay-dlq", "--batch-id", "a", "--batch-id", "b"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "producer",
+            "replay-dlq",
+            "--batch-id",
+            "a",
+            "--batch-id",
+            "b",
+        ])
+        .unwrap();
         let Command::ReplayDlq(args) = cli.command else {
             panic!("not replay-dlq")
         };

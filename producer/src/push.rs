@@ -139,8 +139,12 @@ pub async fn push(base: &str, exposition: String, replace: bool) -> Result<(), P
 pub async fn push_enqueue_metrics(base: &str, report: &EnqueueReport) {
     let text = render_enqueue_metrics(report);
     match push(base, text, report.succeeded()).await {
-        Ok(()) => tracing::debug!(event = "metrics_pushed", url = %push_url(base), "metrics pushed"),
-        Err(e) => tracing::warn!(event = "metrics_push_failed", error = %e, "could not push metrics"),
+        Ok(()) => {
+            tracing::debug!(event = "metrics_pushed", url = %push_url(base), "metrics pushed")
+        }
+        Err(e) => {
+            tracing::warn!(event = "metrics_push_failed", error = %e, "could not push metrics")
+        }
     }
 }
 
@@ -174,7 +178,10 @@ mod tests {
     }
 
     fn has_line(text: &str, line: &str) {
-        assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line:?} in\n{text}"
+        );
     }
 
     #[test]
@@ -185,7 +192,10 @@ mod tests {
         has_line(&text, "fleet_producer_batches_total{result=\"skipped\"} 3");
         has_line(&text, "fleet_producer_batches_total{result=\"failed\"} 0");
         has_line(&text, "fleet_producer_batches_total{result=\"bad_item\"} 1");
-        has_line(&text, "fleet_producer_oldest_pending_batch_age_seconds 4200");
+        has_line(
+            &text,
+            "fleet_producer_oldest_pending_batch_age_seconds 4200",
+        );
         has_line(
             &text,
             "fleet_producer_queue_messages{queue=\"work\",state=\"in_flight\"} 2",
@@ -194,7 +204,10 @@ mod tests {
             &text,
             "fleet_producer_queue_messages{queue=\"dead_letter\",state=\"visible\"} 4",
         );
-        has_line(&text, "fleet_producer_last_success_timestamp_seconds 1750438992");
+        has_line(
+            &text,
+            "fleet_producer_last_success_timestamp_seconds 1750438992",
+        );
         has_line(&text, "# TYPE fleet_producer_batches_total counter");
         has_line(&text, "# TYPE fleet_producer_queue_messages gauge");
     }

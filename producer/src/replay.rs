@@ -195,8 +195,7 @@ pub async fn replay(
         let messages = out.messages.unwrap_or_default();
         let mut new = 0;
         for m in messages {
-            let (Some(id), Some(handle)) = (m.message_id.clone(), m.receipt_handle.clone())
-            else {
+            let (Some(id), Some(handle)) = (m.message_id.clone(), m.receipt_handle.clone()) else {
                 continue;
             };
             if !seen.insert(id.clone()) {
@@ -430,13 +429,19 @@ pub async fn replay_bulk(
 
 /// What moved (or would move), for people.
 pub fn render_text(report: &ReplayReport) -> String {
-    let verb = if report.dry_run { "would move" } else { "moved" };
+    let verb = if report.dry_run {
+        "would move"
+    } else {
+        "moved"
+    };
     let mut out = String::new();
     for m in &report.moved {
         out.push_str(&format!(
             "{verb} {} batch={} reason={}{}{}\n",
             m.message_id,
-            m.batch_id.as_deref().unwrap_or("(not a valid message: body unchanged)"),
+            m.batch_id
+                .as_deref()
+                .unwrap_or("(not a valid message: body unchanged)"),
             m.reason,
             m.replays
                 .map(|r| format!(" replays={r}"))

@@ -94,10 +94,22 @@ pub struct StatusSettings {
 /// The command to run with its settings, and whether to print JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandSettings {
-    Enqueue { settings: EnqueueSettings, json: bool },
-    ReplayDlq { settings: ReplaySettings, json: bool },
-    ReplayBulk { settings: BulkSettings, json: bool },
-    Status { settings: StatusSettings, json: bool },
+    Enqueue {
+        settings: EnqueueSettings,
+        json: bool,
+    },
+    ReplayDlq {
+        settings: ReplaySettings,
+        json: bool,
+    },
+    ReplayBulk {
+        settings: BulkSettings,
+        json: bool,
+    },
+    Status {
+        settings: StatusSettings,
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -123,7 +135,10 @@ impl Settings {
             ("RUST_LOG", g.rust_log.clone()),
         ];
         if let Command::Enqueue(a) = &cli.command {
-            flags.push(("SCHEDULE_HORIZON_SECONDS", a.schedule_horizon_seconds.clone()));
+            flags.push((
+                "SCHEDULE_HORIZON_SECONDS",
+                a.schedule_horizon_seconds.clone(),
+            ));
             flags.push(("PUSHGATEWAY_URL", a.pushgateway_url.clone()));
         }
         let mut l = Lookup::new(flags, source);
@@ -342,7 +357,10 @@ mod tests {
     #[test]
     fn replay_needs_the_dead_letter_queue() {
         let text = problems(&["replay-dlq"], &BASE);
-        assert!(text.contains("DEAD_LETTER_QUEUE_URL is required by replay-dlq"), "{text}");
+        assert!(
+            text.contains("DEAD_LETTER_QUEUE_URL is required by replay-dlq"),
+            "{text}"
+        );
         let text = problems(&["replay-dlq", "--bulk"], &BASE);
         assert!(text.contains("DEAD_LETTER_QUEUE_URL"), "{text}");
         // enqueue and status only report its depth

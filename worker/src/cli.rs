@@ -133,7 +133,10 @@ mod tests {
     fn help_names_every_variable() {
         let help = Cli::command().render_long_help().to_string();
         for (name, _) in SettingFlags::default().pairs() {
-            assert!(help.contains(&format!("[env: {name}]")), "{name} missing in help");
+            assert!(
+                help.contains(&format!("[env: {name}]")),
+                "{name} missing in help"
+            );
         }
         Cli::command().debug_assert();
     }

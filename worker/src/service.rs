@@ -66,3 +66,109 @@ pub trait BatchService: Send + Sync + 'static {
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<Self::Report, Self::Error>> + Send;
 }
+
+mod finish_impl {
+    //! The production [`BatchService`]: the shared library's batch processing.
+
+    use std::collections::BTreeMap;
+    use std::future::Future;
+    use std::time::Duration;
+
+    use fleet_shared::finish::{ApplyReport, FinishError, Services};
+    use fleet_shared::model::{BatchStatus, BatchSummary};
+    use fleet_shared::openai::BatchObject;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{ApplyOutcome, BatchService, ServiceError};
+
+    impl ServiceError for FinishError {
+        fn is_transient(&self) -> bool {
+            FinishError::is_transient(self)
+        }
+        fn reason(&self) -> &'static str {
+            FinishError::reason(self)
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            FinishError::retry_after(self)
+        }
+    }
+
+    impl ApplyOutcome for ApplyReport {
+        fn labels_by_verdict(&self) -> &BTreeMap<String, u64> {
+            &self.labels_by_verdict
+        }
+        fn skipped(&self) -> &BTreeMap<String, u64> {
+            &self.skipped
+        }
+        fn already_done(&self) -> bool {
+            self.already_done
+        }
+        fn summary_status(&self) -> Option<BatchStatus> {
+            self.summary_status
+        }
+    }
+
+    impl BatchService for Services {
+        type Error = FinishError;
+        type Report = ApplyReport;
+
+        fn load_summary(
+            &self,
+            batch_id: &str,
+        ) -> impl Future<Output = Result<BatchSummary, FinishError>> + Send {
+            Services::load_summary(self, batch_id)
+        }
+
+        fn check(
+            &self,
+            summary: &BatchSummary,
+        ) -> impl Future<Output = Result<BatchObject, FinishError>> + Send {
+            Services::check(self, summary)
+        }
+
+        fn cancel(
+            &self,
+            summary: &BatchSummary,
+        ) -> impl Future<Output = Result<BatchObject, FinishError>> + Send {
+            Services::cancel(self, summary)
+        }
+
+        fn apply(
+            &self,
+            summary: &BatchSummary,
+            batch: &BatchObject,
+            stop: &CancellationToken,
+        ) -> impl Future<Output = Result<ApplyReport, FinishError>> + Send {
+            Services::apply(self, summary, batch, stop)
+        }
+    }
+}
+
+/// The production service from the settings: the OpenAI and Pinecone clients beside the store.
+pub fn build_services(
+    settings: &crate::settings::Settings,
+    store: fleet_shared::store::Store,
+) -> anyhow::Result<fleet_shared::finish::Services> {
+    use fleet_shared::openai::{OpenAiClient, OpenAiConfig};
+    use fleet_shared::pinecone::{PineconeClient, PineconeConfig};
+
+    let openai = OpenAiClient::new(OpenAiConfig {
+        base_url: settings.openai.base_url.clone(),
+        organization: settings.openai.organization.clone(),
+        project: settings.openai.project.clone(),
+        ..OpenAiConfig::new(settings.openai.api_key.clone())
+    })?;
+    let pinecone = PineconeClient::new(PineconeConfig {
+        namespace: settings.pinecone.namespace.clone(),
+        updates_per_second: settings.pinecone.updates_per_second,
+        ..PineconeConfig::new(
+            settings.pinecone.index_host.clone(),
+            settings.pinecone.api_key.clone(),
+        )
+    })?;
+    Ok(fleet_shared::finish::Services {
+        store,
+        openai,
+        pinecone,
+    })
+}

@@ -94,15 +94,28 @@ impl Settings {
         let pinecone = PineconeSettings {
             index_host: l.url("PINECONE_INDEX_HOST", index_host),
             api_key: l.secret("PINECONE_API_KEY"),
-            namespace: l.string_or("PINECONE_NAMESPACE", fleet_shared::pinecone::DEFAULT_NAMESPACE),
+            namespace: l.string_or(
+                "PINECONE_NAMESPACE",
+                fleet_shared::pinecone::DEFAULT_NAMESPACE,
+            ),
             updates_per_second: l.float_in("PINECONE_UPDATES_PER_SECOND", 90.0, 0.1, 10_000.0),
         };
 
         let metrics_addr = l.socket_addr_or("METRICS_ADDR", "0.0.0.0:9090");
         let max_in_flight = l.number_in("MAX_IN_FLIGHT", 16, 1, 1000);
-        let visibility = l.number_in("VISIBILITY_TIMEOUT_SECONDS", 120, 10, MAX_VISIBILITY_SECONDS);
+        let visibility = l.number_in(
+            "VISIBILITY_TIMEOUT_SECONDS",
+            120,
+            10,
+            MAX_VISIBILITY_SECONDS,
+        );
         let default_heartbeat = (visibility / 3).clamp(1, MAX_DEFAULT_HEARTBEAT_SECONDS);
-        let heartbeat = l.number_in("HEARTBEAT_SECONDS", default_heartbeat, 1, MAX_VISIBILITY_SECONDS);
+        let heartbeat = l.number_in(
+            "HEARTBEAT_SECONDS",
+            default_heartbeat,
+            1,
+            MAX_VISIBILITY_SECONDS,
+        );
         if heartbeat >= visibility {
             l.problem(format!(
                 "HEARTBEAT_SECONDS={heartbeat} must be below VISIBILITY_TIMEOUT_SECONDS={visibility}, \
@@ -128,7 +141,10 @@ impl Settings {
         let grace = l.number_in("SHUTDOWN_GRACE_SECONDS", 25, 0, 3_600);
         let host = l
             .optional("HOSTNAME")
-            .filter(|h| h.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+            .filter(|h| {
+                h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            })
             .unwrap_or_else(|| "worker".to_owned());
 
         l.finish()?;
@@ -306,48 +322,107 @@ mod tests {
             max_in_flight: Some("many".into()),
             ..SettingFlags::default()
         };
-        let err = Settings::read(&bad, false, &base()).unwrap_err().to_string();
-        assert!(err.contains("MAX_IN_FLIGHT=\"many\" is not a whole number"), "{err}");
+        let err = Settings::read(&bad, false, &base())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MAX_IN_FLIGHT=\"many\" is not a whole number"),
+            "{err}"
+        );
     }
 
     #[test]
     fn each_bad_value_is_named() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("MAX_IN_FLIGHT", "0")], "MAX_IN_FLIGHT=0 is out of range (1..=1000)"),
-            (&[("MAX_IN_FLIGHT", "1001")], "MAX_IN_FLIGHT=1001 is out of range"),
-            (&[("MAX_IN_FLIGHT", "ten")], "MAX_IN_FLIGHT=\"ten\" is not a whole number"),
-            (&[("MAX_IN_FLIGHT", "-1")], "MAX_IN_FLIGHT=\"-1\" is not a whole number"),
-            (&[("LOG_FORMAT", "xml")], "LOG_FORMAT=\"xml\": expected json or text"),
             (
-                &[("RECHECK_MIN_SECONDS", "120"), ("RECHECK_MAX_SECONDS", "60")],
+                &[("MAX_IN_FLIGHT", "0")],
+                "MAX_IN_FLIGHT=0 is out of range (1..=1000)",
+            ),
+            (
+                &[("MAX_IN_FLIGHT", "1001")],
+                "MAX_IN_FLIGHT=1001 is out of range",
+            ),
+            (
+                &[("MAX_IN_FLIGHT", "ten")],
+                "MAX_IN_FLIGHT=\"ten\" is not a whole number",
+            ),
+            (
+                &[("MAX_IN_FLIGHT", "-1")],
+                "MAX_IN_FLIGHT=\"-1\" is not a whole number",
+            ),
+            (
+                &[("LOG_FORMAT", "xml")],
+                "LOG_FORMAT=\"xml\": expected json or text",
+            ),
+            (
+                &[
+                    ("RECHECK_MIN_SECONDS", "120"),
+                    ("RECHECK_MAX_SECONDS", "60"),
+                ],
                 "RECHECK_MIN_SECONDS=120 is above RECHECK_MAX_SECONDS=60",
             ),
-            (&[("RECHECK_MAX_SECONDS", "86401")], "RECHECK_MAX_SECONDS=86401 is out of range"),
-            (&[("RECHECK_MIN_SECONDS", "1.5")], "RECHECK_MIN_SECONDS=\"1.5\" is not a whole number"),
+            (
+                &[("RECHECK_MAX_SECONDS", "86401")],
+                "RECHECK_MAX_SECONDS=86401 is out of range",
+            ),
+            (
+                &[("RECHECK_MIN_SECONDS", "1.5")],
+                "RECHECK_MIN_SECONDS=\"1.5\" is not a whole number",
+            ),
             (
                 &[("VISIBILITY_TIMEOUT_SECONDS", "5")],
                 "VISIBILITY_TIMEOUT_SECONDS=5 is out of range (10..=43200)",
             ),
             (
-                &[("VISIBILITY_TIMEOUT_SECONDS", "30"), ("HEARTBEAT_SECONDS", "30")],
+                &[
+                    ("VISIBILITY_TIMEOUT_SECONDS", "30"),
+                    ("HEARTBEAT_SECONDS", "30"),
+                ],
                 "HEARTBEAT_SECONDS=30 must be below VISIBILITY_TIMEOUT_SECONDS=30",
             ),
             (
                 &[("RETRY_MIN_SECONDS", "60"), ("RETRY_MAX_SECONDS", "10")],
                 "RETRY_MIN_SECONDS=60 is above RETRY_MAX_SECONDS=10",
             ),
-            (&[("MESSAGE_DEADLINE_SECONDS", "0")], "MESSAGE_DEADLINE_SECONDS=0 is out of range"),
-            (&[("STUCK_VALIDATING_SECONDS", "soon")], "STUCK_VALIDATING_SECONDS=\"soon\""),
-            (&[("SHUTDOWN_GRACE_SECONDS", "3601")], "SHUTDOWN_GRACE_SECONDS=3601 is out of range"),
-            (&[("METRICS_ADDR", "everywhere")], "METRICS_ADDR=\"everywhere\""),
-            (&[("OPENAI_BASE_URL", "api.openai.com")], "OPENAI_BASE_URL=\"api.openai.com\" is not an http(s) URL"),
-            (&[("PINECONE_INDEX_HOST", "ftp://x")], "PINECONE_INDEX_HOST=\"ftp://x\" is not an http(s) URL"),
-            (&[("PINECONE_UPDATES_PER_SECOND", "0")], "PINECONE_UPDATES_PER_SECOND=0 is out of range"),
-            (&[("QUEUE_URL", "queue")], "QUEUE_URL=\"queue\" is not an http(s) URL"),
+            (
+                &[("MESSAGE_DEADLINE_SECONDS", "0")],
+                "MESSAGE_DEADLINE_SECONDS=0 is out of range",
+            ),
+            (
+                &[("STUCK_VALIDATING_SECONDS", "soon")],
+                "STUCK_VALIDATING_SECONDS=\"soon\"",
+            ),
+            (
+                &[("SHUTDOWN_GRACE_SECONDS", "3601")],
+                "SHUTDOWN_GRACE_SECONDS=3601 is out of range",
+            ),
+            (
+                &[("METRICS_ADDR", "everywhere")],
+                "METRICS_ADDR=\"everywhere\"",
+            ),
+            (
+                &[("OPENAI_BASE_URL", "api.openai.com")],
+                "OPENAI_BASE_URL=\"api.openai.com\" is not an http(s) URL",
+            ),
+            (
+                &[("PINECONE_INDEX_HOST", "ftp://x")],
+                "PINECONE_INDEX_HOST=\"ftp://x\" is not an http(s) URL",
+            ),
+            (
+                &[("PINECONE_UPDATES_PER_SECOND", "0")],
+                "PINECONE_UPDATES_PER_SECOND=0 is out of range",
+            ),
+            (
+                &[("QUEUE_URL", "queue")],
+                "QUEUE_URL=\"queue\" is not an http(s) URL",
+            ),
         ];
         for (pairs, needle) in cases {
             let text = problems(&with(pairs));
-            assert!(text.contains(needle), "{pairs:?}: expected {needle:?} in {text}");
+            assert!(
+                text.contains(needle),
+                "{pairs:?}: expected {needle:?} in {text}"
+            );
         }
     }
 
@@ -380,7 +455,11 @@ mod tests {
 
     #[test]
     fn a_blank_value_counts_as_unset() {
-        let s = read(&with(&[("MAX_IN_FLIGHT", " "), ("DEAD_LETTER_QUEUE_URL", "")])).unwrap();
+        let s = read(&with(&[
+            ("MAX_IN_FLIGHT", " "),
+            ("DEAD_LETTER_QUEUE_URL", ""),
+        ]))
+        .unwrap();
         assert_eq!(s.max_in_flight, 16);
         assert_eq!(s.common.dead_letter_queue_url, None);
     }

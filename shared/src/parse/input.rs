@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::json::{EntryFields, Picked, Scalar};
+use super::json::{EntryFields, Picked, Scalar, not_an_object};
 use super::lines::LineTooLong;
 use super::malformed::{Malformed, MalformedKind};
 use super::output::{ResultSkip, entry_id};
@@ -71,6 +71,11 @@ pub fn parse_input_line(line: &[u8]) -> InputLine {
     let line = line.trim_ascii();
     if line.is_empty() {
         return InputLine::Blank;
+    }
+    match not_an_object(line) {
+        None => {}
+        Some(true) => return malformed(MalformedKind::Shape, "not a JSON object"),
+        Some(false) => return malformed(MalformedKind::NotJson, "not a JSON object"),
     }
     let de: RequestDe<'_> = match serde_json::from_slice(line) {
         Ok(de) => de,
@@ -284,15 +289,24 @@ mod tests {
         let cases: Vec<(String, MalformedKind)> = vec![
             ("{not json".into(), MalformedKind::NotJson),
             ("[1,2]".into(), MalformedKind::Shape),
-            (json!({"body": {"messages": []}}).to_string(), MalformedKind::Shape),
+            (
+                json!({"body": {"messages": []}}).to_string(),
+                MalformedKind::Shape,
+            ),
             (
                 json!({"body": {"messages": [{"content": [{"type": "text"}]}]}}).to_string(),
                 MalformedKind::Shape,
             ),
             (request("no header here"), MalformedKind::Targets),
             (request("x ### Targets\n[]"), MalformedKind::Targets),
-            (request(&format!("{TARGETS_HEADER}\n[{{\"id\": ")), MalformedKind::Targets),
-            (request(&format!("{TARGETS_HEADER}\n{{\"id\": 1}}")), MalformedKind::Targets),
+            (
+                request(&format!("{TARGETS_HEADER}\n[{{\"id\": ")),
+                MalformedKind::Targets,
+            ),
+            (
+                request(&format!("{TARGETS_HEADER}\n{{\"id\": 1}}")),
+                MalformedKind::Targets,
+            ),
         ];
         for (line, kind) in cases {
             match parse_input_line(line.as_bytes()) {
@@ -306,12 +320,20 @@ mod tests {
     #[test]
     fn collector_dedups_targets_and_counts_lines() {
         let a = request(&prompt(&json!([{"id": tid(1, 1, "DATE")}, {"id": "bad"}])));
-        let b = request(&prompt(&json!([{"id": tid(1, 1, "DATE")}, {"id": tid(2, 1, "TAX")}])));
+        let b = request(&prompt(
+            &json!([{"id": tid(1, 1, "DATE")}, {"id": tid(2, 1, "TAX")}]),
+        ));
         let mut c = TargetCollector::new();
         for line in [a.as_str(), "", "garbage", b.as_str()] {
             c.add_line(parse_input_line(line.as_bytes()));
         }
-        c.add_line(LineTooLong { length: 9, limit: 1 }.into());
+        c.add_line(
+            LineTooLong {
+                length: 9,
+                limit: 1,
+            }
+            .into(),
+        );
         let (targets, counters) = c.finish();
         assert_eq!(targets.len(), 2);
         assert_eq!(counters.lines, 5);

@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// A JSON value seen only as far as the parsers care: containers are skipped, not built.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +111,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(ScalarVisitor)
     }
+}
+
+/// Derived structs also accept a JSON array (serde's tuple form), so a line or an answer must be
+/// seen to be an object before it is read as one. `None` when the text is an object; otherwise
+/// whether it is JSON at all.
+pub(crate) fn not_an_object(text: &[u8]) -> Option<bool> {
+    if text.trim_ascii_start().first() == Some(&b'{') {
+        return None;
+    }
+    Some(serde_json::from_slice::<IgnoredAny>(text).is_ok())
 }
 
 /// The keys a [`Picked`] keeps; every other key is skipped.

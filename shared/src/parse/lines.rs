@@ -202,7 +202,14 @@ mod tests {
         let got = read_all(LineReader::new(Cursor::new("a\n\n  \nb\r\n\nc")));
         assert_eq!(
             got,
-            vec![ok(1, "a"), ok(2, ""), ok(3, "  "), ok(4, "b"), ok(5, ""), ok(6, "c")]
+            vec![
+                ok(1, "a"),
+                ok(2, ""),
+                ok(3, "  "),
+                ok(4, "b"),
+                ok(5, ""),
+                ok(6, "c")
+            ]
         );
     }
 
@@ -213,7 +220,10 @@ mod tests {
             vec![ok(1, "a"), ok(2, "b")]
         );
         assert!(read_all(LineReader::new(Cursor::new(""))).is_empty());
-        assert_eq!(read_all(LineReader::new(Cursor::new("\n"))), vec![ok(1, "")]);
+        assert_eq!(
+            read_all(LineReader::new(Cursor::new("\n"))),
+            vec![ok(1, "")]
+        );
     }
 
     /// A reader that hands out tiny chunks, so lines straddle many `fill_buf` calls.
@@ -248,13 +258,20 @@ mod tests {
         let (n, line) = r.next_line().unwrap().unwrap();
         assert_eq!(n, 1);
         assert_eq!(line.unwrap_err().length, 1 << 20);
-        assert!(r.asm.buf.capacity() <= 2 * 1000 + 4096, "{}", r.asm.buf.capacity());
+        assert!(
+            r.asm.buf.capacity() <= 2 * 1000 + 4096,
+            "{}",
+            r.asm.buf.capacity()
+        );
         assert_eq!(r.next_line().unwrap().unwrap(), (2, Ok(&b"ok"[..])));
     }
 
     #[test]
     fn a_line_exactly_at_the_cap_is_kept() {
-        let got = read_all(LineReader::with_max_line_bytes(trickle("abcd\nabcde\n", 3), 4));
+        let got = read_all(LineReader::with_max_line_bytes(
+            trickle("abcd\nabcde\n", 3),
+            4,
+        ));
         assert_eq!(got[0], ok(1, "abcd"));
         assert!(got[1].1.is_err());
     }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::json::{EntryFields, ErrorFields, Picked, Scalar, StatusFields};
+use super::json::{EntryFields, ErrorFields, Picked, Scalar, StatusFields, not_an_object};
 use super::lines::LineTooLong;
 use super::malformed::{Malformed, MalformedKind};
 use super::result_id::{ResultId, ResultIdError};
@@ -208,6 +208,11 @@ pub fn parse_output_line(line: &[u8]) -> ParsedLine {
     if line.is_empty() {
         return ParsedLine::Blank;
     }
+    match not_an_object(line) {
+        None => {}
+        Some(true) => return malformed(MalformedKind::Shape, "not a JSON object"),
+        Some(false) => return malformed(MalformedKind::NotJson, "not a JSON object"),
+    }
     match serde_json::from_slice::<LineDe<'_>>(line) {
         Ok(de) => classify(de),
         Err(e) if e.is_data() => classify_lenient(line, &e),
@@ -322,6 +327,12 @@ fn answer_of(message: MessageDe<'_>) -> Option<(&'static str, Cow<'_, str>)> {
 }
 
 fn parse_arguments(receipt: ReceiptKey, source: &str, arguments: &str) -> ParsedLine {
+    if not_an_object(arguments.as_bytes()).is_some() {
+        return malformed(
+            MalformedKind::Arguments,
+            format!("{source}: not a JSON object"),
+        );
+    }
     let de: ArgumentsDe<'_> = match serde_json::from_str(arguments) {
         Ok(de) => de,
         Err(e) => return malformed(MalformedKind::Arguments, format!("{source}: {e}")),

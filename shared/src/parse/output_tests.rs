@@ -58,7 +58,10 @@ fn parse(line: &str) -> ParsedLine {
 
 fn answered(line: &str) -> Vec<Result<ParsedResult, ResultSkip>> {
     match parse(line) {
-        ParsedLine::Answered { receipt: r, results } => {
+        ParsedLine::Answered {
+            receipt: r,
+            results,
+        } => {
             assert_eq!(r, receipt());
             results
         }
@@ -201,7 +204,11 @@ fn a_bad_or_missing_custom_id_is_malformed() {
         json!(format!("IMAGE#{IMG}#RECEIPT#00001#LINE#1")),
     ] {
         v["custom_id"] = bad.clone();
-        assert_eq!(malformed_kind(&v.to_string()), MalformedKind::CustomId, "{bad}");
+        assert_eq!(
+            malformed_kind(&v.to_string()),
+            MalformedKind::CustomId,
+            "{bad}"
+        );
     }
     v.as_object_mut().unwrap().remove("custom_id");
     assert_eq!(malformed_kind(&v.to_string()), MalformedKind::CustomId);
@@ -250,9 +257,15 @@ fn arguments_that_are_not_json_or_lack_results_are_malformed() {
         "{\"results\": {\"id\": 1}}",
         "```json\n{\"results\": []}\n```",
         "42",
+        "[{\"results\": []}]",
+        "[[]]",
     ] {
         let line = line_with_message(json!({"function_call": {"arguments": arguments}}));
-        assert_eq!(malformed_kind(&line), MalformedKind::Arguments, "{arguments}");
+        assert_eq!(
+            malformed_kind(&line),
+            MalformedKind::Arguments,
+            "{arguments}"
+        );
     }
     let line = line_with_message(json!({"content": "I cannot help with that."}));
     assert_eq!(malformed_kind(&line), MalformedKind::Arguments);
@@ -280,9 +293,10 @@ fn a_request_with_error_set_failed() {
         }
     );
     // `error` wins even over a complete answer.
-    let mut v: Value =
-        serde_json::from_str(&function_call(json!([{"id": rid(1, 1, "DATE"), "is_valid": true}])))
-            .unwrap();
+    let mut v: Value = serde_json::from_str(&function_call(
+        json!([{"id": rid(1, 1, "DATE"), "is_valid": true}]),
+    ))
+    .unwrap();
     v["error"] = json!({"code": 500});
     assert_eq!(
         failure(&v.to_string()),
@@ -330,14 +344,19 @@ fn a_null_or_missing_response_failed() {
 
 #[test]
 fn each_result_on_its_own_one_bad_id_does_not_discard_the_line() {
-    let eleven = format!("IMAGE#{IMG}#RECEIPT#00001#LINE#00001#WORD#00001#LABEL#DATE#VALIDATION_STATUS");
-    let wrong_tag = format!("IMAGE#{IMG}#RECEIPT#00001#LINE#00001#WORDS#00001#LABEL#DATE#VALIDATION_STATUS#NONE");
-    let non_numeric = format!("IMAGE#{IMG}#RECEIPT#00001#LINE#one#WORD#00001#LABEL#DATE#VALIDATION_STATUS#NONE");
+    let eleven =
+        format!("IMAGE#{IMG}#RECEIPT#00001#LINE#00001#WORD#00001#LABEL#DATE#VALIDATION_STATUS");
+    let wrong_tag = format!(
+        "IMAGE#{IMG}#RECEIPT#00001#LINE#00001#WORDS#00001#LABEL#DATE#VALIDATION_STATUS#NONE"
+    );
+    let non_numeric =
+        format!("IMAGE#{IMG}#RECEIPT#00001#LINE#one#WORD#00001#LABEL#DATE#VALIDATION_STATUS#NONE");
     let other_image = format!(
         "IMAGE#{OTHER_IMG}#RECEIPT#00001#LINE#00001#WORD#00001#LABEL#DATE#VALIDATION_STATUS#NONE"
     );
-    let other_receipt =
-        format!("IMAGE#{IMG}#RECEIPT#00002#LINE#00001#WORD#00001#LABEL#DATE#VALIDATION_STATUS#NONE");
+    let other_receipt = format!(
+        "IMAGE#{IMG}#RECEIPT#00002#LINE#00001#WORD#00001#LABEL#DATE#VALIDATION_STATUS#NONE"
+    );
     let results = answered(&function_call(json!([
         {"id": rid(1, 1, "DATE"), "is_valid": true},
         {"id": eleven, "is_valid": true},
@@ -394,11 +413,14 @@ fn each_result_on_its_own_one_bad_id_does_not_discard_the_line() {
 
 #[test]
 fn other_receipt_compares_ids_not_spelling() {
-    let mut v: Value =
-        serde_json::from_str(&function_call(json!([{"id": rid(1, 1, "DATE"), "is_valid": true}])))
-            .unwrap();
+    let mut v: Value = serde_json::from_str(&function_call(
+        json!([{"id": rid(1, 1, "DATE"), "is_valid": true}]),
+    ))
+    .unwrap();
     v["custom_id"] = json!(format!("IMAGE#{IMG}#RECEIPT#1"));
-    assert!(matches!(parse(&v.to_string()), ParsedLine::Answered { results, .. } if results[0].is_ok()));
+    assert!(
+        matches!(parse(&v.to_string()), ParsedLine::Answered { results, .. } if results[0].is_ok())
+    );
 }
 
 #[test]
@@ -434,7 +456,9 @@ fn an_oversized_line_is_malformed_line_too_long() {
 #[test]
 fn reader_and_parser_together_number_blank_lines_and_skip_the_oversized_one() {
     let good = function_call(json!([{"id": rid(1, 1, "DATE"), "is_valid": true}]));
-    let huge = function_call(json!([{"id": rid(1, 1, "DATE"), "is_valid": true, "pad": "x".repeat(5000)}]));
+    let huge = function_call(
+        json!([{"id": rid(1, 1, "DATE"), "is_valid": true, "pad": "x".repeat(5000)}]),
+    );
     let file = format!("\n{good}\n\n{huge}\r\nnot json\n{good}\n");
     let mut reader = crate::parse::LineReader::with_max_line_bytes(file.as_bytes(), 4096);
     let mut seen = Vec::new();

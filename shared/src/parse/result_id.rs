@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use crate::model::keys::{ImageId, KeyError, LabelKey, check_label, parse_id};
 use crate::model::ValidationStatus;
+use crate::model::keys::{ImageId, KeyError, LabelKey, check_label, parse_id};
 
 /// A label as a request named it, with the status it had when the batch was submitted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -118,7 +118,11 @@ impl ResultId {
 /// The canonical (zero-padded) spelling, as the submitter writes it.
 impl fmt::Display for ResultId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#VALIDATION_STATUS#{}", self.label, self.status_at_submit)
+        write!(
+            f,
+            "{}#VALIDATION_STATUS#{}",
+            self.label, self.status_at_submit
+        )
     }
 }
 
@@ -134,7 +138,8 @@ mod tests {
 
     #[test]
     fn parses_a_padded_and_an_unpadded_id() {
-        let padded = id("RECEIPT#00001#LINE#00003#WORD#00012#LABEL#MERCHANT_NAME#VALIDATION_STATUS#NONE");
+        let padded =
+            id("RECEIPT#00001#LINE#00003#WORD#00012#LABEL#MERCHANT_NAME#VALIDATION_STATUS#NONE");
         let r = ResultId::parse(&padded).unwrap();
         assert_eq!(r.label.receipt_id(), 1);
         assert_eq!(r.label.word.line_id, 3);
@@ -208,17 +213,22 @@ mod tests {
 
     #[test]
     fn bad_uuid_bad_label_and_bad_status_are_named() {
-        let e = ResultId::parse("IMAGE#nope#RECEIPT#1#LINE#3#WORD#1#LABEL#X#VALIDATION_STATUS#NONE")
-            .unwrap_err();
+        let e =
+            ResultId::parse("IMAGE#nope#RECEIPT#1#LINE#3#WORD#1#LABEL#X#VALIDATION_STATUS#NONE")
+                .unwrap_err();
         assert_eq!(e.rule(), "image_id");
-        let e = ResultId::parse(&id("RECEIPT#1#LINE#3#WORD#1#LABEL#merchant#VALIDATION_STATUS#NONE"))
-            .unwrap_err();
+        let e = ResultId::parse(&id(
+            "RECEIPT#1#LINE#3#WORD#1#LABEL#merchant#VALIDATION_STATUS#NONE",
+        ))
+        .unwrap_err();
         assert_eq!(e.rule(), "label");
         let e = ResultId::parse(&id("RECEIPT#1#LINE#3#WORD#1#LABEL##VALIDATION_STATUS#NONE"))
             .unwrap_err();
         assert_eq!(e.rule(), "label");
-        let e = ResultId::parse(&id("RECEIPT#1#LINE#3#WORD#1#LABEL#X#VALIDATION_STATUS#valid"))
-            .unwrap_err();
+        let e = ResultId::parse(&id(
+            "RECEIPT#1#LINE#3#WORD#1#LABEL#X#VALIDATION_STATUS#valid",
+        ))
+        .unwrap_err();
         assert_eq!(e, ResultIdError::Status("valid".into()));
         assert!(e.to_string().contains("valid"));
     }

@@ -117,7 +117,8 @@ impl Plan {
     /// next-smallest proposer); their journal rows stay, they record what the model said.
     pub fn without_conflicts(mut self, conflicts: &BTreeSet<LabelKey>) -> Plan {
         let before = self.status_changes.len();
-        self.status_changes.retain(|c| !conflicts.contains(&c.label));
+        self.status_changes
+            .retain(|c| !conflicts.contains(&c.label));
         self.effective.retain(|k, _| !conflicts.contains(k));
         self.counters.targets.apply_conflicts += (before - self.status_changes.len()) as u64;
         self.derive();

@@ -2,5 +2,6 @@
 //! They run against moto_server (`scripts/moto.sh`, started on demand) and the emulators.
 
 mod clients;
+mod producer;
 mod store;
 mod support;

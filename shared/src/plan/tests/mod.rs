@@ -1,0 +1,5 @@
+//! The rules of processing-rules.md, one test per rule and per "fixes:" item, plus properties.
+
+mod fixtures;
+mod props;
+mod rules;

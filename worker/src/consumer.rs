@@ -1,0 +1,272 @@
+//! The receive loop and the drain.
+//!
+//! One loop long-polls the work queue and hands each message to its own task; a semaphore
+//! bounds the tasks at `MAX_IN_FLIGHT`, and the loop asks SQS for no more messages than there
+//! are free slots, so nothing waits unseen in this process while its visibility runs down.
+//! On shutdown the loop stops at once (the long poll is dropped mid-flight), the tasks get
+//! `SHUTDOWN_GRACE_SECONDS` to finish, and the rest are abandoned: their messages are made
+//! visible again for another worker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use fleet_shared::queue::{self, QueueError};
+use fleet_shared::store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::handler::{self, Context, Received};
+use crate::health::Health;
+use crate::metrics as m;
+use crate::service::BatchService;
+use crate::settings::Settings;
+use crate::{http, idle};
+
+/// SQS's longest long poll.
+pub const WAIT_TIME_SECONDS: i32 = 20;
+/// SQS's most messages per receive.
+pub const MAX_MESSAGES_PER_RECEIVE: usize = 10;
+/// While every slot is busy the loop still turns this often, so `/healthz` stays fresh.
+pub const BUSY_TURN: Duration = Duration::from_secs(5);
+/// After the grace period, how long abandoned handlers get to hand their messages back.
+pub const ABANDON_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the worker talks to. The service is generic so that the consumer does not depend on
+/// how a batch is applied.
+pub struct Deps<S> {
+    pub sqs: aws_sdk_sqs::Client,
+    pub store: Store,
+    pub service: S,
+    pub metrics: PrometheusHandle,
+}
+
+/// A started worker.
+#[derive(Debug)]
+pub struct Running {
+    /// Where `/metrics`, `/healthz` and `/readyz` answer (the bound port when
+    /// `METRICS_ADDR` asked for port 0).
+    pub metrics_addr: SocketAddr,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the worker has stopped (shutdown, or idle with `--exit-when-idle`) and
+    /// drained.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("worker task panicked")?
+    }
+}
+
+/// Binds the HTTP server and starts consuming; returns once both are running.
+pub async fn start<S: BatchService>(
+    settings: Settings,
+    deps: Deps<S>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let listener = tokio::net::TcpListener::bind(settings.metrics_addr)
+        .await
+        .with_context(|| format!("binding METRICS_ADDR {}", settings.metrics_addr))?;
+    let metrics_addr = listener.local_addr()?;
+    tracing::info!(%metrics_addr, "serving /metrics, /healthz and /readyz");
+    let health = Arc::new(Health::default());
+    let http_stop = CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        deps.metrics.clone(),
+        health.clone(),
+        http_stop.clone(),
+    ));
+    let ctx = Arc::new(Context {
+        settings: Arc::new(settings),
+        sqs: deps.sqs,
+        store: deps.store,
+        service: deps.service,
+    });
+    let task = tokio::spawn(async move {
+        let result = consume(ctx, health, shutdown).await;
+        http_stop.cancel();
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics server failed"),
+            Err(e) => tracing::warn!(error = %e, "metrics server task failed"),
+        }
+        result
+    });
+    Ok(Running { metrics_addr, task })
+}
+
+/// Runs the worker until `shutdown` is cancelled (or, with `--exit-when-idle`, the queue is
+/// idle), then drains. Returns `Ok` after a clean drain, also when messages were abandoned.
+pub async fn run<S: BatchService>(
+    settings: Settings,
+    deps: Deps<S>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    start(settings, deps, shutdown).await?.wait().await
+}
+
+async fn consume<S: BatchService>(
+    ctx: Arc<Context<S>>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = ctx.settings.clone();
+    // The idle watcher stops the loop through a child token: the caller's token stays theirs.
+    let stop = shutdown.child_token();
+    let slots = Arc::new(Semaphore::new(settings.max_in_flight));
+    let held = Arc::new(AtomicUsize::new(0));
+    let tasks = TaskTracker::new();
+    let abandon = CancellationToken::new();
+    if settings.exit_when_idle {
+        tokio::spawn(idle::watch(
+            ctx.sqs.clone(),
+            settings.common.queue_url.clone(),
+            held.clone(),
+            stop.clone(),
+        ));
+    }
+
+    let mut receive_failures: u32 = 0;
+    loop {
+        health.turn();
+        let first = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            permit = tokio::time::timeout(BUSY_TURN, slots.clone().acquire_owned()) => match permit {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_closed)) => break,
+                Err(_all_busy) => continue,
+            },
+        };
+        let mut permits = vec![first];
+        while permits.len() < MAX_MESSAGES_PER_RECEIVE {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let received = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            r = receive(&ctx, permits.len()) => r,
+        };
+        match received {
+            Ok(messages) => {
+                receive_failures = 0;
+                for message in messages {
+                    let Some(permit) = permits.pop() else { break };
+                    spawn_handler(&tasks, &ctx, message, permit, &held, &abandon);
+                }
+            }
+            Err(e) => {
+                receive_failures = receive_failures.saturating_add(1);
+                let pause = Duration::from_secs(1u64 << (receive_failures.min(5) - 1))
+                    .min(Duration::from_secs(20));
+                metrics::counter!(m::RECEIVE_ERRORS).increment(1);
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "receive failed");
+                drop(permits);
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+
+    health.start_draining();
+    let in_hand = held.load(Ordering::SeqCst);
+    tracing::info!(
+        in_flight = in_hand,
+        grace_seconds = settings.shutdown_grace.as_secs(),
+        "stopped receiving; draining"
+    );
+    tasks.close();
+    if tokio::time::timeout(settings.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = held.load(Ordering::SeqCst),
+            "grace period over; abandoning unfinished messages"
+        );
+        abandon.cancel();
+        if tokio::time::timeout(ABANDON_TIMEOUT, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some abandoned messages were not handed back; they reappear after their visibility timeout"
+            );
+        }
+    }
+    tracing::info!("drained; worker stopped");
+    Ok(())
+}
+
+async fn receive<S: BatchService>(
+    ctx: &Context<S>,
+    max: usize,
+) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
+    let out = ctx
+        .sqs
+        .receive_message()
+        .queue_url(&ctx.settings.common.queue_url)
+        .max_number_of_messages(i32::try_from(max).unwrap_or(1))
+        .wait_time_seconds(WAIT_TIME_SECONDS)
+        .visibility_timeout(
+            i32::try_from(ctx.settings.visibility_timeout_seconds).unwrap_or(i32::MAX),
+        )
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+        .send()
+        .await
+        .map_err(|e| queue::classify("ReceiveMessage", e))?;
+    Ok(out.messages.unwrap_or_default())
+}
+
+/// Keeps `fleet_in_flight_messages` and the idle watcher's count right however a handler ends.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(held: &Arc<AtomicUsize>) -> Self {
+        held.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+        InFlight(held.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+    }
+}
+
+fn spawn_handler<S: BatchService>(
+    tasks: &TaskTracker,
+    ctx: &Arc<Context<S>>,
+    message: aws_sdk_sqs::types::Message,
+    permit: OwnedSemaphorePermit,
+    held: &Arc<AtomicUsize>,
+    abandon: &CancellationToken,
+) {
+    let Some(msg) = Received::from_sqs(message) else {
+        tracing::warn!("received a message without a receipt handle; ignored");
+        return;
+    };
+    let guard = InFlight::enter(held);
+    let ctx = ctx.clone();
+    let abandon = abandon.clone();
+    tasks.spawn(async move {
+        let _permit = permit;
+        let _guard = guard;
+        handler::handle(ctx, msg, abandon).await;
+    });
+}
