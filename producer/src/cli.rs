@@ -27,6 +27,7 @@ pub struct Cli {
 
 /// Settings every command reads; accepted before or after the command name.
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Settings of every command")]
 pub struct GlobalArgs {
     /// The receipts table [env: DYNAMODB_TABLE_NAME] (required)
     #[arg(long, global = true, value_name = "NAME")]

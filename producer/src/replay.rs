@@ -538,6 +538,43 @@ mod tests {
         assert!(by_reason.matches(None, "not_json"));
     }
 
+    #[test]
+    fn what_moved_for_people() {
+        let report = ReplayReport {
+            dry_run: false,
+            received: 3,
+            moved: vec![
+                ReplayedMessage {
+                    message_id: "m1".into(),
+                    batch_id: Some("b1".into()),
+                    reason: "openai_unavailable".into(),
+                    replays: Some(1),
+                    new_message_id: Some("n1".into()),
+                    deleted: true,
+                },
+                ReplayedMessage {
+                    message_id: "m2".into(),
+                    batch_id: None,
+                    reason: "not_json".into(),
+                    replays: None,
+                    new_message_id: Some("n2".into()),
+                    deleted: false,
+                },
+            ],
+            failed: vec![],
+            not_deleted: 1,
+            released: 1,
+        };
+        assert_eq!(
+            render_text(&report),
+            "moved m1 batch=b1 reason=openai_unavailable replays=1\n\
+             moved m2 batch=(not a valid message: body unchanged) reason=not_json \
+             (NOT deleted from the dead-letter queue)\n\
+             replay-dlq: looked at 3, moved 2, failed 0, left in the dead-letter queue 1\n"
+        );
+        assert_eq!(report.exit_code(), 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_pacer_keeps_the_rate() {
         let start = Instant::now();

@@ -116,3 +116,56 @@ pub fn render_text(report: &StatusReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_for_people() {
+        let mut batches: BTreeMap<String, u64> = BatchStatus::ALL
+            .iter()
+            .map(|s| (s.as_str().to_owned(), 0))
+            .collect();
+        batches.insert("PENDING".into(), 12);
+        batches.insert("COMPLETED".into(), 30);
+        let report = StatusReport {
+            batches,
+            total_batches: 42,
+            work_queue: QueueDepth {
+                visible: 5,
+                in_flight: 2,
+                delayed: 7,
+            },
+            dead_letter_queue: None,
+            oldest_pending: Some(OldestPending {
+                batch_id: "b-1".into(),
+                submitted_at: "2025-06-20T17:03:12.000Z".into(),
+                age_seconds: 3723,
+            }),
+            bad_pending_items: 1,
+        };
+        let text = render_text(&report);
+        let expected = "\
+completion batches
+  PENDING            12
+  VALIDATING          0
+  IN_PROGRESS         0
+  FINALIZING          0
+  COMPLETED          30
+  FAILED              0
+  EXPIRED             0
+  CANCELING           0
+  CANCELLED           0
+  total              42
+
+queue           visible  in flight  delayed
+  work                5          2        7
+  dead-letter  (DEAD_LETTER_QUEUE_URL not set)
+
+oldest pending batch: 1h 02m 03s (b-1, submitted 2025-06-20T17:03:12.000Z)
+pending items that are not valid batch summaries: 1
+";
+        assert_eq!(text, expected);
+    }
+}

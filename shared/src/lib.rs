@@ -13,6 +13,7 @@
 //! - [`openai`]: the OpenAI Batch API (batch object, client).
 //! - [`parse`]: streaming parsers of a batch's input, output and error files.
 //! - [`plan`]: processing-rules.md as a pure function from parsed lines and table state to writes.
+//! - [`finish`]: loading, checking and applying one batch (carries out a plan, summary last).
 //! - [`queue`]: SQS sends (batched, delayed, dead-letter) and queue depths.
 //! - [`pinecone`]: the Pinecone data plane: metadata fetch, label merge, rate-limited updates.
 //! - [`retry`]: bounded exponential backoff with `Retry-After`, shared by the HTTP clients.
@@ -20,6 +21,7 @@
 
 pub mod aws;
 pub mod config;
+pub mod finish;
 pub mod message;
 pub mod model;
 pub mod openai;

@@ -2,8 +2,6 @@
 //! queue. It takes the same lease as the consumer (renewed while it works), so running it
 //! beside a fleet is safe.
 
-use std::fmt::Write as _;
-
 use anyhow::anyhow;
 use fleet_shared::model::BatchStatus;
 use fleet_shared::openai::OpenAiStatus;
@@ -153,71 +151,12 @@ impl<R: ApplyOutcome> ApplyBatch<R> {
                     "batch {batch_id}: being applied by {owner} (lease until {until}); nothing done\n"
                 )
             }
-            ApplyBatch::Applied {
-                openai_status,
-                report,
-            } => {
-                let mut out =
-                    format!("batch {batch_id}: applied (OpenAI status {openai_status})\n");
-                let value = serde_json::to_value(report).unwrap_or(Value::Null);
-                out.push_str(&readable(&value));
-                out
-            }
+            ApplyBatch::Applied { report, .. } => report.human(),
         }
     }
 
     /// Exit status of the command: a batch someone else is applying is not a success.
     pub fn is_success(&self) -> bool {
         !matches!(self, ApplyBatch::LeaseHeld { .. })
-    }
-}
-
-/// A JSON report as indented `key: value` lines; nested maps become dotted keys.
-pub fn readable(value: &Value) -> String {
-    let mut out = String::new();
-    flatten("", value, &mut out);
-    out
-}
-
-fn flatten(prefix: &str, value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) if !map.is_empty() => {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
-        }
-        Value::String(s) => {
-            let _ = writeln!(out, "  {prefix}: {s}");
-        }
-        other => {
-            let _ = writeln!(out, "  {prefix}: {other}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reports_read_as_dotted_lines() {
-        let v = json!({
-            "summary_status": "COMPLETED",
-            "labels_by_verdict": {"VALID": 3, "INVALID": 1},
-            "skipped": {},
-            "conflicts": 0,
-            "already_done": false,
-        });
-        let text = readable(&v);
-        assert!(text.contains("  summary_status: COMPLETED\n"), "{text}");
-        assert!(text.contains("  labels_by_verdict.VALID: 3\n"), "{text}");
-        assert!(text.contains("  labels_by_verdict.INVALID: 1\n"), "{text}");
-        assert!(text.contains("  skipped: {}\n"), "{text}");
-        assert!(text.contains("  already_done: false\n"), "{text}");
     }
 }

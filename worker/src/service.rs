@@ -33,6 +33,8 @@ pub trait ApplyOutcome: serde::Serialize + std::fmt::Debug + Send + Sync + 'stat
     fn already_done(&self) -> bool;
     /// The summary's status after the apply.
     fn summary_status(&self) -> Option<BatchStatus>;
+    /// A few lines for people (`worker apply-batch`).
+    fn human(&self) -> String;
 }
 
 /// Reading, checking, cancelling and applying one batch.
@@ -78,8 +80,19 @@ mod finish_impl {
     use fleet_shared::model::{BatchStatus, BatchSummary};
     use fleet_shared::openai::BatchObject;
     use tokio_util::sync::CancellationToken;
+    use tokio_util::task::{AbortOnDropHandle, LocalPoolHandle};
 
     use super::{ApplyOutcome, BatchService, ServiceError};
+
+    /// Single-threaded runtimes for applies (see [`BatchService::apply`] below); each runs many
+    /// applies at once, as they mostly wait on the network.
+    fn apply_pool() -> &'static LocalPoolHandle {
+        static POOL: std::sync::OnceLock<LocalPoolHandle> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+            LocalPoolHandle::new(threads)
+        })
+    }
 
     impl ServiceError for FinishError {
         fn is_transient(&self) -> bool {
@@ -105,6 +118,9 @@ mod finish_impl {
         }
         fn summary_status(&self) -> Option<BatchStatus> {
             self.summary_status
+        }
+        fn human(&self) -> String {
+            ApplyReport::human(self)
         }
     }
 
@@ -139,7 +155,24 @@ mod finish_impl {
             batch: &BatchObject,
             stop: &CancellationToken,
         ) -> impl Future<Output = Result<ApplyReport, FinishError>> + Send {
-            Services::apply(self, summary, batch, stop)
+            let services = self.clone();
+            let (summary, batch, stop) = (summary.clone(), batch.clone(), stop.clone());
+            async move {
+                // `Services::apply` is Send in fact, but rustc cannot prove it (its stream
+                // combinators over closures taking references hit rust-lang/rust#102211), so it
+                // cannot be awaited on the multi-threaded runtime. It runs on a single-threaded
+                // pool instead; dropping this future (deadline, shutdown) aborts it there.
+                let task = apply_pool().spawn_pinned(move || async move {
+                    services.apply(&summary, &batch, &stop).await
+                });
+                match AbortOnDropHandle::new(task).await {
+                    Ok(result) => result,
+                    Err(e) => Err(FinishError::Io {
+                        what: "the apply task",
+                        message: e.to_string(),
+                    }),
+                }
+            }
         }
     }
 }
@@ -166,9 +199,5 @@ pub fn build_services(
             settings.pinecone.api_key.clone(),
         )
     })?;
-    Ok(fleet_shared::finish::Services {
-        store,
-        openai,
-        pinecone,
-    })
+    Ok(fleet_shared::finish::Services::new(store, openai, pinecone))
 }

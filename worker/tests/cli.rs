@@ -75,7 +75,12 @@ fn unknown_flags_and_commands_are_usage_errors() {
         &["--max-in-flight"],
     ] {
         let out = worker(args, &valid_env());
-        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
         assert!(out.stdout.is_empty());
     }
 }

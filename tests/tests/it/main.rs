@@ -2,6 +2,9 @@
 //! They run against moto_server (`scripts/moto.sh`, started on demand) and the emulators.
 
 mod clients;
+mod finish;
+mod fleet;
 mod producer;
 mod store;
 mod support;
+mod worker;

@@ -949,6 +949,12 @@ fn bad_configuration_or_usage_exits_64_naming_it() {
         (vec!["enqueue", "--frobnicate"], with(&[]), "--frobnicate"),
         (vec!["launch"], with(&[]), "launch"),
         (vec![], with(&[]), "Usage"),
+        // No region anywhere (IMDS off so the chain gives up at once): nothing can be called.
+        (
+            vec!["status"],
+            with(&[("AWS_EC2_METADATA_DISABLED", Some("true"))]),
+            "AWS_REGION",
+        ),
     ];
     for (args, env, needle) in cases {
         let out = run_producer(&args, &env);

@@ -1,0 +1,134 @@
+//! Finishing one batch: load its summary, check it at OpenAI, and apply a terminal batch by
+//! processing-rules.md. The decisions come from [`crate::plan`] (pure); this module only reads
+//! what the plan needs and carries out its writes, in the prescribed order, the summary last.
+//!
+//! Every write is idempotent or conditional on the state it was decided from, so an apply cut
+//! off anywhere (a crash, a lost lease, a [`WriteBudget`] in a drill) and run again ends in the
+//! state of one uninterrupted run.
+
+mod apply;
+mod error;
+mod report;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub use error::FinishError;
+pub use report::{ApplyReport, WriteCounts};
+
+use crate::model::{BatchStatus, BatchSummary, BatchType};
+use crate::openai::BatchObject;
+use crate::openai::client::OpenAiClient;
+use crate::pinecone::client::PineconeClient;
+use crate::store::{Store, StoreError};
+
+/// How an apply spreads its writes.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Label writes (status changes, corrections, resets) in flight at once.
+    pub label_concurrency: usize,
+    /// Receipts whose labels are read at once.
+    pub read_concurrency: usize,
+    /// Words per Pinecone merge call (fetch + updates).
+    pub vector_chunk: usize,
+    /// Malformed or failed output lines logged one by one per batch; the rest are counted.
+    pub max_logged_lines: usize,
+    /// Fails the apply before write number `budget + 1`: the crash drill's fault injection.
+    pub write_budget: Option<Arc<WriteBudget>>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            label_concurrency: 16,
+            read_concurrency: 8,
+            vector_chunk: 50,
+            max_logged_lines: 20,
+            write_budget: None,
+        }
+    }
+}
+
+/// A number of writes an apply may still make (crash drills: "fail after the k-th write").
+#[derive(Debug)]
+pub struct WriteBudget(AtomicUsize);
+
+impl WriteBudget {
+    pub fn new(writes: usize) -> Arc<Self> {
+        Arc::new(WriteBudget(AtomicUsize::new(writes)))
+    }
+
+    fn take(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// The three services a batch touches, and how to apply.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Store,
+    pub openai: OpenAiClient,
+    pub pinecone: PineconeClient,
+    pub options: ApplyOptions,
+}
+
+impl Services {
+    pub fn new(store: Store, openai: OpenAiClient, pinecone: PineconeClient) -> Self {
+        Services {
+            store,
+            openai,
+            pinecone,
+            options: ApplyOptions::default(),
+        }
+    }
+
+    /// The BatchSummary of `batch_id`. Unknown, undecodable or not a completion batch:
+    /// permanent errors (a message naming it goes to the dead-letter queue).
+    pub async fn load_summary(&self, batch_id: &str) -> Result<BatchSummary, FinishError> {
+        let summary = match self.store.batch_summary(batch_id).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(FinishError::BatchUnknown(batch_id.to_owned())),
+            Err(StoreError::Decode(e)) => {
+                return Err(FinishError::BadSummary {
+                    batch_id: batch_id.to_owned(),
+                    problem: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if summary.batch_type != BatchType::Completion {
+            return Err(FinishError::BadSummary {
+                batch_id: batch_id.to_owned(),
+                problem: format!("a {} batch, not COMPLETION", summary.batch_type),
+            });
+        }
+        Ok(summary)
+    }
+
+    /// The batch as OpenAI sees it now.
+    pub async fn check(&self, summary: &BatchSummary) -> Result<BatchObject, FinishError> {
+        Ok(self.openai.get_batch(&summary.openai_batch_id).await?)
+    }
+
+    /// Asks OpenAI to cancel a batch that overran its window; it is then handled as it ends.
+    pub async fn cancel(&self, summary: &BatchSummary) -> Result<BatchObject, FinishError> {
+        Ok(self.openai.cancel_batch(&summary.openai_batch_id).await?)
+    }
+
+    /// Applies a batch OpenAI reports terminal. A summary no longer PENDING was finished by an
+    /// earlier run: nothing is written (`already_done`). `stop` cancels the apply before its
+    /// next write (lease lost, deadline, shutdown).
+    pub async fn apply(
+        &self,
+        summary: &BatchSummary,
+        batch: &BatchObject,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<ApplyReport, FinishError> {
+        if summary.status != BatchStatus::Pending {
+            return Ok(ApplyReport::already_done(summary, batch));
+        }
+        apply::run(self, summary, batch, stop).await
+    }
+}

@@ -1,0 +1,703 @@
+//! Finishing a batch end to end (moto + emulators): every row of the batch-outcome table and
+//! every "fixes:" item of processing-rules.md, asserting whole items; and the crash drill.
+
+use std::collections::BTreeMap;
+
+use fleet_shared::finish::{FinishError, WriteBudget};
+use fleet_shared::model::time::parse_timestamp;
+use fleet_shared::model::*;
+use fleet_tests::openai::BatchSpec;
+use fleet_tests::openai::fixtures::{self, AnswerShape};
+use fleet_tests::scenario::{self, Shape};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet::{Fleet, NAMESPACE, Snapshot, services_for};
+
+// Image A sorts before image B: A's rows win result-key collisions.
+const A: &str = "11111111-1111-4111-8111-111111111111";
+const B: &str = "22222222-2222-4222-8222-222222222222";
+const BATCH: &str = "9e2c1d40-0000-4000-8000-000000000001";
+const OPENAI_ID: &str = "batch_hand";
+const SEEDED_AT: &str = "2025-06-20T00:00:00+00:00";
+const FINISHED: i64 = 1_750_003_600; // 2025-06-15T16:06:40Z
+const FINISHED_ISO: &str = "2025-06-15T16:06:40+00:00";
+
+fn key(img: &str, r: u32, l: u32, w: u32, label: &str) -> LabelKey {
+    LabelKey::new(ImageId::parse(img).unwrap(), r, l, w, label)
+}
+
+fn seeded(k: &LabelKey, status: ValidationStatus) -> ReceiptWordLabel {
+    ReceiptWordLabel {
+        key: k.clone(),
+        reasoning: Some("layout model".into()),
+        timestamp_added: parse_timestamp(SEEDED_AT).unwrap(),
+        validation_status: status,
+        label_proposed_by: Some("LAYOUTLM".into()),
+        label_consolidated_from: None,
+    }
+}
+
+fn rid(k: &LabelKey) -> String {
+    let w = &k.word;
+    fixtures::result_id(
+        k.image_id().as_str(),
+        w.receipt.receipt_id,
+        w.line_id,
+        w.word_id,
+        &k.label,
+        "NONE",
+    )
+}
+
+/// The hand-made batch: two images that both have receipt 1 (result-key collision), a third
+/// receipt whose request failed, bystander labels, a reviewed correction target, a label of
+/// another batch in flight, a bad id and a foreign result inside a good line, a malformed line.
+struct Hand {
+    targets: Vec<LabelKey>,
+    labels: Vec<ReceiptWordLabel>,
+    output: String,
+    input: String,
+}
+
+fn hand() -> Hand {
+    use ValidationStatus::{Invalid, Pending, Valid};
+    let a_merchant = key(A, 1, 1, 1, "MERCHANT_NAME");
+    let a_line_total = key(A, 1, 2, 1, "LINE_TOTAL");
+    let a_tax_bystander = key(A, 1, 2, 1, "TAX"); // INVALID before the batch → NEEDS_REVIEW
+    let a_date = key(A, 1, 2, 2, "DATE");
+    let a_time_reviewed = key(A, 1, 2, 2, "TIME"); // exists (VALID): the correction must not touch it
+    let a_grand = key(A, 1, 3, 1, "GRAND_TOTAL"); // no result → reset
+    let a_other_batch = key(A, 1, 4, 1, "TAX"); // PENDING for another batch: untouched
+    let a_subtotal = key(A, 1, 5, 1, "SUBTOTAL"); // reviewed VALID since submission
+    let b_merchant = key(B, 1, 1, 1, "MERCHANT_NAME"); // collides with a_merchant's result key
+    let b_phone = key(B, 1, 2, 1, "PHONE_NUMBER");
+    let c_date = key(B, 2, 1, 1, "DATE"); // its request failed → reset
+    let targets = vec![
+        a_merchant.clone(),
+        a_line_total.clone(),
+        a_date.clone(),
+        a_grand.clone(),
+        a_subtotal.clone(),
+        b_merchant.clone(),
+        b_phone.clone(),
+        c_date.clone(),
+    ];
+    let labels = vec![
+        seeded(&a_merchant, Pending),
+        seeded(&a_line_total, Pending),
+        seeded(&a_tax_bystander, Invalid),
+        seeded(&a_date, Pending),
+        seeded(&a_time_reviewed, Valid),
+        seeded(&a_grand, Pending),
+        seeded(&a_other_batch, Pending),
+        seeded(&a_subtotal, Valid),
+        seeded(&b_merchant, Pending),
+        seeded(&b_phone, Pending),
+        seeded(&c_date, Pending),
+    ];
+    let receipt_a = fixtures::custom_id(A, 1);
+    let receipt_b = fixtures::custom_id(B, 1);
+    let receipt_c = fixtures::custom_id(B, 2);
+    let bad_id = "IMAGE#".to_owned() + A + "#RECEIPT#00001#LINE#00002#WORD#00001#LABEL#LINE_TOTAL";
+    let output = fixtures::ndjson(&[
+        fixtures::output_line(
+            &receipt_a,
+            &[
+                fixtures::result(&rid(&a_merchant), true, None),
+                fixtures::result(&rid(&a_line_total), false, Some("UNIT_PRICE")),
+                fixtures::result(&rid(&a_date), false, Some("TIME")),
+                fixtures::result(&rid(&a_subtotal), false, Some("TAX")),
+            ],
+            AnswerShape::FunctionCall,
+        ),
+        String::new(),
+        fixtures::output_line(
+            &receipt_b,
+            &[
+                fixtures::result(&rid(&b_merchant), false, Some("NOT_CORE")),
+                json!({"id": bad_id, "is_valid": true}),
+                fixtures::result(&rid(&c_date), true, None), // another receipt's label: rejected
+                fixtures::result(&rid(&b_phone), true, None),
+            ],
+            AnswerShape::ToolCalls,
+        ),
+        fixtures::failed_status_line(&receipt_c, 500),
+        "{\"custom_id\": \"garbage".to_owned(),
+    ]);
+    let target_values = |keys: &[&LabelKey]| -> Vec<Value> {
+        keys.iter()
+            .map(|k| fixtures::target(&rid(k), "w", k.word.line_id, &k.label))
+            .collect()
+    };
+    let input = fixtures::ndjson(&[
+        fixtures::input_line(
+            &receipt_a,
+            &target_values(&[&a_merchant, &a_line_total, &a_date, &a_grand, &a_subtotal]),
+            "A",
+        ),
+        fixtures::input_line(&receipt_b, &target_values(&[&b_merchant, &b_phone]), "B"),
+        fixtures::input_line(&receipt_c, &target_values(&[&c_date]), "C"),
+    ]);
+    Hand {
+        targets,
+        labels,
+        output,
+        input,
+    }
+}
+
+fn summary() -> BatchSummary {
+    BatchSummary {
+        batch_id: BATCH.into(),
+        batch_type: BatchType::Completion,
+        openai_batch_id: OPENAI_ID.into(),
+        submitted_at: parse_timestamp("2025-06-15T15:00:00+00:00").unwrap(),
+        status: BatchStatus::Pending,
+        result_file_id: "N/A".into(),
+        receipt_refs: vec![
+            ReceiptKey {
+                image_id: ImageId::parse(A).unwrap(),
+                receipt_id: 1,
+            },
+            ReceiptKey {
+                image_id: ImageId::parse(B).unwrap(),
+                receipt_id: 1,
+            },
+            ReceiptKey {
+                image_id: ImageId::parse(B).unwrap(),
+                receipt_id: 2,
+            },
+        ],
+    }
+}
+
+/// Seeds the hand batch with `status` as OpenAI's final status.
+async fn seed_hand(f: &Fleet, status: &str, with_input: bool) -> Hand {
+    let h = hand();
+    let mut items: Vec<_> = h.labels.iter().map(|l| l.to_item()).collect();
+    items.push(summary().to_item());
+    f.env.store.put_items_batched(items).await.unwrap();
+    let mut spec = BatchSpec::new(OPENAI_ID, "file-in").with_steps([(status, 1)]);
+    spec.created_at = FINISHED - 3600;
+    match status {
+        "completed" => spec.completed_at = Some(FINISHED),
+        "expired" => spec.expired_at = Some(FINISHED),
+        "cancelled" => spec.cancelled_at = Some(FINISHED),
+        "failed" => spec.failed_at = Some(FINISHED),
+        _ => {}
+    }
+    if status != "failed" {
+        spec = spec.with_output_file("file-out");
+        f.openai.add_file("file-out", h.output.clone());
+    }
+    f.openai.add_batch(spec);
+    if with_input {
+        f.openai.add_file("file-in", h.input.clone());
+    }
+    for word in ["1#1", "2#1", "2#2"] {
+        let (l, w) = word.split_once('#').unwrap();
+        let id = format!("IMAGE#{A}#RECEIPT#00001#LINE#0000{l}#WORD#0000{w}");
+        f.pinecone.upsert(
+            NAMESPACE,
+            &id,
+            vec![0.5],
+            json!({"text": "w"}).as_object().unwrap().clone(),
+        );
+    }
+    // B's merchant word has a stored single string; B's phone word has no vector at all.
+    f.pinecone.upsert(
+        NAMESPACE,
+        &format!("IMAGE#{B}#RECEIPT#00001#LINE#00001#WORD#00001"),
+        vec![0.5],
+        json!({"valid_labels": "DATE"}).as_object().unwrap().clone(),
+    );
+    h
+}
+
+async fn finish(f: &Fleet) -> Result<fleet_shared::finish::ApplyReport, FinishError> {
+    let summary = f.services.load_summary(BATCH).await?;
+    let batch = f.services.check(&summary).await?;
+    f.services
+        .apply(&summary, &batch, &CancellationToken::new())
+        .await
+}
+
+async fn item(f: &Fleet, pk: &str, sk: &str) -> Value {
+    let item = f
+        .env
+        .store
+        .get_raw(pk, sk)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no item {pk} {sk}"));
+    fleet_shared::model::item::to_wire_json(&item)
+}
+
+fn label_item(
+    k: &LabelKey,
+    status: &str,
+    proposed_by: Value,
+    consolidated: Value,
+    reasoning: Value,
+    ts: &str,
+) -> Value {
+    let w = &k.word;
+    let word = format!(
+        "IMAGE#{}#RECEIPT#{:05}#LINE#{:05}#WORD#{:05}",
+        k.image_id(),
+        w.receipt.receipt_id,
+        w.line_id,
+        w.word_id
+    );
+    json!({
+        "PK": {"S": format!("IMAGE#{}", k.image_id())},
+        "SK": {"S": format!("RECEIPT#{:05}#LINE#{:05}#WORD#{:05}#LABEL#{}", w.receipt.receipt_id, w.line_id, w.word_id, k.label)},
+        "GSI1PK": {"S": format!("{:_<40}", format!("LABEL#{}", k.label))},
+        "GSI1SK": {"S": word},
+        "GSI2PK": {"S": "RECEIPT"},
+        "GSI2SK": {"S": word},
+        "GSI3PK": {"S": format!("VALIDATION_STATUS#{status}")},
+        "GSI3SK": {"S": format!("{word}#LABEL#{}", k.label)},
+        "GSI4PK": {"S": format!("IMAGE#{}#RECEIPT#{:05}", k.image_id(), w.receipt.receipt_id)},
+        "GSI4SK": {"S": format!("4_LABEL#{:05}#{:05}#{}", w.line_id, w.word_id, k.label)},
+        "TYPE": {"S": "RECEIPT_WORD_LABEL"},
+        "reasoning": reasoning,
+        "timestamp_added": {"S": ts},
+        "validation_status": {"S": status},
+        "label_proposed_by": proposed_by,
+        "label_consolidated_from": consolidated,
+    })
+}
+
+fn s(v: &str) -> Value {
+    json!({"S": v})
+}
+
+fn null() -> Value {
+    json!({"NULL": true})
+}
+
+/// A label the fleet changed: status, GSI3PK and label_proposed_by differ from the seed.
+fn changed(k: &LabelKey, status: &str) -> Value {
+    label_item(
+        k,
+        status,
+        s("COMPLETION_BATCH"),
+        null(),
+        s("layout model"),
+        SEEDED_AT,
+    )
+}
+
+fn untouched(k: &LabelKey, status: &str) -> Value {
+    label_item(
+        k,
+        status,
+        s("LAYOUTLM"),
+        null(),
+        s("layout model"),
+        SEEDED_AT,
+    )
+}
+
+async fn assert_label(f: &Fleet, k: &LabelKey, expected: Value) {
+    assert_eq!(item(f, &k.pk(), &k.sk()).await, expected, "label {k}");
+}
+
+fn result_row(k: &LabelKey, status: &str, suggested: Value) -> Value {
+    let w = &k.word;
+    json!({
+        "PK": s(&format!("BATCH#{BATCH}")),
+        "SK": s(&format!("RESULT#RECEIPT#{}#LINE#{}#WORD#{}#LABEL#{}", w.receipt.receipt_id, w.line_id, w.word_id, k.label)),
+        "GSI1PK": s(&format!("LABEL#{}", k.label)),
+        "GSI1SK": s(&format!("STATUS#{status}")),
+        "GSI2PK": s(&format!("BATCH#{BATCH}")),
+        "GSI2SK": s(&format!("STATUS#{status}")),
+        "GSI3PK": s(&format!("IMAGE#{}#RECEIPT#{:05}", k.image_id(), w.receipt.receipt_id)),
+        "GSI3SK": s(&format!("BATCH#{BATCH}#STATUS#{status}")),
+        "TYPE": s("COMPLETION_BATCH_RESULT"),
+        "original_label": s(&k.label),
+        "gpt_suggested_label": suggested,
+        "status": s(status),
+        "validated_at": s(FINISHED_ISO),
+    })
+}
+
+fn verdict_row(k: &LabelKey, verdict: &str, suggested: Value, line: u32) -> Value {
+    json!({
+        "PK": s(&format!("BATCH#{BATCH}")),
+        "SK": s(&format!("VERDICT#{}", k)),
+        "TYPE": s("COMPLETION_BATCH_VERDICT"),
+        "verdict": s(verdict),
+        "previous_status": s("PENDING"),
+        "suggested_label": suggested,
+        "source": s(&format!("output:{line}")),
+        "validated_at": s(FINISHED_ISO),
+    })
+}
+
+fn rows_of(snapshot: &Snapshot, prefix: &str) -> BTreeMap<String, Value> {
+    snapshot
+        .items
+        .iter()
+        .filter(|((pk, sk), _)| *pk == format!("BATCH#{BATCH}") && sk.starts_with(prefix))
+        .map(|((_, sk), v)| (sk.clone(), v.clone()))
+        .collect()
+}
+
+/// completed / expired / cancelled: the output is applied, the rest reset, rows carry the
+/// batch status.
+async fn applies_output(status: &str, batch_status: &str) {
+    let f = Fleet::new().await;
+    let h = seed_hand(&f, status, true).await;
+    let report = finish(&f).await.unwrap();
+    assert_eq!(
+        report.summary_status.map(|s| s.to_string()).as_deref(),
+        Some(batch_status)
+    );
+    let [
+        a_merchant,
+        a_line_total,
+        a_date,
+        a_grand,
+        a_subtotal,
+        b_merchant,
+        b_phone,
+        c_date,
+    ] = <[LabelKey; 8]>::try_from(h.targets.clone()).unwrap();
+
+    // Verdicts.
+    assert_label(&f, &a_merchant, changed(&a_merchant, "VALID")).await;
+    assert_label(&f, &a_line_total, changed(&a_line_total, "NEEDS_REVIEW")).await;
+    assert_label(&f, &a_date, changed(&a_date, "INVALID")).await;
+    assert_label(&f, &b_merchant, changed(&b_merchant, "INVALID")).await;
+    assert_label(&f, &b_phone, changed(&b_phone, "VALID")).await;
+    // fixes: targets without a verdict (missing result, failed request) go back to NONE.
+    assert_label(&f, &a_grand, changed(&a_grand, "NONE")).await;
+    assert_label(&f, &c_date, changed(&c_date, "NONE")).await;
+    // A VALID label is never downgraded and gets no rows.
+    assert_label(&f, &a_subtotal, untouched(&a_subtotal, "VALID")).await;
+    // fixes: a PENDING label of another batch on the same receipt is left alone.
+    let other = key(A, 1, 4, 1, "TAX");
+    assert_label(&f, &other, untouched(&other, "PENDING")).await;
+    let bystander = key(A, 1, 2, 1, "TAX");
+    assert_label(&f, &bystander, untouched(&bystander, "INVALID")).await;
+    // fixes: a correction never overwrites an existing (reviewed) label...
+    let reviewed = key(A, 1, 2, 2, "TIME");
+    assert_label(&f, &reviewed, untouched(&reviewed, "VALID")).await;
+    // ...and a new one is created where none exists; a non-core suggestion creates nothing.
+    let unit_price = key(A, 1, 2, 1, "UNIT_PRICE");
+    assert_label(
+        &f,
+        &unit_price,
+        label_item(
+            &unit_price,
+            "NONE",
+            s("COMPLETION_BATCH"),
+            s("LINE_TOTAL"),
+            null(),
+            FINISHED_ISO,
+        ),
+    )
+    .await;
+    assert!(
+        f.env
+            .store
+            .get_raw(&b_merchant.pk(), &b_merchant.with_label("NOT_CORE").sk())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let snap = f.snapshot().await;
+    // Audit rows: the collision keeps image A's row (smallest image id); every verdict has a
+    // journal row.
+    let expected_results: BTreeMap<String, Value> = [
+        result_row(&a_merchant, batch_status, null()),
+        result_row(&a_line_total, batch_status, s("UNIT_PRICE")),
+        result_row(&a_date, batch_status, s("TIME")),
+        result_row(&b_phone, batch_status, null()),
+    ]
+    .into_iter()
+    .map(|v| (v["SK"]["S"].as_str().unwrap().to_owned(), v))
+    .collect();
+    assert_eq!(rows_of(&snap, "RESULT#"), expected_results);
+    assert_eq!(report.plan.result_rows.collisions, 1);
+    let expected_verdicts: BTreeMap<String, Value> = [
+        verdict_row(&a_merchant, "VALID", null(), 1),
+        verdict_row(&a_line_total, "NEEDS_REVIEW", s("UNIT_PRICE"), 1),
+        verdict_row(&a_date, "INVALID", s("TIME"), 1),
+        verdict_row(&b_merchant, "INVALID", s("NOT_CORE"), 3),
+        verdict_row(&b_phone, "VALID", null(), 3),
+    ]
+    .into_iter()
+    .map(|v| (v["SK"]["S"].as_str().unwrap().to_owned(), v))
+    .collect();
+    assert_eq!(rows_of(&snap, "VERDICT#"), expected_verdicts);
+
+    // Vectors: unions written sorted, proposed_label for core suggestions only; the missing
+    // vector is counted, not created.
+    let v = |img: &str, r: u32, l: u32, w: u32| {
+        format!("IMAGE#{img}#RECEIPT#{r:05}#LINE#{l:05}#WORD#{w:05}")
+    };
+    assert_eq!(
+        snap.vectors[&v(A, 1, 1, 1)],
+        *json!({"text": "w", "valid_labels": ["MERCHANT_NAME"]})
+            .as_object()
+            .unwrap()
+    );
+    assert_eq!(
+        snap.vectors[&v(A, 1, 2, 1)],
+        *json!({"text": "w", "invalid_labels": ["LINE_TOTAL"], "proposed_label": "UNIT_PRICE"})
+            .as_object()
+            .unwrap()
+    );
+    assert_eq!(
+        snap.vectors[&v(A, 1, 2, 2)],
+        *json!({"text": "w", "invalid_labels": ["DATE"], "proposed_label": "TIME"})
+            .as_object()
+            .unwrap()
+    );
+    assert_eq!(
+        snap.vectors[&v(B, 1, 1, 1)],
+        *json!({"valid_labels": "DATE", "invalid_labels": ["MERCHANT_NAME"]})
+            .as_object()
+            .unwrap()
+    );
+    assert!(!snap.vectors.contains_key(&v(B, 1, 2, 1)));
+    assert_eq!(report.vectors_missing, 1);
+
+    // Skipped, each for its reason: a bad id and a foreign result did not sink their line.
+    assert_eq!(report.skipped.get("bad_id"), Some(&1));
+    assert_eq!(report.skipped.get("other_receipt"), Some(&1));
+    assert_eq!(report.skipped.get("already_valid"), Some(&1));
+    assert_eq!(report.skipped.get("failed_request"), Some(&1));
+    assert_eq!(
+        report.skipped.get("malformed_line:not_json"),
+        Some(&1),
+        "{:?}",
+        report.skipped
+    );
+
+    // The summary, last.
+    let summary_item = item(&f, &format!("BATCH#{BATCH}"), "STATUS").await;
+    assert_eq!(summary_item["status"], s(batch_status));
+    assert_eq!(summary_item["GSI1PK"], s(&format!("STATUS#{batch_status}")));
+    assert_eq!(summary_item["result_file_id"], s("file-out"));
+
+    // A second run changes nothing at all.
+    let again = finish(&f).await.unwrap();
+    assert!(again.already_done);
+    assert_eq!(f.snapshot().await, snap);
+}
+
+#[tokio::test]
+async fn completed_batch_applies_every_rule() {
+    applies_output("completed", "COMPLETED").await;
+}
+
+#[tokio::test]
+async fn expired_batch_applies_its_partial_output() {
+    applies_output("expired", "EXPIRED").await;
+}
+
+#[tokio::test]
+async fn cancelled_batch_applies_its_partial_output() {
+    applies_output("cancelled", "CANCELLED").await;
+}
+
+#[tokio::test]
+async fn failed_batch_resets_every_target_and_writes_no_rows() {
+    let f = Fleet::new().await;
+    let h = seed_hand(&f, "failed", true).await;
+    let before = f.snapshot().await;
+    let report = finish(&f).await.unwrap();
+    assert_eq!(report.summary_status, Some(BatchStatus::Failed));
+    for k in &h.targets {
+        if k.label == "SUBTOTAL" {
+            assert_label(&f, k, untouched(k, "VALID")).await;
+        } else {
+            assert_label(&f, k, changed(k, "NONE")).await;
+        }
+    }
+    let other = key(A, 1, 4, 1, "TAX");
+    assert_label(&f, &other, untouched(&other, "PENDING")).await;
+    let snap = f.snapshot().await;
+    assert!(rows_of(&snap, "RESULT#").is_empty());
+    assert!(rows_of(&snap, "VERDICT#").is_empty());
+    assert_eq!(snap.vectors, before.vectors, "no vector changes");
+    let summary_item = item(&f, &format!("BATCH#{BATCH}"), "STATUS").await;
+    assert_eq!(summary_item["status"], s("FAILED"));
+    assert_eq!(summary_item["GSI1PK"], s("STATUS#FAILED"));
+    assert_eq!(
+        summary_item["result_file_id"],
+        s("N/A"),
+        "no output file, no id"
+    );
+}
+
+#[tokio::test]
+async fn unfinished_batches_change_nothing() {
+    for status in [
+        "validating",
+        "in_progress",
+        "finalizing",
+        "cancelling",
+        "paused",
+    ] {
+        let f = Fleet::new().await;
+        seed_hand(&f, status, true).await;
+        let before = f.snapshot().await;
+        let report = finish(&f).await.unwrap();
+        assert_eq!(report.summary_status, None, "{status}");
+        assert_eq!(f.snapshot().await, before, "{status}: nothing written");
+    }
+}
+
+#[tokio::test]
+async fn without_the_input_file_targets_fall_back_to_pending_labels_of_touched_receipts() {
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", false).await;
+    let report = finish(&f).await.unwrap();
+    assert_eq!(report.targets_source, "fallback");
+    assert_eq!(report.summary_status, Some(BatchStatus::Completed));
+    // The verdicts are the same; the other batch's PENDING label on a touched receipt is now a
+    // target without a verdict (the documented price of the fallback).
+    let a_merchant = key(A, 1, 1, 1, "MERCHANT_NAME");
+    assert_label(&f, &a_merchant, changed(&a_merchant, "VALID")).await;
+    let other = key(A, 1, 4, 1, "TAX");
+    assert_label(&f, &other, changed(&other, "NONE")).await;
+}
+
+#[tokio::test]
+async fn a_label_changed_by_someone_else_is_a_conflict_left_alone() {
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    // A reviewer marks a target INVALID after submission, before the batch is applied.
+    let b_phone = key(B, 1, 2, 1, "PHONE_NUMBER");
+    let mut reviewed = seeded(&b_phone, ValidationStatus::Invalid);
+    reviewed.label_proposed_by = Some("HUMAN".into());
+    f.env.store.put_raw(reviewed.to_item()).await.unwrap();
+    let report = finish(&f).await.unwrap();
+    assert!(report.conflicts() >= 1);
+    assert_label(
+        &f,
+        &b_phone,
+        label_item(
+            &b_phone,
+            "INVALID",
+            s("HUMAN"),
+            null(),
+            s("layout model"),
+            SEEDED_AT,
+        ),
+    )
+    .await;
+    let snap = f.snapshot().await;
+    // Its verdict row stays (what the model said); no result row and no vector merge for it.
+    assert!(
+        rows_of(&snap, "VERDICT#")
+            .keys()
+            .any(|k| k.ends_with("LINE#00002#WORD#00001#LABEL#PHONE_NUMBER"))
+    );
+    assert!(
+        !rows_of(&snap, "RESULT#")
+            .contains_key("RESULT#RECEIPT#1#LINE#2#WORD#1#LABEL#PHONE_NUMBER")
+    );
+}
+
+#[tokio::test]
+async fn unknown_batches_are_permanent_errors() {
+    let f = Fleet::new().await;
+    let err = f.services.load_summary("no-such-batch").await.unwrap_err();
+    assert!(!err.is_transient());
+    assert_eq!(err.reason(), "batch_unknown");
+    f.env.store.put_raw(summary().to_item()).await.unwrap();
+    let s = f.services.load_summary(BATCH).await.unwrap();
+    let err = f.services.check(&s).await.unwrap_err();
+    assert!(!err.is_transient());
+    assert_eq!(err.reason(), "openai_batch_not_found");
+}
+
+/// The crash drill: a generated batch of well over 200 writes, cut off after the k-th write for
+/// 24 values of k spread over the whole apply, then run again, must end in exactly the state of
+/// an uninterrupted run.
+#[tokio::test]
+async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
+    let shape = Shape {
+        receipts: 30,
+        targets_per_receipt: 8,
+        ..Shape::default()
+    };
+    let batch = scenario::batch(&mut scenario::Rng::new(2024), 0, &shape);
+    // Without the status script: every apply sees the batch completed at once.
+    let mut spec = batch.spec.clone();
+    spec.steps.clear();
+    let batch = fleet_tests::scenario::ScenarioBatch { spec, ..batch };
+
+    let reference = Fleet::new().await;
+    reference.seed(&batch).await;
+    let seeded = reference.snapshot().await;
+    let s = reference
+        .services
+        .load_summary(&batch.summary.batch_id)
+        .await
+        .unwrap();
+    let b = reference.services.check(&s).await.unwrap();
+    let full = reference
+        .services
+        .apply(&s, &b, &CancellationToken::new())
+        .await
+        .unwrap();
+    let expected = reference.snapshot().await;
+    let total = full.writes as usize;
+    assert!(
+        total >= 200,
+        "the drill needs at least 200 writes, the batch makes {total}"
+    );
+    assert_ne!(seeded, expected);
+
+    let ks: Vec<usize> = (0..24).map(|i| i * (total - 1) / 23).collect();
+    for k in ks {
+        let f = Fleet::new().await;
+        f.seed(&batch).await;
+        let mut services = services_for(&f.env, &f.openai, &f.pinecone);
+        services.options.write_budget = Some(WriteBudget::new(k));
+        let s = services
+            .load_summary(&batch.summary.batch_id)
+            .await
+            .unwrap();
+        let b = services.check(&s).await.unwrap();
+        let err = services
+            .apply(&s, &b, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FinishError::Stopped { .. }), "k={k}: {err}");
+        assert!(err.is_transient());
+        // Run again, from a freshly loaded summary, as a redelivered message would.
+        let s = f
+            .services
+            .load_summary(&batch.summary.batch_id)
+            .await
+            .unwrap();
+        let b = f.services.check(&s).await.unwrap();
+        f.services
+            .apply(&s, &b, &CancellationToken::new())
+            .await
+            .unwrap();
+        let got = f.snapshot().await;
+        let diff = expected_minus_names(&expected, &got);
+        assert!(
+            diff.is_empty(),
+            "k={k} of {total}: {} differences, first: {:?}",
+            diff.len(),
+            diff.first()
+        );
+    }
+}
+
+/// Table names differ per environment; everything else must be equal.
+fn expected_minus_names(a: &Snapshot, b: &Snapshot) -> Vec<String> {
+    a.diff(b)
+}
