@@ -51,6 +51,26 @@ impl Gate<'_> {
     }
 }
 
+/// Records how long each phase took, for the report (where did an apply's time go?).
+struct Phases {
+    last: std::time::Instant,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Phases {
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn mark(&mut self, report: &mut ApplyReport, phase: &str) {
+        let now = std::time::Instant::now();
+        *report.phase_ms.entry(phase.to_owned()).or_default() +=
+            now.duration_since(self.last).as_millis() as u64;
+        self.last = now;
+    }
+}
+
 pub(super) async fn run(
     services: &Services,
     summary: &BatchSummary,
@@ -67,6 +87,7 @@ pub(super) async fn run(
     if outcome == Outcome::NotTerminal {
         return Ok(report);
     }
+    let mut phases = Phases::new();
     let openai = &services.openai;
     let output = match (&batch.output_file_id, outcome.applies_output()) {
         (Some(id), true) => Some(openai.download_file(id).await?),
@@ -81,6 +102,7 @@ pub(super) async fn run(
         None => None,
     };
 
+    phases.mark(&mut report, "download");
     // Targets: the input file's `### Targets`, or the fallback of processing-rules.md.
     let journal = read_journal(services, &summary.batch_id).await?;
     let (targets, mut labels) = match &input {
@@ -104,6 +126,7 @@ pub(super) async fn run(
         .filter(|r| !loaded.contains(r))
         .collect();
     labels.extend(read_labels(services, &wanted, &mut report).await?);
+    phases.mark(&mut report, "read_table");
 
     let mut builder = PlanBuilder::new(PlanInput {
         batch_id: summary.batch_id.clone(),
@@ -137,13 +160,14 @@ pub(super) async fn run(
     }
     let plan = builder.finish();
     drop((output, errors, input)); // the downloads are no longer needed on disk
+    phases.mark(&mut report, "plan");
 
     let gate = Gate {
         stop,
         services,
         writes: AtomicU64::new(0),
     };
-    let plan = execute(services, &gate, plan, &mut report).await?;
+    let plan = execute(services, &gate, plan, &mut report, &mut phases).await?;
     report.summary_status = plan.summary.as_ref().map(|s| s.status);
     report.skipped = skipped(&plan.counters);
     report.plan = plan.counters;
@@ -169,6 +193,7 @@ async fn execute(
     gate: &Gate<'_>,
     plan: Plan,
     report: &mut ApplyReport,
+    phases: &mut Phases,
 ) -> Result<Plan, FinishError> {
     let store = &services.store;
     let concurrency = services.options.label_concurrency.max(1);
@@ -181,6 +206,7 @@ async fn execute(
         .collect();
     report.verdict_rows = verdict_items.len() as u64;
     put_chunks(services, gate, verdict_items).await?;
+    phases.mark(report, "write_journal");
 
     // 2. Status changes; labels someone else changed meanwhile drop out of what follows.
     let outcomes = transitions(services, gate, &plan.status_changes, concurrency).await?;
@@ -200,6 +226,7 @@ async fn execute(
         }
     }
     report.status_changes = count(&outcomes);
+    phases.mark(report, "write_labels");
     let plan = if conflicts.is_empty() {
         plan
     } else {
@@ -221,6 +248,7 @@ async fn execute(
     // Resets of targets without a verdict.
     let resets = transitions(services, gate, &plan.resets, concurrency).await?;
     report.resets = count(&resets);
+    phases.mark(report, "write_corrections_resets");
 
     // 3. Vector metadata.
     let changes: Vec<(String, MetadataChange)> = plan
@@ -249,10 +277,12 @@ async fn execute(
         }
     }
 
+    phases.mark(report, "write_vectors");
     // 4. CompletionBatchResult rows.
     let result_items: Vec<_> = plan.results.iter().map(|r| r.to_item()).collect();
     report.result_rows = result_items.len() as u64;
     put_chunks(services, gate, result_items).await?;
+    phases.mark(report, "write_results");
 
     // 5. The summary, last: conditional on PENDING.
     if let Some(summary) = &plan.summary {
@@ -268,6 +298,7 @@ async fn execute(
             warn!(batch_id = %plan.batch_id, ?current, "summary no longer PENDING; another run finished it");
         }
     }
+    phases.mark(report, "write_summary");
     Ok(plan)
 }
 

@@ -47,6 +47,8 @@ pub struct ApplyReport {
     pub skipped: BTreeMap<String, u64>,
     /// Total writes made (DynamoDB calls and Pinecone merge chunks).
     pub writes: u64,
+    /// Milliseconds spent per phase (download, read, plan, and each kind of write).
+    pub phase_ms: BTreeMap<String, u64>,
     pub plan: PlanCounters,
 }
 
