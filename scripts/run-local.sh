@@ -101,7 +101,7 @@ while :; do
   "$bindir/producer" status --json 2>/dev/null | python3 -c '
 import json,sys
 s=json.load(sys.stdin); b=s.get("batches",{}); q=s.get("work_queue",{})
-print("  progress: " + ", ".join(f"{k} {v}" for k,v in sorted(b.items()) if v) + f" | queue visible {q.get(\"visible\",0)} in flight {q.get(\"in_flight\",0)} delayed {q.get(\"delayed\",0)}")
+print("  progress: " + ", ".join("%s %s" % (k, v) for k, v in sorted(b.items()) if v) + " | queue visible %s, in flight %s, delayed %s" % (q.get("visible", 0), q.get("in_flight", 0), q.get("delayed", 0)))
 ' || true
 done
 status=0

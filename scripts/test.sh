@@ -34,5 +34,5 @@ fi
 
 if [ -x scripts/run-local.sh ]; then
   step "local fleet, small size"
-  scripts/run-local.sh --size small --check
+  scripts/run-local.sh --size small --profile dev --check
 fi

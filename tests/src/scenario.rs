@@ -302,6 +302,30 @@ pub fn batch(rng: &mut Rng, index: usize, shape: &Shape) -> ScenarioBatch {
     }
 }
 
+impl ScenarioBatch {
+    /// Moves every time of the batch by `seconds` (the demo runs its batches "now", so that
+    /// none looks overdue and gets cancelled).
+    pub fn shift_times(&mut self, seconds: i64) {
+        let spec = &mut self.spec;
+        spec.created_at += seconds;
+        for t in [
+            &mut spec.expires_at,
+            &mut spec.in_progress_at,
+            &mut spec.finalizing_at,
+            &mut spec.completed_at,
+            &mut spec.failed_at,
+            &mut spec.expired_at,
+            &mut spec.cancelling_at,
+            &mut spec.cancelled_at,
+        ] {
+            if let Some(t) = t.as_mut() {
+                *t += seconds;
+            }
+        }
+        self.summary.submitted_at += chrono::Duration::seconds(seconds);
+    }
+}
+
 /// A target may be generated twice on one word (same label): keep the first item per key.
 fn dedupe(labels: Vec<ReceiptWordLabel>) -> Vec<ReceiptWordLabel> {
     let mut seen = std::collections::HashSet::new();
