@@ -74,7 +74,7 @@ pub async fn start<S: BatchService>(
         .await
         .with_context(|| format!("binding METRICS_ADDR {}", settings.metrics_addr))?;
     let metrics_addr = listener.local_addr()?;
-    tracing::info!(%metrics_addr, "serving /metrics, /healthz and /readyz");
+    tracing::info!(http_addr = %metrics_addr, "serving /metrics, /healthz and /readyz");
     let health = Arc::new(Health::default());
     let http_stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(

@@ -436,23 +436,14 @@ async fn apply_finished<S: BatchService>(
             return Err(Failure::from_service(&e));
         }
     };
-    let elapsed = started.elapsed();
-    metrics::histogram!(m::APPLY_SECONDS).record(elapsed.as_secs_f64());
+    metrics::histogram!(m::APPLY_SECONDS).record(started.elapsed().as_secs_f64());
     for (verdict, n) in report.labels_by_verdict() {
         metrics::counter!(m::LABELS, "verdict" => verdict.clone()).increment(*n);
     }
     for (reason, n) in report.skipped() {
         metrics::counter!(m::SKIPPED_RESULTS, "reason" => reason.clone()).increment(*n);
     }
-    tracing::info!(
-        openai_status = %batch.status,
-        summary_status = report.summary_status().map(|s| s.as_str()),
-        already_done = report.already_done(),
-        labels = ?report.labels_by_verdict(),
-        skipped = ?report.skipped(),
-        elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-        "batch applied"
-    );
+    // The library logs the applied batch ("batch applied"); its metrics are recorded here.
     delete(ctx, msg).await;
     Ok(if report.already_done() {
         Outcome::AlreadyDone

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use crate::metrics as m;
 
@@ -100,7 +101,11 @@ impl Heartbeat {
         lease_ttl_ms: i64,
     ) -> Self {
         let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(beat(keepalive, every, visibility_seconds, lease_ttl_ms, rx));
+        // The beat logs as part of the handling that started it.
+        let task = tokio::spawn(
+            beat(keepalive, every, visibility_seconds, lease_ttl_ms, rx)
+                .instrument(tracing::Span::current()),
+        );
         Heartbeat {
             lease: tx,
             _task: AbortOnDropHandle::new(task),

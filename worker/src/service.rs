@@ -81,6 +81,7 @@ mod finish_impl {
     use fleet_shared::openai::BatchObject;
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::{AbortOnDropHandle, LocalPoolHandle};
+    use tracing::Instrument;
 
     use super::{ApplyOutcome, BatchService, ServiceError};
 
@@ -162,8 +163,9 @@ mod finish_impl {
                 // combinators over closures taking references hit rust-lang/rust#102211), so it
                 // cannot be awaited on the multi-threaded runtime. It runs on a single-threaded
                 // pool instead; dropping this future (deadline, shutdown) aborts it there.
-                let task = apply_pool().spawn_pinned(move || async move {
-                    services.apply(&summary, &batch, &stop).await
+                let span = tracing::Span::current();
+                let task = apply_pool().spawn_pinned(move || {
+                    async move { services.apply(&summary, &batch, &stop).await }.instrument(span)
                 });
                 match AbortOnDropHandle::new(task).await {
                     Ok(result) => result,

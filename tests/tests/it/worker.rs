@@ -692,7 +692,7 @@ struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    fn spawn(world: &World, args: &[&str], extra: &[(&str, &str)]) -> WorkerProcess {
+    async fn spawn(world: &World, args: &[&str], extra: &[(&str, &str)]) -> WorkerProcess {
         let mut cmd = Command::new(worker_binary());
         cmd.env_clear()
             .args(args)
@@ -716,15 +716,16 @@ impl WorkerProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(addr) = v.get("metrics_addr").and_then(Value::as_str) {
+                    if let Some(addr) = v.get("http_addr").and_then(Value::as_str) {
                         let _ = tx.send(addr.to_owned());
                     }
                 }
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .expect("reader thread")
             .unwrap_or_else(|_| {
                 panic!(
                     "no metrics address logged; stderr: {:?}",
@@ -796,7 +797,9 @@ fn series(page: &str) -> HashMap<String, f64> {
     worker::metrics::parse_text(page).into_iter().collect()
 }
 
-#[tokio::test]
+// The emulators live in this test's runtime: it needs threads to serve them while the test
+// waits on the process.
+#[tokio::test(flavor = "multi_thread")]
 async fn the_binary_exports_counters_of_what_it_did_and_exits_0_on_sigterm() {
     let world = World::new().await;
     let good = finished_now(71);
@@ -806,7 +809,7 @@ async fn the_binary_exports_counters_of_what_it_did_and_exits_0_on_sigterm() {
     world.send(r#"{"v":9,"batch_id":"x"}"#).await;
     world.send(r#"{"v":1,"batch_id":"unknown-batch"}"#).await;
 
-    let mut worker = WorkerProcess::spawn(&world, &[], &[]);
+    let mut worker = WorkerProcess::spawn(&world, &[], &[]).await;
     assert!(
         worker.log_text().contains("worker starting"),
         "startup banner: {}",
@@ -866,12 +869,43 @@ async fn the_binary_exports_counters_of_what_it_did_and_exits_0_on_sigterm() {
     assert_eq!(get(&worker.url("/readyz")).await.0, 200);
     assert_eq!(world.dead_letters().await.len(), 3);
 
+    // Every line of a message's handling carries its ids (JSON logs, the span's fields),
+    // including the lines the library logs while applying.
+    let lines: Vec<Value> = worker
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let handled: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["message"] == "message handled")
+        .collect();
+    assert_eq!(handled.len(), 4);
+    assert!(handled.iter().all(|v| v["span"]["message_id"].is_string()));
+    let of_good: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["span"]["batch_id"] == good.summary.batch_id.as_str())
+        .collect();
+    assert!(of_good.len() >= 2, "{of_good:?}");
+    for v in &of_good {
+        assert_eq!(v["span"]["openai_batch_id"], good.spec.id.as_str(), "{v}");
+        assert!(v["span"]["message_id"].is_string(), "{v}");
+    }
+    assert!(
+        of_good.iter().any(|v| v["message"] == "batch applied"),
+        "the apply's own line is in the span: {of_good:?}"
+    );
+
     worker.sigterm();
     let code = worker.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "log:\n{}", worker.log_text());
 }
 
-#[tokio::test]
+// The emulators live in this test's runtime: it needs threads to serve them while the test
+// waits on the process.
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_a_long_apply_drains_within_the_grace_period_and_hands_the_message_back() {
     let reference = World::new().await;
     let b = finished_now(81);
@@ -893,7 +927,7 @@ async fn sigterm_during_a_long_apply_drains_within_the_grace_period_and_hands_th
     // Every Pinecone call takes 2 s: the apply outlasts the 2 s grace period.
     world.pinecone.set_latency(Duration::from_secs(2));
     let grace = Duration::from_secs(2);
-    let mut worker = WorkerProcess::spawn(&world, &[], &[("SHUTDOWN_GRACE_SECONDS", "2")]);
+    let mut worker = WorkerProcess::spawn(&world, &[], &[("SHUTDOWN_GRACE_SECONDS", "2")]).await;
 
     let store = world.env.store.clone();
     let batch_id = b.summary.batch_id.clone();
@@ -976,7 +1010,9 @@ async fn sigterm_during_a_long_apply_drains_within_the_grace_period_and_hands_th
     assert!(world.dead_letters().await.is_empty());
 }
 
-#[tokio::test]
+// The emulators live in this test's runtime: it needs threads to serve them while the test
+// waits on the process.
+#[tokio::test(flavor = "multi_thread")]
 async fn apply_batch_applies_a_finished_batch_once_and_reports_it() {
     let world = World::new().await;
     let running = {
@@ -1000,22 +1036,37 @@ async fn apply_batch_applies_a_finished_batch_once_and_reports_it() {
         for (k, v) in world.env_vars(&[("LOG_FORMAT", "text")]) {
             cmd.env(k, v);
         }
-        cmd.output().expect("run worker apply-batch")
+        cmd
+    };
+    let output = |mut cmd: Command| async move {
+        tokio::task::spawn_blocking(move || cmd.output().expect("run worker apply-batch"))
+            .await
+            .expect("blocking task")
     };
 
-    let out = run(vec!["apply-batch".into(), running.summary.batch_id.clone()]);
-    assert_eq!(out.status.code(), Some(0));
+    let out = output(run(vec![
+        "apply-batch".into(),
+        running.summary.batch_id.clone(),
+    ]))
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("not finished at OpenAI (status in_progress)"),
         "{stdout}"
     );
 
-    let out = run(vec![
+    let out = output(run(vec![
         "apply-batch".into(),
         done.summary.batch_id.clone(),
         "--json".into(),
-    ]);
+    ]))
+    .await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -1031,7 +1082,11 @@ async fn apply_batch_applies_a_finished_batch_once_and_reports_it() {
         BatchStatus::Completed
     );
 
-    let out = run(vec!["apply-batch".into(), done.summary.batch_id.clone()]);
+    let out = output(run(vec![
+        "apply-batch".into(),
+        done.summary.batch_id.clone(),
+    ]))
+    .await;
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
