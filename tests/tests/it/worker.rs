@@ -1095,3 +1095,86 @@ async fn apply_batch_applies_a_finished_batch_once_and_reports_it() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("SECRET"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The outage drill (issue 5): OpenAI answers 500 until the batch is dead-lettered by the redrive
+// policy; `replay-dlq --dry-run` changes nothing; after the outage a replay brings it back and
+// it completes.
+
+#[tokio::test]
+async fn an_outage_dead_letters_a_batch_and_replay_brings_it_back_to_completion() {
+    let w = World::new().await; // maxReceiveCount 3
+    let b = finished_now(31);
+    w.seed(&b).await;
+    w.openai.set_outage(true);
+    w.enqueue(&b.summary.batch_id).await;
+
+    // A worker runs through the outage until the redrive policy moves the message.
+    let stop = CancellationToken::new();
+    let settings = w.settings(false, &[]);
+    let deps = w.deps(&settings, w.env.clients.sqs.clone());
+    let running = tokio::spawn(worker::run(settings, deps, stop.clone()));
+    let sqs = &w.env.clients.sqs;
+    let dlq = &w.env.queues.dead_letter_url;
+    eventually(
+        "the batch is dead-lettered",
+        Duration::from_secs(180),
+        || async {
+            queue_depth(sqs, dlq)
+                .await
+                .map(|d| d.total() > 0)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    stop.cancel();
+    running
+        .await
+        .expect("worker task")
+        .expect("worker ran cleanly");
+    assert_eq!(
+        w.summary_status(&b.summary.batch_id).await,
+        BatchStatus::Pending
+    );
+    assert!(
+        w.openai.count("GET", "/v1/batches/") >= 3,
+        "every receive checked OpenAI"
+    );
+
+    let services = producer::Services::new(&w.env.clients, &w.env.table);
+    let mut replay = producer::ReplaySettings::new(&w.env.queues.work_url, dlq.as_str());
+    replay.poll_wait_seconds = 1;
+    replay.visibility_seconds = 5;
+
+    // A dry run says what it would move and changes nothing.
+    replay.dry_run = true;
+    let report = producer::replay(&replay, &services).await.expect("dry run");
+    assert_eq!(report.moved.len(), 1);
+    let work_depth = queue_depth(sqs, &w.env.queues.work_url).await.unwrap();
+    assert_eq!(work_depth.total(), 0, "a dry run sends nothing");
+    eventually(
+        "the dry run released the message",
+        Duration::from_secs(20),
+        || async {
+            queue_depth(sqs, dlq)
+                .await
+                .map(|d| d.visible == 1)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+
+    // After the outage the replay moves it back and a worker completes it.
+    w.openai.set_outage(false);
+    replay.dry_run = false;
+    let report = producer::replay(&replay, &services).await.expect("replay");
+    assert_eq!(report.moved.len(), 1);
+    assert!(report.succeeded());
+    w.run_until_idle(&[], w.env.clients.sqs.clone(), Duration::from_secs(120))
+        .await;
+    assert_eq!(
+        w.summary_status(&b.summary.batch_id).await,
+        BatchStatus::Completed
+    );
+    assert_eq!(queue_depth(sqs, dlq).await.unwrap().total(), 0);
+}
