@@ -31,5 +31,6 @@ pub mod plan;
 pub mod queue;
 pub mod retry;
 pub mod secret;
+mod send_check;
 pub mod store;
 pub mod telemetry;

@@ -356,7 +356,10 @@ impl PineconeClient {
             );
         }
 
-        let updated = futures::stream::iter(writes)
+        // The futures are built up front (not by a closure inside the stream) so the compiler
+        // can prove the whole future Send (rust-lang/rust#102211).
+        let updates: Vec<_> = writes
+            .into_iter()
             .map(|(id, set_metadata)| {
                 let rate_limited = &rate_limited;
                 async move {
@@ -366,6 +369,8 @@ impl PineconeClient {
                     Ok::<_, PineconeError>(())
                 }
             })
+            .collect();
+        let updated = futures::stream::iter(updates)
             .buffer_unordered(self.update_concurrency)
             .try_fold(0u64, |n, ()| async move { Ok(n + 1) })
             .await;
@@ -383,8 +388,11 @@ impl PineconeClient {
         unique.sort_unstable();
         unique.dedup();
         let chunks = chunk_ids(&unique, self.fetch_max_ids, self.fetch_max_query_bytes);
-        futures::stream::iter(chunks)
+        let fetches: Vec<_> = chunks
+            .into_iter()
             .map(|chunk| self.fetch_chunk(chunk, rate_limited))
+            .collect();
+        futures::stream::iter(fetches)
             .buffer_unordered(self.fetch_concurrency)
             .try_fold(HashMap::new(), |mut all, part| async move {
                 all.extend(part);
