@@ -1,22 +1,38 @@
 //! Benchmark of finishing a batch (issue 3). Prints figures; asserts nothing about speed.
 //!
-//! 1. Parse + plan of a generated output file (default ~200 MB; `BENCH_OUTPUT_MB`) next to
-//!    plain serde_json parsing of the same file in the same run, and the peak RSS of the
-//!    parse + plan phase (VmHWM after resetting it through /proc/self/clear_refs).
+//! 1. The worker's parse + plan of a generated output file (default ~200 MB; `BENCH_OUTPUT_MB`)
+//!    next to plain serde_json parsing of the same file in the same run, and the peak RSS of
+//!    that phase (VmHWM after resetting it through /proc/self/clear_refs). It runs what the
+//!    apply runs: a first pass indexing each receipt's lines ([`BatchIndex`]), then, chunk by
+//!    chunk (`BENCH_CHUNK_RECEIPTS`, default the worker's `receipts_per_chunk`), the chunk's
+//!    targets and labels (generated on the fly: they stand in for the input file and the
+//!    DynamoDB reads, and their generation is timed apart and not counted), its lines read back
+//!    by offset, parsed and planned. With `BENCH_WHOLE_PLAN=1` it also times one plan of the whole file
+//!    with every target and label in memory (the shape before chunking), for comparison.
 //! 2. Against moto: applying a 1,000-receipt batch next to a plain loop of the same number of
-//!    single-item writes, in the same run (`BENCH_APPLY_RECEIPTS`, default 1000; 0 skips).
+//!    single-item writes, in the same run (`BENCH_APPLY_RECEIPTS`, default 1000; 0 skips), with
+//!    the same `BENCH_CHUNK_RECEIPTS`.
+//!    moto answers a Query by scanning the whole table, so its label reads slow down as the
+//!    apply's own writes grow the table; DynamoDB's do not.
 //!
 //! Run: `cargo bench -p fleet-tests --bench finish` (moto is started on demand).
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use fleet_shared::model::{LabelKey, ReceiptWordLabel, ValidationStatus};
+use fleet_shared::model::status::CORE_LABELS;
+use fleet_shared::model::{ImageId, LabelKey, ReceiptKey, ReceiptWordLabel, ValidationStatus};
 use fleet_shared::openai::BatchObject;
-use fleet_shared::parse::{LineReader, parse_output_read};
-use fleet_shared::plan::{PlanBuilder, PlanInput};
+use fleet_shared::parse::{
+    BatchIndex, LineReader, LineRef, chunk_lines, locate_custom_id, parse_output_line,
+    parse_output_read,
+};
+use fleet_shared::plan::{PlanBuilder, PlanCounters, PlanInput};
 use fleet_tests::openai::fixtures::{self, AnswerShape};
 use fleet_tests::scenario::{self, Rng};
+
+const LABELS_PER_RECEIPT: u32 = 24;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -25,79 +41,121 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn vm_hwm_kib() -> u64 {
+fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+fn vm_hwm_kib() -> u64 {
+    status_kib("VmHWM:")
 }
 
 fn vm_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_kib("VmRSS:")
 }
 
-/// Writes an output file of about `target_mb` MB; returns the targets and the labels.
-fn generate(path: &std::path::Path, target_mb: usize) -> (Vec<LabelKey>, Vec<ReceiptWordLabel>) {
-    let mut rng = Rng::new(99);
-    let mut out = BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut written = 0usize;
-    let mut targets = Vec::new();
-    let mut labels = Vec::new();
-    let labels_per_receipt = 24u32;
-    let mut image = rng.uuid();
-    let mut r = 0u32;
-    while written < target_mb * 1_000_000 {
-        if r % 2 == 0 {
-            image = rng.uuid();
-        }
-        r += 1;
-        let receipt_id = 1 + (r % 2);
-        let mut results = Vec::new();
-        for t in 0..labels_per_receipt {
+/// Resets the peak RSS to the current RSS, so VmHWM measures what follows.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The labels a receipt's request asked about, with the model's answer for each: derived from
+/// the receipt alone, so a chunk can regenerate its targets without holding the file's.
+struct ReceiptTargets {
+    /// (key, is_valid, correct_label)
+    labels: Vec<(LabelKey, bool, Option<&'static str>)>,
+}
+
+fn receipt_targets(receipt: &ReceiptKey) -> ReceiptTargets {
+    let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in receipt.custom_id().bytes() {
+        seed ^= u64::from(b);
+        seed = seed.wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut rng = Rng::new(seed);
+    let labels = (0..LABELS_PER_RECEIPT)
+        .map(|t| {
             let (line, word) = (1 + t / 3, 1 + t % 3);
-            let name = *rng.pick(fleet_shared::model::status::CORE_LABELS);
+            let name = *rng.pick(CORE_LABELS);
             let key = LabelKey::new(
-                fleet_shared::model::ImageId::parse(&image).unwrap(),
-                receipt_id,
+                receipt.image_id.clone(),
+                receipt.receipt_id,
                 line,
                 word,
                 name,
             );
-            let id = fixtures::result_id(&image, receipt_id, line, word, name, "NONE");
             let valid = rng.chance(65);
-            let fix = if valid {
-                None
-            } else {
-                Some(*rng.pick(fleet_shared::model::status::CORE_LABELS))
-            };
-            results.push(fixtures::result(&id, valid, fix));
+            let fix = (!valid).then(|| *rng.pick(CORE_LABELS));
+            (key, valid, fix)
+        })
+        .collect();
+    ReceiptTargets { labels }
+}
+
+/// The chunk's targets and their labels as the table holds them (PENDING).
+fn chunk_state(receipts: &[&ReceiptKey]) -> (BTreeSet<LabelKey>, Vec<ReceiptWordLabel>) {
+    let mut targets = BTreeSet::new();
+    let mut labels = Vec::new();
+    let seeded = chrono::DateTime::from_timestamp(scenario::CREATED_AT, 0).unwrap();
+    for r in receipts {
+        for (key, _, _) in receipt_targets(r).labels {
             labels.push(ReceiptWordLabel {
                 key: key.clone(),
                 reasoning: None,
-                timestamp_added: chrono::DateTime::from_timestamp(scenario::CREATED_AT, 0).unwrap(),
+                timestamp_added: seeded,
                 validation_status: ValidationStatus::Pending,
                 label_proposed_by: None,
                 label_consolidated_from: None,
             });
-            targets.push(key);
+            targets.insert(key);
         }
-        let line = fixtures::output_line(
-            &fixtures::custom_id(&image, receipt_id),
-            &results,
-            AnswerShape::FunctionCall,
-        );
+    }
+    (targets, labels)
+}
+
+/// Writes an output file of about `target_mb` MB (two receipts per image, one line each);
+/// returns the number of receipts.
+fn generate(path: &std::path::Path, target_mb: usize) -> usize {
+    let mut rng = Rng::new(99);
+    let mut out = BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut written = 0usize;
+    let mut image = rng.uuid();
+    let mut receipts = 0usize;
+    while written < target_mb * 1_000_000 {
+        if receipts % 2 == 0 {
+            image = rng.uuid();
+        }
+        let receipt = ReceiptKey {
+            image_id: ImageId::parse(&image).unwrap(),
+            receipt_id: 1 + (receipts % 2) as u32,
+        };
+        receipts += 1;
+        let results: Vec<_> = receipt_targets(&receipt)
+            .labels
+            .iter()
+            .map(|(k, valid, fix)| {
+                let w = &k.word;
+                let id = fixtures::result_id(
+                    &image,
+                    w.receipt.receipt_id,
+                    w.line_id,
+                    w.word_id,
+                    &k.label,
+                    "NONE",
+                );
+                fixtures::result(&id, *valid, *fix)
+            })
+            .collect();
+        let line = fixtures::output_line(&receipt.custom_id(), &results, AnswerShape::FunctionCall);
         written += line.len() + 1;
         writeln!(out, "{line}").unwrap();
     }
     out.flush().unwrap();
-    (targets, labels)
+    receipts
 }
 
 fn plain_serde(path: &std::path::Path) -> (f64, usize) {
@@ -121,21 +179,103 @@ fn plain_serde(path: &std::path::Path) -> (f64, usize) {
     (t.elapsed().as_secs_f64(), n)
 }
 
-fn parse_and_plan(
-    path: &std::path::Path,
-    targets: Vec<LabelKey>,
-    labels: Vec<ReceiptWordLabel>,
-) -> (f64, u64) {
-    let batch: BatchObject = serde_json::from_value(serde_json::json!({
+fn bench_batch() -> BatchObject {
+    serde_json::from_value(serde_json::json!({
         "id": "batch_bench", "status": "completed", "output_file_id": "file-out",
         "completed_at": scenario::FINISHED_AT
     }))
-    .unwrap();
+    .unwrap()
+}
+
+struct Chunked {
+    index_s: f64,
+    plan_s: f64,
+    /// Generating the chunks' targets and labels (not counted in `plan_s`).
+    state_s: f64,
+    chunks: usize,
+    receipts: usize,
+    counters: PlanCounters,
+}
+
+/// What the worker does with the output file: index it, then plan it chunk by chunk.
+fn chunked_parse_and_plan(path: &std::path::Path, per_chunk: usize) -> Chunked {
+    let batch = bench_batch();
+    let t = Instant::now();
+    let mut counters = PlanCounters::default();
+    let mut index = BatchIndex::new();
+    let mut reader = LineReader::new(BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(path).unwrap(),
+    ));
+    while let Some(line) = reader.next_located_line().unwrap() {
+        let at = LineRef::of(&line);
+        let (_, _, bytes) = line;
+        match (bytes.as_ref().ok().and_then(|b| locate_custom_id(b)), at) {
+            (Some(receipt), Some(at)) => index.add_output(receipt, at),
+            _ => counters.output_lines.add(&parse_output_read(bytes)),
+        }
+    }
+    let index_s = t.elapsed().as_secs_f64();
+
+    let file = std::fs::File::open(path).unwrap();
+    let mut buf = Vec::new();
+    let mut state = Duration::ZERO;
+    let mut chunks = 0;
+    for chunk in index.chunks(per_chunk) {
+        chunks += 1;
+        let s = Instant::now();
+        let receipts: Vec<&ReceiptKey> = chunk.iter().map(|(r, _)| *r).collect();
+        let (targets, labels) = chunk_state(&receipts);
+        state += s.elapsed();
+        let mut builder = PlanBuilder::new(PlanInput {
+            batch_id: "bench".into(),
+            batch: &batch,
+            targets,
+            labels,
+            journal: Vec::new(),
+        });
+        for at in chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.output) {
+            let line = at.read_from(&file, &mut buf).unwrap();
+            builder.add_line(at.line_no, parse_output_line(line));
+        }
+        let plan = builder.finish();
+        counters.merge(&plan.counters);
+    }
+    let total = t.elapsed().as_secs_f64();
+    Chunked {
+        index_s,
+        plan_s: total - state.as_secs_f64(),
+        state_s: state.as_secs_f64(),
+        chunks,
+        receipts: index.len(),
+        counters,
+    }
+}
+
+/// One plan of the whole file with every target and label in memory (the shape before
+/// chunking); returns (seconds, verdicts, RSS holding the inputs in KiB).
+fn whole_parse_and_plan(path: &std::path::Path) -> (f64, u64, u64) {
+    let batch = bench_batch();
+    let mut index = BatchIndex::new();
+    let mut reader = LineReader::new(BufReader::new(std::fs::File::open(path).unwrap()));
+    while let Some(line) = reader.next_located_line().unwrap() {
+        if let (Some(r), Some(at)) = (
+            line.2.as_ref().ok().and_then(|b| locate_custom_id(b)),
+            LineRef::of(&line),
+        ) {
+            index.add_output(r, at);
+        }
+    }
+    let receipts: Vec<&ReceiptKey> = index.receipts().map(|(r, _)| r).collect();
+    let (targets, labels) = chunk_state(&receipts);
+    drop(receipts);
+    drop(index);
+    let inputs = vm_rss_kib();
     let t = Instant::now();
     let mut builder = PlanBuilder::new(PlanInput {
         batch_id: "bench".into(),
         batch: &batch,
-        targets: targets.into_iter().collect(),
+        targets,
         labels,
         journal: Vec::new(),
     });
@@ -147,20 +287,27 @@ fn parse_and_plan(
         builder.add_line(n, parse_output_read(line));
     }
     let plan = builder.finish();
-    (t.elapsed().as_secs_f64(), plan.counters.verdicts.total())
+    (
+        t.elapsed().as_secs_f64(),
+        plan.counters.verdicts.total(),
+        inputs,
+    )
 }
 
 fn main() {
     let mb = env_usize("BENCH_OUTPUT_MB", 200);
+    let per_chunk = env_usize(
+        "BENCH_CHUNK_RECEIPTS",
+        fleet_shared::finish::ApplyOptions::default().receipts_per_chunk,
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("output.jsonl");
     if mb > 0 {
-        let (targets, labels) = generate(&path, mb);
+        let receipts = generate(&path, mb);
         let size = std::fs::metadata(&path).unwrap().len() as f64 / 1e6;
         println!(
-            "output file: {size:.1} MB, {} receipts' worth of targets ({} targets)",
-            targets.len() / 24,
-            targets.len()
+            "output file: {size:.1} MB, {receipts} receipts, {} targets",
+            receipts * LABELS_PER_RECEIPT as usize
         );
         let (plain_s, plain_results) = plain_serde(&path);
         println!(
@@ -168,34 +315,51 @@ fn main() {
             plain_s,
             size / plain_s
         );
-        let rss_inputs = vm_rss_kib();
-        // Reset the peak to the current RSS so VmHWM measures the parse + plan phase only.
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let (plan_s, verdicts) = parse_and_plan(&path, targets, labels);
+        let rss_before = vm_rss_kib();
+        reset_peak_rss();
+        let c = chunked_parse_and_plan(&path, per_chunk);
         let peak = vm_hwm_kib();
         println!(
-            "parse + plan: {:.2} s, {:.1} MB/s, {verdicts} verdicts",
-            plan_s,
-            size / plan_s
+            "parse + plan as the worker does it (index, then {} chunks of {per_chunk} receipts): {:.2} s, {:.1} MB/s, {} verdicts",
+            c.chunks,
+            c.plan_s,
+            size / c.plan_s,
+            c.counters.verdicts.total()
+        );
+        println!(
+            "  of which the indexing pass: {:.2} s; generating the chunks' targets and labels (not counted): {:.2} s; {} receipts indexed",
+            c.index_s, c.state_s, c.receipts
         );
         println!(
             "ratio (parse + plan time / plain serde_json time): {:.2}",
-            plan_s / plain_s
+            c.plan_s / plain_s
         );
         println!(
-            "RSS holding the plan's inputs (targets, labels): {} MB; peak RSS during parse + plan: {} MB",
-            rss_inputs / 1024,
+            "RSS before: {} MB; peak RSS during index + chunked parse + plan: {} MB (target: at most 100 MB)",
+            rss_before / 1024,
             peak / 1024
         );
+        if env_usize("BENCH_WHOLE_PLAN", 0) > 0 {
+            reset_peak_rss();
+            let (whole_s, verdicts, inputs) = whole_parse_and_plan(&path);
+            let peak = vm_hwm_kib();
+            println!(
+                "for comparison, one plan of the whole file: {whole_s:.2} s, {:.1} MB/s, ratio {:.2}, {verdicts} verdicts; RSS holding its targets and labels {} MB, peak {} MB",
+                size / whole_s,
+                whole_s / plain_s,
+                inputs / 1024,
+                peak / 1024
+            );
+        }
     }
     let receipts = env_usize("BENCH_APPLY_RECEIPTS", 1000);
     if receipts > 0 {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(apply_bench(receipts as u32));
+        rt.block_on(apply_bench(receipts as u32, per_chunk));
     }
 }
 
-async fn apply_bench(receipts: u32) {
+async fn apply_bench(receipts: u32, per_chunk: usize) {
     use fleet_shared::store::Store;
     use fleet_tests::aws_env;
     let (_, clients) = aws_env::local_clients().expect("moto");
@@ -235,11 +399,12 @@ async fn apply_bench(receipts: u32) {
         fleet_shared::secret::SecretString::from("k"),
     );
     pc.updates_per_second = 10_000.0;
-    let services = fleet_shared::finish::Services::new(
+    let mut services = fleet_shared::finish::Services::new(
         store.clone(),
         fleet_shared::openai::client::OpenAiClient::new(oc).unwrap(),
         fleet_shared::pinecone::client::PineconeClient::new(pc).unwrap(),
     );
+    services.options.receipts_per_chunk = per_chunk;
     let t = Instant::now();
     let summary = services.load_summary(&b.summary.batch_id).await.unwrap();
     let batch = services.check(&summary).await.unwrap();
@@ -275,9 +440,10 @@ async fn apply_bench(receipts: u32) {
     }
     let plain_s = t.elapsed().as_secs_f64();
     println!(
-        "apply of a {receipts}-receipt batch ({} targets, {} verdicts) against moto: {:.2} s, {writes} writes",
+        "apply of a {receipts}-receipt batch ({} targets, {} verdicts, {} chunks) against moto: {:.2} s, {writes} writes",
         b.targets.len(),
         report.verdict_rows,
+        report.chunks,
         apply_s
     );
     println!("apply phases (ms): {:?}", report.phase_ms);

@@ -29,6 +29,10 @@ pub struct ApplyReport {
     pub already_done: bool,
     /// `input_file` or `fallback` (the input file could not be read).
     pub targets_source: String,
+    /// Receipts the batch's files (and, for the fallback, its `receipt_refs`) name.
+    pub receipts: u64,
+    /// Chunks of receipts planned and written one after the other.
+    pub chunks: u64,
     /// Verdicts applied, by the status they set (VALID, INVALID, NEEDS_REVIEW).
     pub labels_by_verdict: BTreeMap<String, u64>,
     pub status_changes: WriteCounts,
@@ -45,6 +49,10 @@ pub struct ApplyReport {
     pub bad_label_items: u64,
     /// Results and lines skipped, by reason (from the plan's counters).
     pub skipped: BTreeMap<String, u64>,
+    /// CompletionBatchResult rows not written because a smaller image id's verdict holds the
+    /// key (found by the conditional put; collisions inside a chunk are never written and are
+    /// counted by the plan: `plan.result_rows.collisions` counts both).
+    pub result_rows_kept: u64,
     /// Total writes made (DynamoDB calls and Pinecone merge chunks).
     pub writes: u64,
     /// Milliseconds spent per phase (download, read, plan, and each kind of write).

@@ -113,7 +113,7 @@ pub fn parse_input_line(line: &[u8]) -> InputLine {
     let mut targets = Vec::with_capacity(entries.len());
     let mut skipped = Vec::new();
     for mut entry in entries {
-        match entry_id(&mut entry) {
+        match entry_id(&mut entry, receipt.as_ref()) {
             Ok(id) => targets.push(id),
             Err(skip) => skipped.push(skip),
         }

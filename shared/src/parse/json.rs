@@ -154,7 +154,7 @@ impl<'a, F: FieldNames> Picked<'a, F> {
     }
 }
 
-struct KeySeed(&'static [&'static str]);
+pub(crate) struct KeySeed(pub(crate) &'static [&'static str]);
 
 impl<'de> DeserializeSeed<'de> for KeySeed {
     type Value = Option<usize>;

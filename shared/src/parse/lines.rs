@@ -24,12 +24,57 @@ pub struct LineTooLong {
 /// One read line: its 1-based number and its bytes without the line ending (`\n` or `\r\n`).
 pub type NumberedLine<'a> = (u64, Result<&'a [u8], LineTooLong>);
 
+/// Where a line was found, so it can be read again without reading the file up to it: what a
+/// first pass over a file keeps to come back to a receipt's lines ([`super::BatchIndex`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LineRef {
+    /// Byte offset of the line's first byte in the file.
+    pub offset: u64,
+    /// 1-based physical line number (blank lines counted).
+    pub line_no: u64,
+    /// Bytes of the line as [`NumberedLine`] yields it (without `\n` or `\r\n`).
+    pub len: u32,
+}
+
+/// A read line with where it was found: `(line number, byte offset, bytes or too long)`.
+pub type LocatedLine<'a> = (u64, u64, Result<&'a [u8], LineTooLong>);
+
+impl LineRef {
+    /// The reference of a line the reader just yielded; `None` for a line over the cap (it
+    /// cannot be read back whole, and there is nothing in it to read).
+    pub fn of(line: &LocatedLine<'_>) -> Option<LineRef> {
+        let (line_no, offset, bytes) = line;
+        let len = u32::try_from(bytes.as_ref().ok()?.len()).ok()?;
+        Some(LineRef {
+            offset: *offset,
+            line_no: *line_no,
+            len,
+        })
+    }
+
+    /// Reads the line back from a file (positioned reads: the file is shared, never seeked).
+    /// `buf` is reused between calls.
+    pub fn read_from<'b>(
+        &self,
+        file: &std::fs::File,
+        buf: &'b mut Vec<u8>,
+    ) -> io::Result<&'b [u8]> {
+        use std::os::unix::fs::FileExt;
+        buf.resize(self.len as usize, 0);
+        file.read_exact_at(buf, self.offset)?;
+        Ok(buf)
+    }
+}
+
 /// The state shared by the blocking and the async reader: they differ only in how they wait.
 #[derive(Debug)]
 struct Assembler {
     buf: Vec<u8>,
     limit: usize,
     line_no: u64,
+    /// Bytes of the file consumed so far, and where the current line started.
+    consumed: u64,
+    line_start: u64,
     /// Bytes seen of the current line once it went over the cap.
     overflow: Option<u64>,
 }
@@ -40,6 +85,8 @@ impl Assembler {
             buf: Vec::new(),
             limit,
             line_no: 0,
+            consumed: 0,
+            line_start: 0,
             overflow: None,
         }
     }
@@ -47,12 +94,13 @@ impl Assembler {
     fn start(&mut self) {
         self.buf.clear();
         self.overflow = None;
+        self.line_start = self.consumed;
     }
 
     /// Takes bytes up to and including the next newline; returns how many it took and whether
     /// the line is complete.
     fn feed(&mut self, chunk: &[u8]) -> (usize, bool) {
-        match chunk.iter().position(|b| *b == b'\n') {
+        let (used, done) = match chunk.iter().position(|b| *b == b'\n') {
             Some(i) => {
                 self.take(&chunk[..i]);
                 (i + 1, true)
@@ -61,7 +109,9 @@ impl Assembler {
                 self.take(chunk);
                 (chunk.len(), false)
             }
-        }
+        };
+        self.consumed += used as u64;
+        (used, done)
     }
 
     fn take(&mut self, part: &[u8]) {
@@ -79,7 +129,7 @@ impl Assembler {
         !self.buf.is_empty() || self.overflow.is_some()
     }
 
-    fn emit(&mut self) -> NumberedLine<'_> {
+    fn emit(&mut self) -> LocatedLine<'_> {
         self.line_no += 1;
         let line = match self.overflow {
             Some(length) => Err(LineTooLong {
@@ -88,8 +138,12 @@ impl Assembler {
             }),
             None => Ok(self.buf.strip_suffix(b"\r").unwrap_or(&self.buf)),
         };
-        (self.line_no, line)
+        (self.line_no, self.line_start, line)
     }
+}
+
+fn numbered(line: Option<LocatedLine<'_>>) -> Option<NumberedLine<'_>> {
+    line.map(|(n, _, bytes)| (n, bytes))
 }
 
 /// Lines of a blocking reader (a downloaded file, a test buffer).
@@ -114,6 +168,11 @@ impl<R: BufRead> LineReader<R> {
     /// The next line, or `None` at the end. A final line without a newline still counts; an
     /// empty remainder after the last newline does not.
     pub fn next_line(&mut self) -> io::Result<Option<NumberedLine<'_>>> {
+        self.next_located_line().map(numbered)
+    }
+
+    /// As [`next_line`](Self::next_line), with the line's byte offset (for [`LineRef`]).
+    pub fn next_located_line(&mut self) -> io::Result<Option<LocatedLine<'_>>> {
         self.asm.start();
         loop {
             let chunk = match self.inner.fill_buf() {
@@ -154,6 +213,11 @@ impl<R: AsyncBufRead + Unpin> AsyncLineReader<R> {
 
     /// As [`LineReader::next_line`].
     pub async fn next_line(&mut self) -> io::Result<Option<NumberedLine<'_>>> {
+        self.next_located_line().await.map(numbered)
+    }
+
+    /// As [`LineReader::next_located_line`].
+    pub async fn next_located_line(&mut self) -> io::Result<Option<LocatedLine<'_>>> {
         self.asm.start();
         loop {
             let chunk = self.inner.fill_buf().await?;
@@ -276,12 +340,46 @@ mod tests {
         assert!(got[1].1.is_err());
     }
 
+    #[test]
+    fn located_lines_read_back_byte_for_byte() {
+        let long = "x".repeat(30);
+        let text = format!("a\r\n\nbc\r\r\n{long}\nlast");
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        let mut r = LineReader::with_max_line_bytes(trickle(&text, 3), 10);
+        let mut refs = Vec::new();
+        let mut lines = Vec::new();
+        while let Some(line) = r.next_located_line().unwrap() {
+            refs.push(LineRef::of(&line));
+            lines.push((line.0, line.1, line.2.map(<[u8]>::to_vec)));
+        }
+        let offsets: Vec<u64> = lines.iter().map(|l| l.1).collect();
+        assert_eq!(offsets, [0, 3, 4, 9, 40]);
+        assert!(refs[3].is_none(), "a line over the cap has no reference");
+        let mut buf = Vec::new();
+        for (r, (n, _, bytes)) in refs.iter().zip(&lines) {
+            if let Some(r) = r {
+                assert_eq!(r.line_no, *n);
+                let back = r.read_from(&file, &mut buf).unwrap().to_vec();
+                assert_eq!(&back, bytes.as_ref().unwrap());
+            }
+        }
+        assert_eq!(lines[2].2.as_deref().unwrap(), b"bc\r");
+    }
+
     #[tokio::test]
     async fn async_reader_numbers_and_caps_like_the_blocking_one() {
         let long = "z".repeat(50);
         let text = format!("a\n\n{long}\r\nb\r\n");
         let r = tokio::io::BufReader::with_capacity(5, Cursor::new(text.clone().into_bytes()));
         let got = read_all_async(AsyncLineReader::with_max_line_bytes(r, 20)).await;
+        let r = tokio::io::BufReader::with_capacity(5, Cursor::new(text.clone().into_bytes()));
+        let mut located = AsyncLineReader::with_max_line_bytes(r, 20);
+        let mut offsets = Vec::new();
+        while let Some((_, offset, _)) = located.next_located_line().await.unwrap() {
+            offsets.push(offset);
+        }
+        assert_eq!(offsets, [0, 2, 3, 55]);
         assert_eq!(
             got,
             read_all(LineReader::with_max_line_bytes(trickle(&text, 5), 20))

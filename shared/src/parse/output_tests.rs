@@ -494,6 +494,32 @@ fn peek_reads_only_the_custom_id() {
 }
 
 #[test]
+fn locate_stops_at_the_first_custom_id_and_places_only_what_could_be_answered() {
+    let line = function_call(json!([{"id": rid(1, 1, "DATE"), "is_valid": true}]));
+    assert_eq!(locate_custom_id(line.as_bytes()), Some(receipt()));
+    // The rest of the line is not read: a truncated line is placed, and classified (as
+    // malformed) with its receipt.
+    let truncated = format!(
+        "{{\"id\": \"x\", \"custom_id\": \"{}\", \"response\": ",
+        custom_id()
+    );
+    assert_eq!(locate_custom_id(truncated.as_bytes()), Some(receipt()));
+    assert!(matches!(parse(&truncated), ParsedLine::Malformed(_)));
+    for unplaced in [
+        "",
+        "not json",
+        "[1, 2]",
+        "{\"custom_id\": 3}",
+        "{\"id\": \"x\"}",
+        "{\"custom_id\": \"IMAGE#x#RECEIPT#1\"}",
+        "{\"id\": [1, {\"custom_id\": \"IMAGE#3f52804b-2fad-4e00-92c8-b593da3a8ed3#RECEIPT#00001\"}]}",
+    ] {
+        assert_eq!(locate_custom_id(unplaced.as_bytes()), None, "{unplaced}");
+        assert!(parse(unplaced).receipt().is_none(), "{unplaced}");
+    }
+}
+
+#[test]
 fn escaped_strings_in_ids_are_unescaped() {
     // `\u0023` is `#`: a writer that escapes more than it must still names the same label.
     let id = rid(1, 1, "DATE").replace('#', "\\u0023");

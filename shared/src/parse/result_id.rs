@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::model::ValidationStatus;
-use crate::model::keys::{ImageId, KeyError, LabelKey, check_label, parse_id};
+use crate::model::keys::{ImageId, KeyError, LabelKey, ReceiptKey, check_label, parse_id};
 
 /// A label as a request named it, with the status it had when the batch was submitted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,6 +79,15 @@ impl ResultId {
     /// `IMAGE#{uuid}#RECEIPT#{r}#LINE#{l}#WORD#{w}#LABEL#{label}#VALIDATION_STATUS#{status}`.
     /// Ids may be zero-padded or not; they must be positive.
     pub fn parse(s: &str) -> Result<Self, ResultIdError> {
+        Self::parse_expecting(s, None)
+    }
+
+    /// As [`parse`](Self::parse); an image id spelled exactly as `expected`'s (already checked)
+    /// is taken from it instead of being checked again (a line's results name its receipt).
+    pub(crate) fn parse_expecting(
+        s: &str,
+        expected: Option<&ReceiptKey>,
+    ) -> Result<Self, ResultIdError> {
         let mut parts = [""; PARTS];
         let mut found = 0;
         for part in s.split('#') {
@@ -99,7 +108,10 @@ impl ResultId {
                 });
             }
         }
-        let image_id = ImageId::parse(parts[1]).map_err(ResultIdError::ImageId)?;
+        let image_id = match expected {
+            Some(r) if r.image_id.as_str() == parts[1] => r.image_id.clone(),
+            _ => ImageId::parse(parts[1]).map_err(ResultIdError::ImageId)?,
+        };
         let id = |what, v| parse_id(what, v).map_err(ResultIdError::NotNumeric);
         let receipt_id = id("receipt id", parts[3])?;
         let line_id = id("line id", parts[5])?;

@@ -1,16 +1,12 @@
 //! Deciding verdicts: output lines stream in, the decisions are made once all are in.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use chrono::{DateTime, Utc};
 
 use super::counters::{LineCounters, PlanCounters};
-use super::input::{Outcome, PlanInput, batch_timestamp};
-use super::writes::{Effective, Plan, StatusChange, SummaryUpdate};
+use super::input::{Outcome, PlanInput, batch_timestamp, summary_update};
+use super::writes::{Effective, Plan, StatusChange, core_label_bit};
 use crate::model::status::PROPOSED_BY_COMPLETION_BATCH;
-use crate::model::{
-    CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus, Verdict, WordKey,
-};
+use crate::model::{CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus, Verdict};
 use crate::parse::{ParsedLine, ParsedResult, ResultSkip};
 
 /// The result that currently wins for one label.
@@ -22,8 +18,59 @@ struct Candidate {
     correct_label: Option<String>,
 }
 
+/// Everything the builder knows about one label: a label of the table, a target, a label the
+/// journal names, or several of these. One sorted vector of them replaces a map per role, so a
+/// result costs one binary search and no key is cloned while lines stream in.
+#[derive(Debug)]
+struct Slot {
+    key: LabelKey,
+    /// The label's status as handed in; `None`: not in the table.
+    status: Option<ValidationStatus>,
+    /// In the table, and not a correction this very batch created in an earlier run (see
+    /// [`is_own_correction`]).
+    present: bool,
+    target: bool,
+    /// Index into [`PlanBuilder::journal`].
+    journal: Option<usize>,
+    candidate: Option<Candidate>,
+}
+
+impl Slot {
+    fn new(key: LabelKey) -> Self {
+        Slot {
+            key,
+            status: None,
+            present: false,
+            target: false,
+            journal: None,
+            candidate: None,
+        }
+    }
+
+    /// The status a decision is made from: that of a present label.
+    fn current(&self) -> Option<ValidationStatus> {
+        if self.present { self.status } else { None }
+    }
+}
+
+/// A correction this very batch created in an earlier run did not exist before the batch, so a
+/// result naming it is "not in the table" on every run alike (otherwise a re-run would judge it).
+fn is_own_correction(l: &ReceiptWordLabel, validated_at: DateTime<Utc>) -> bool {
+    l.validation_status == ValidationStatus::None
+        && l.label_proposed_by.as_deref() == Some(PROPOSED_BY_COMPLETION_BATCH)
+        && l.label_consolidated_from.is_some()
+        && l.reasoning.is_none()
+        && l.timestamp_added == validated_at
+}
+
 /// Computes a [`Plan`] from a batch's state and its output lines, fed one at a time so the
 /// caller can stream a file of any size: memory grows with the targets, not with the file.
+///
+/// It is a pure function of what it is handed, so it can be handed a whole batch or any set of
+/// whole receipts (a chunk, see `crate::finish`): every rule looks at one receipt at a time
+/// (the NEEDS_REVIEW rule, corrections and vector merges at one word), except the
+/// CompletionBatchResult key collisions across images, which the plan resolves among the
+/// receipts it is given and the apply resolves across chunks.
 ///
 /// Decisions are made in [`finish`](Self::finish), from the labels as they were handed in and
 /// the last result (by file position) for each label, so neither the order in which lines are
@@ -48,11 +95,12 @@ pub struct PlanBuilder {
     outcome: Outcome,
     validated_at: DateTime<Utc>,
     output_file_id: Option<String>,
-    /// The input's targets and every label the journal names.
-    targets: BTreeSet<LabelKey>,
-    labels: BTreeMap<LabelKey, ReceiptWordLabel>,
-    journal: BTreeMap<LabelKey, CompletionBatchVerdict>,
-    candidates: BTreeMap<LabelKey, Candidate>,
+    /// Sorted by key, one per label: the input's targets, the table's labels and every label
+    /// the journal names.
+    slots: Vec<Slot>,
+    /// The slot the previous result named (a hint for the next lookup).
+    last_found: usize,
+    journal: Vec<CompletionBatchVerdict>,
     counters: PlanCounters,
 }
 
@@ -64,33 +112,66 @@ impl PlanBuilder {
             timestamp_field: field.to_owned(),
             ..PlanCounters::default()
         };
-        let mut journal = BTreeMap::new();
+        let mut journal = Vec::new();
         for row in input.journal {
             if row.batch_id == input.batch_id && outcome.applies_output() {
-                journal.insert(row.label.clone(), row);
+                journal.push(row);
             } else {
                 counters.journal_ignored += 1;
             }
         }
+        let mut entries: Vec<Slot> =
+            Vec::with_capacity(input.labels.len() + input.targets.len() + journal.len());
+        for l in input.labels {
+            let present = !is_own_correction(&l, validated_at);
+            entries.push(Slot {
+                status: Some(l.validation_status),
+                present,
+                ..Slot::new(l.key)
+            });
+        }
+        for key in input.targets {
+            entries.push(Slot {
+                target: true,
+                ..Slot::new(key)
+            });
+        }
         // A label this batch already decided stays its target even if a re-run's target list
         // (say, from the fallback) no longer names it: its remaining writes must be finished,
         // and it must not count as "INVALID before this batch" for its neighbours.
-        let mut targets = input.targets;
-        targets.extend(journal.keys().cloned());
-        counters.targets.total = targets.len() as u64;
+        for (i, row) in journal.iter().enumerate() {
+            entries.push(Slot {
+                target: true,
+                journal: Some(i),
+                ..Slot::new(row.label.clone())
+            });
+        }
+        // Stable: of two labels (or journal rows) with one key, the later one handed in wins.
+        let mut slots = entries;
+        slots.sort_by(|a, b| a.key.cmp(&b.key));
+        slots.dedup_by(|later, kept| {
+            if later.key != kept.key {
+                return false;
+            }
+            if later.status.is_some() {
+                kept.status = later.status;
+                kept.present = later.present;
+            }
+            kept.target |= later.target;
+            if later.journal.is_some() {
+                kept.journal = later.journal;
+            }
+            true
+        });
+        counters.targets.total = slots.iter().filter(|s| s.target).count() as u64;
         PlanBuilder {
             batch_id: input.batch_id,
             outcome,
             validated_at,
             output_file_id: input.batch.output_file_id.clone(),
-            targets,
-            labels: input
-                .labels
-                .into_iter()
-                .map(|l| (l.key.clone(), l))
-                .collect(),
+            slots,
+            last_found: 0,
             journal,
-            candidates: BTreeMap::new(),
             counters,
         }
     }
@@ -129,15 +210,28 @@ impl PlanBuilder {
             Ok(r) => r,
         };
         if !self.outcome.applies_output() {
-            self.counters.results.ignored += 1;
+            c.ignored += 1;
             return;
         }
-        if !self.targets.contains(&r.label) {
-            self.counters.results.not_target += 1;
-            return;
-        }
-        if self.present(&r.label).is_none() {
-            self.counters.results.not_in_table += 1;
+        // A line's results usually follow its request's targets, in key order: try the slot
+        // after the last one found before searching.
+        let next = self.last_found + 1;
+        let found = match self.slots.get(next) {
+            Some(s) if s.key == r.label => Ok(next),
+            _ => self.slots.binary_search_by(|s| s.key.cmp(&r.label)),
+        };
+        let slot = match found {
+            Ok(i) if self.slots[i].target => {
+                self.last_found = i;
+                &mut self.slots[i]
+            }
+            _ => {
+                c.not_target += 1;
+                return;
+            }
+        };
+        if !slot.present {
+            c.not_in_table += 1;
             return;
         }
         let candidate = Candidate {
@@ -145,81 +239,27 @@ impl PlanBuilder {
             is_valid: r.is_valid,
             correct_label: r.correct_label,
         };
-        match self.candidates.entry(r.label) {
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(candidate);
-            }
-            std::collections::btree_map::Entry::Occupied(mut o) => {
-                self.counters.results.duplicate_overridden += 1;
-                if candidate.position > o.get().position {
-                    o.insert(candidate);
+        match &slot.candidate {
+            None => slot.candidate = Some(candidate),
+            Some(earlier) => {
+                c.duplicate_overridden += 1;
+                if candidate.position > earlier.position {
+                    slot.candidate = Some(candidate);
                 }
             }
         }
     }
 
-    /// The label as the table holds it, except a correction this very batch created in an
-    /// earlier run: that one did not exist before the batch, so a result naming it is "not in
-    /// the table" on every run alike (otherwise a re-run would judge it).
-    fn present(&self, key: &LabelKey) -> Option<&ReceiptWordLabel> {
-        self.labels.get(key).filter(|l| {
-            !(l.validation_status == ValidationStatus::None
-                && l.label_proposed_by.as_deref() == Some(PROPOSED_BY_COMPLETION_BATCH)
-                && l.label_consolidated_from.is_some()
-                && l.reasoning.is_none()
-                && l.timestamp_added == self.validated_at)
-        })
-    }
-
-    fn on_word<'a>(&'a self, word: &'a WordKey) -> impl Iterator<Item = &'a ReceiptWordLabel> {
-        let start = LabelKey {
-            word: word.clone(),
-            label: String::new(),
-        };
-        self.labels
-            .range(start..)
-            .take_while(move |(k, _)| k.word == *word)
-            .map(|(_, l)| l)
-    }
-
-    /// `NEEDS_REVIEW` when another label of the word was INVALID before this batch, i.e. is
-    /// INVALID now and not itself a target: a fact of the state handed in, the same whatever
-    /// order the results come in.
-    fn decide(&self, key: &LabelKey, is_valid: bool) -> Verdict {
-        if is_valid {
-            return Verdict::Valid;
-        }
-        let invalid_before = self.on_word(&key.word).any(|l| {
-            l.key.label != key.label
-                && l.validation_status == ValidationStatus::Invalid
-                && !self.targets.contains(&l.key)
-        });
-        if invalid_before {
-            Verdict::NeedsReview
-        } else {
-            Verdict::Invalid
-        }
-    }
-
     pub fn finish(mut self) -> Plan {
         let mut plan = Plan::empty(self.batch_id.clone(), self.outcome, self.validated_at);
-        let mut candidates = std::mem::take(&mut self.candidates);
         let mut counters = std::mem::take(&mut self.counters);
+        let targets = counters.targets.total as usize;
+        if self.outcome.applies_output() {
+            plan.verdicts.reserve(targets);
+            plan.status_changes.reserve(targets);
+            plan.effective.reserve(targets);
+        }
         let tc = &mut counters.targets;
-        let apply = |plan: &mut Plan, key: &LabelKey, verdict: Verdict, suggestion| {
-            plan.status_changes.push(StatusChange {
-                label: key.clone(),
-                from: ValidationStatus::Pending,
-                to: verdict.status(),
-            });
-            plan.effective.insert(
-                key.clone(),
-                Effective {
-                    verdict,
-                    suggestion,
-                },
-            );
-        };
         let reset = |key: &LabelKey| StatusChange {
             label: key.clone(),
             from: ValidationStatus::Pending,
@@ -228,64 +268,98 @@ impl PlanBuilder {
         match self.outcome {
             Outcome::NotTerminal => {}
             Outcome::Failed => {
-                for key in &self.targets {
-                    match self.present(key).map(|l| l.validation_status) {
+                for slot in self.slots.iter().filter(|s| s.target) {
+                    match slot.current() {
                         None => tc.missing += 1,
-                        Some(ValidationStatus::Pending) => plan.resets.push(reset(key)),
+                        Some(ValidationStatus::Pending) => plan.resets.push(reset(&slot.key)),
                         Some(_) => tc.not_pending += 1,
                     }
                 }
             }
             Outcome::Completed | Outcome::Expired | Outcome::Cancelled => {
-                for key in &self.targets {
-                    let current = self.present(key).map(|l| l.validation_status);
-                    let candidate = candidates.remove(key);
-                    if let Some(row) = self.journal.get(key) {
-                        plan.verdicts.push(row.clone());
-                        counters.verdicts.add(row.verdict);
-                        tc.recorded += 1;
-                        if candidate.is_some() {
-                            counters.results.recorded += 1;
-                        }
-                        match current {
-                            None => tc.missing += 1,
-                            Some(s)
-                                if row.previous_status == ValidationStatus::Pending
-                                    && (s == ValidationStatus::Pending
-                                        || s == row.verdict.status()) =>
-                            {
-                                apply(&mut plan, key, row.verdict, row.suggested_label.clone());
+                // A word's labels are contiguous in key order.
+                for word in self.slots.chunk_by_mut(|a, b| a.key.word == b.key.word) {
+                    // NEEDS_REVIEW when another label of the word was INVALID before this
+                    // batch, i.e. is INVALID now and not itself a target: a fact of the state
+                    // handed in, the same whatever order the results come in.
+                    let invalid_before = word
+                        .iter()
+                        .any(|s| s.status == Some(ValidationStatus::Invalid) && !s.target);
+                    // Core label names on the word (any label, even this batch's own earlier
+                    // correction): a correction is created only where its name is absent.
+                    let word_labels = word
+                        .iter()
+                        .filter(|s| s.status.is_some())
+                        .fold(0u32, |m, s| m | core_label_bit(&s.key.label));
+                    let mut apply = |key: &LabelKey, verdict: Verdict, suggestion| {
+                        plan.status_changes.push(StatusChange {
+                            label: key.clone(),
+                            from: ValidationStatus::Pending,
+                            to: verdict.status(),
+                        });
+                        plan.effective.push(Effective {
+                            verdict,
+                            suggestion,
+                            word_labels,
+                        });
+                    };
+                    for slot in word.iter_mut().filter(|s| s.target) {
+                        let key = &slot.key;
+                        let current = slot.current();
+                        let candidate = slot.candidate.take();
+                        if let Some(row) = slot.journal.map(|i| &self.journal[i]) {
+                            plan.verdicts.push(row.clone());
+                            counters.verdicts.add(row.verdict);
+                            tc.recorded += 1;
+                            if candidate.is_some() {
+                                counters.results.recorded += 1;
                             }
-                            Some(_) => tc.conflicts += 1,
-                        }
-                        continue;
-                    }
-                    match (current, candidate) {
-                        (None, _) => tc.missing += 1,
-                        (Some(ValidationStatus::Valid), Some(_)) => {
-                            counters.results.already_valid += 1;
-                        }
-                        (Some(status), Some(c)) => {
-                            counters.results.applied += 1;
-                            let verdict = self.decide(key, c.is_valid);
-                            counters.verdicts.add(verdict);
-                            plan.verdicts.push(CompletionBatchVerdict {
-                                batch_id: self.batch_id.clone(),
-                                label: key.clone(),
-                                verdict,
-                                previous_status: status,
-                                suggested_label: c.correct_label.clone(),
-                                source: format!("output:{}", c.position.0),
-                                validated_at: self.validated_at,
-                            });
-                            if status == ValidationStatus::Pending {
-                                apply(&mut plan, key, verdict, c.correct_label);
-                            } else {
-                                tc.conflicts += 1;
+                            match current {
+                                None => tc.missing += 1,
+                                Some(s)
+                                    if row.previous_status == ValidationStatus::Pending
+                                        && (s == ValidationStatus::Pending
+                                            || s == row.verdict.status()) =>
+                                {
+                                    apply(key, row.verdict, row.suggested_label.clone());
+                                }
+                                Some(_) => tc.conflicts += 1,
                             }
+                            continue;
                         }
-                        (Some(ValidationStatus::Pending), None) => plan.resets.push(reset(key)),
-                        (Some(_), None) => tc.not_pending += 1,
+                        match (current, candidate) {
+                            (None, _) => tc.missing += 1,
+                            (Some(ValidationStatus::Valid), Some(_)) => {
+                                counters.results.already_valid += 1;
+                            }
+                            (Some(status), Some(c)) => {
+                                counters.results.applied += 1;
+                                let verdict = match (c.is_valid, invalid_before) {
+                                    (true, _) => Verdict::Valid,
+                                    (false, true) => Verdict::NeedsReview,
+                                    (false, false) => Verdict::Invalid,
+                                };
+                                counters.verdicts.add(verdict);
+                                plan.verdicts.push(CompletionBatchVerdict {
+                                    batch_id: self.batch_id.clone(),
+                                    label: key.clone(),
+                                    verdict,
+                                    previous_status: status,
+                                    suggested_label: c.correct_label.clone(),
+                                    source: source(c.position.0),
+                                    validated_at: self.validated_at,
+                                });
+                                if status == ValidationStatus::Pending {
+                                    apply(key, verdict, c.correct_label);
+                                } else {
+                                    tc.conflicts += 1;
+                                }
+                            }
+                            (Some(ValidationStatus::Pending), None) => {
+                                plan.resets.push(reset(key));
+                            }
+                            (Some(_), None) => tc.not_pending += 1,
+                        }
                     }
                 }
             }
@@ -293,21 +367,36 @@ impl PlanBuilder {
         tc.status_changes = plan.status_changes.len() as u64;
         tc.resets = plan.resets.len() as u64;
         plan.counters = counters;
-        plan.summary = self.outcome.batch_status().map(|status| SummaryUpdate {
-            status,
-            result_file_id: self.output_file_id.clone(),
-        });
-        let words: BTreeSet<&WordKey> = plan.effective.keys().map(|k| &k.word).collect();
-        plan.word_labels = words
-            .into_iter()
-            .map(|w| {
-                let names = self.on_word(w).map(|l| l.key.label.clone()).collect();
-                (w.clone(), names)
-            })
-            .collect();
+        plan.summary = summary_update(self.outcome, self.output_file_id.take());
         plan.derive();
         plan
     }
+}
+
+/// `output:{n}`, without the formatting machinery (one per verdict).
+fn source(line_no: u64) -> String {
+    let mut s = String::with_capacity(7 + 20);
+    s.push_str("output:");
+    push_decimal(&mut s, line_no, 1);
+    s
+}
+
+/// Appends `n` in decimal, zero-padded to `width` digits (as `{:0width$}` does).
+pub(crate) fn push_decimal(s: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for _ in (digits.len() - start)..width {
+        s.push('0');
+    }
+    s.extend(digits[start..].iter().map(|d| char::from(*d)));
 }
 
 /// Counts a line; hands back the results of an answered one.
@@ -315,15 +404,9 @@ fn count_line(
     c: &mut LineCounters,
     line: ParsedLine,
 ) -> Option<Vec<Result<ParsedResult, ResultSkip>>> {
-    c.total += 1;
+    c.add(&line);
     match line {
-        ParsedLine::Blank => c.blank += 1,
-        ParsedLine::Malformed(m) => *c.malformed.entry(m.kind.as_str().into()).or_default() += 1,
-        ParsedLine::Failed { .. } => c.failed += 1,
-        ParsedLine::Answered { results, .. } => {
-            c.answered += 1;
-            return Some(results);
-        }
+        ParsedLine::Answered { results, .. } => Some(results),
+        _ => None,
     }
-    None
 }

@@ -6,6 +6,13 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::model::Verdict;
+use crate::parse::ParsedLine;
+
+fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
 
 /// Lines of one file (output or error).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -17,6 +24,29 @@ pub struct LineCounters {
     pub failed: u64,
     /// By [`crate::parse::MalformedKind::as_str`].
     pub malformed: BTreeMap<String, u64>,
+}
+
+impl LineCounters {
+    /// Counts one line.
+    pub fn add(&mut self, line: &ParsedLine) {
+        self.total += 1;
+        match line {
+            ParsedLine::Blank => self.blank += 1,
+            ParsedLine::Malformed(m) => {
+                *self.malformed.entry(m.kind.as_str().into()).or_default() += 1;
+            }
+            ParsedLine::Failed { .. } => self.failed += 1,
+            ParsedLine::Answered { .. } => self.answered += 1,
+        }
+    }
+
+    pub fn merge(&mut self, o: &LineCounters) {
+        self.total += o.total;
+        self.blank += o.blank;
+        self.answered += o.answered;
+        self.failed += o.failed;
+        add_map(&mut self.malformed, &o.malformed);
+    }
 }
 
 /// Every result of an answered output line ends in exactly one of these (so they sum to
@@ -44,6 +74,24 @@ pub struct ResultCounters {
     pub ignored: u64,
 }
 
+impl ResultCounters {
+    pub fn merge(&mut self, o: &ResultCounters) {
+        self.total += o.total;
+        self.applied += o.applied;
+        self.recorded += o.recorded;
+        self.already_valid += o.already_valid;
+        self.duplicate_overridden += o.duplicate_overridden;
+        self.not_an_object += o.not_an_object;
+        self.missing_id += o.missing_id;
+        self.bad_id += o.bad_id;
+        self.other_receipt += o.other_receipt;
+        self.is_valid_not_bool += o.is_valid_not_bool;
+        self.not_target += o.not_target;
+        self.not_in_table += o.not_in_table;
+        self.ignored += o.ignored;
+    }
+}
+
 /// Journal rows to write, by verdict.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct VerdictCounters {
@@ -63,6 +111,12 @@ impl VerdictCounters {
 
     pub fn total(&self) -> u64 {
         self.valid + self.invalid + self.needs_review
+    }
+
+    pub fn merge(&mut self, o: &VerdictCounters) {
+        self.valid += o.valid;
+        self.invalid += o.invalid;
+        self.needs_review += o.needs_review;
     }
 }
 
@@ -88,6 +142,19 @@ pub struct TargetCounters {
     pub missing: u64,
 }
 
+impl TargetCounters {
+    pub fn merge(&mut self, o: &TargetCounters) {
+        self.total += o.total;
+        self.status_changes += o.status_changes;
+        self.recorded += o.recorded;
+        self.conflicts += o.conflicts;
+        self.apply_conflicts += o.apply_conflicts;
+        self.resets += o.resets;
+        self.not_pending += o.not_pending;
+        self.missing += o.missing;
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CorrectionCounters {
     /// New labels to create (one per word and name).
@@ -100,11 +167,27 @@ pub struct CorrectionCounters {
     pub same_label: u64,
 }
 
+impl CorrectionCounters {
+    pub fn merge(&mut self, o: &CorrectionCounters) {
+        self.created += o.created;
+        self.existing += o.existing;
+        self.non_core += o.non_core;
+        self.same_label += o.same_label;
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ResultRowCounters {
     pub written: u64,
     /// Verdicts whose CompletionBatchResult key another verdict (smaller image id) took.
     pub collisions: u64,
+}
+
+impl ResultRowCounters {
+    pub fn merge(&mut self, o: &ResultRowCounters) {
+        self.written += o.written;
+        self.collisions += o.collisions;
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -122,4 +205,23 @@ pub struct PlanCounters {
     pub journal_ignored: u64,
     /// The batch field `validated_at` came from (`completed_at`, … or `none`).
     pub timestamp_field: String,
+}
+
+impl PlanCounters {
+    /// Adds the counters of another part of the same batch (a chunk of its receipts, or the
+    /// lines counted outside any chunk), so the parts add up to the whole.
+    pub fn merge(&mut self, o: &PlanCounters) {
+        self.output_lines.merge(&o.output_lines);
+        self.error_lines.merge(&o.error_lines);
+        self.results.merge(&o.results);
+        self.verdicts.merge(&o.verdicts);
+        self.targets.merge(&o.targets);
+        self.corrections.merge(&o.corrections);
+        self.vector_merges += o.vector_merges;
+        self.result_rows.merge(&o.result_rows);
+        self.journal_ignored += o.journal_ignored;
+        if self.timestamp_field.is_empty() {
+            self.timestamp_field.clone_from(&o.timestamp_field);
+        }
+    }
 }

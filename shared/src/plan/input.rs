@@ -11,6 +11,8 @@ use crate::model::{
 };
 use crate::openai::{BatchObject, OpenAiStatus};
 
+use super::writes::SummaryUpdate;
+
 /// Everything the rules look at besides the output lines.
 #[derive(Debug, Clone)]
 pub struct PlanInput<'a> {
@@ -71,6 +73,16 @@ impl Outcome {
             Outcome::Completed | Outcome::Expired | Outcome::Cancelled
         )
     }
+}
+
+/// The BatchSummary's last write for a batch that ended with `outcome` (`None` while it runs),
+/// with the output file id when there is one. The same for a whole batch and for every chunk
+/// of it: the apply writes it once, after all chunks.
+pub fn summary_update(outcome: Outcome, output_file_id: Option<String>) -> Option<SummaryUpdate> {
+    outcome.batch_status().map(|status| SummaryUpdate {
+        status,
+        result_file_id: output_file_id,
+    })
 }
 
 /// The timestamp every row of this batch carries, and the batch field it came from.

@@ -17,6 +17,16 @@
 //!    [`PlanBuilder::add_error_line`] for the error file; [`PlanBuilder::finish`].
 //! 5. Write in the order [`Plan`] documents, passing the labels whose conditional status change
 //!    conflicted to [`Plan::without_conflicts`] before the writes that depend on them.
+//!
+//! The plan may be computed for a whole batch or for any set of whole receipts: every rule is
+//! per receipt (or per word), so plans of the receipts of a batch taken a chunk at a time, each
+//! on the state the earlier chunks left, make the same writes as one plan of the whole batch,
+//! and their [`PlanCounters::merge`]d counters add up to its counters. The one exception is
+//! the CompletionBatchResult key, shared by verdicts of different images: a chunk's plan keeps
+//! the smallest image's row among its own receipts, and the writes must keep it across chunks
+//! (a put conditional on the stored row's image id, see `crate::finish`). That is how the
+//! worker applies a batch: [`crate::parse::BatchIndex`] first, then chunk by chunk, the
+//! [`summary_update`] once at the end.
 
 mod builder;
 mod counters;
@@ -28,7 +38,8 @@ pub use counters::{
     CorrectionCounters, LineCounters, PlanCounters, ResultCounters, ResultRowCounters,
     TargetCounters, VerdictCounters,
 };
-pub use input::{Outcome, PlanInput, fallback_targets, receipts_to_load};
+pub(crate) use input::batch_timestamp;
+pub use input::{Outcome, PlanInput, fallback_targets, receipts_to_load, summary_update};
 pub use writes::{Plan, StatusChange, SummaryUpdate, VectorMerge};
 
 #[cfg(test)]

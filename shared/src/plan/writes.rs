@@ -1,12 +1,14 @@
 //! The plan: every write a finished batch makes, computed up front, in a deterministic order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashSet};
+use std::hash::BuildHasherDefault;
 
 use chrono::{DateTime, Utc};
 
+use super::builder::push_decimal;
 use super::counters::PlanCounters;
 use super::input::Outcome;
-use crate::model::status::{PROPOSED_BY_COMPLETION_BATCH, is_core_label};
+use crate::model::status::{CORE_LABELS, PROPOSED_BY_COMPLETION_BATCH, is_core_label};
 use crate::model::{
     BatchStatus, CompletionBatchResult, CompletionBatchVerdict, LabelKey, ReceiptWordLabel,
     ValidationStatus, Verdict, WordKey,
@@ -47,10 +49,75 @@ pub struct SummaryUpdate {
 
 /// A verdict whose status change is planned; the source of the vector merges, corrections and
 /// CompletionBatchResult rows, so they can be recomputed when an apply-time conflict drops it.
+/// [`Plan::effective`] runs parallel to [`Plan::status_changes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Effective {
     pub(crate) verdict: Verdict,
     pub(crate) suggestion: Option<String>,
+    /// The core label names on the verdict's word when planned ([`core_label_bit`]): a
+    /// correction is created only where its name is absent, and only core labels are created.
+    pub(crate) word_labels: u32,
+}
+
+/// `WordKey::vector_id()`, byte for byte, without the formatting machinery (one per word with a
+/// verdict).
+pub(crate) fn vector_id(w: &WordKey) -> String {
+    let image = w.receipt.image_id.as_str();
+    let mut s = String::with_capacity(6 + image.len() + 3 * (7 + 5) + 1);
+    s.push_str("IMAGE#");
+    s.push_str(image);
+    s.push_str("#RECEIPT#");
+    push_decimal(&mut s, w.receipt.receipt_id.into(), 5);
+    s.push_str("#LINE#");
+    push_decimal(&mut s, w.line_id.into(), 5);
+    s.push_str("#WORD#");
+    push_decimal(&mut s, w.word_id.into(), 5);
+    s
+}
+
+/// A hasher for small keys of integers and label names (the result-key collision check): the
+/// keys come from the batch's own labels, so flooding is not a concern, speed is.
+#[derive(Default)]
+pub(crate) struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i.into());
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i.into());
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+}
+
+type FastSet<T> = HashSet<T, BuildHasherDefault<FastHasher>>;
+
+/// A bit per core label (data-model.md lists 22), 0 for any other name.
+pub(crate) fn core_label_bit(label: &str) -> u32 {
+    CORE_LABELS
+        .iter()
+        .position(|c| *c == label)
+        .map_or(0, |i| 1 << i)
 }
 
 /// Every write of one batch, in the order processing-rules.md prescribes:
@@ -86,10 +153,8 @@ pub struct Plan {
     /// None while the batch is not terminal.
     pub summary: Option<SummaryUpdate>,
     pub counters: PlanCounters,
-    pub(crate) effective: BTreeMap<LabelKey, Effective>,
-    /// Label names currently on each word that has an applied verdict (corrections are created
-    /// only where the name is absent).
-    pub(crate) word_labels: BTreeMap<WordKey, BTreeSet<String>>,
+    /// One per status change, in the same order.
+    pub(crate) effective: Vec<Effective>,
 }
 
 impl Plan {
@@ -106,8 +171,7 @@ impl Plan {
             results: Vec::new(),
             summary: None,
             counters: PlanCounters::default(),
-            effective: BTreeMap::new(),
-            word_labels: BTreeMap::new(),
+            effective: Vec::new(),
         }
     }
 
@@ -116,10 +180,17 @@ impl Plan {
     /// others are recomputed without them: a collision's next-smallest image, a correction's
     /// next-smallest proposer); their journal rows stay, they record what the model said.
     pub fn without_conflicts(mut self, conflicts: &BTreeSet<LabelKey>) -> Plan {
+        if conflicts.is_empty() {
+            return self;
+        }
         let before = self.status_changes.len();
-        self.status_changes
-            .retain(|c| !conflicts.contains(&c.label));
-        self.effective.retain(|k, _| !conflicts.contains(k));
+        let (changes, effective) = std::mem::take(&mut self.status_changes)
+            .into_iter()
+            .zip(std::mem::take(&mut self.effective))
+            .filter(|(c, _)| !conflicts.contains(&c.label))
+            .unzip();
+        self.status_changes = changes;
+        self.effective = effective;
         self.counters.targets.apply_conflicts += (before - self.status_changes.len()) as u64;
         self.derive();
         self
@@ -131,76 +202,116 @@ impl Plan {
         let counters = &mut self.counters;
         counters.corrections = Default::default();
         counters.result_rows = Default::default();
-        let mut merges: BTreeMap<WordKey, VectorMerge> = BTreeMap::new();
-        let mut corrections: BTreeMap<LabelKey, ReceiptWordLabel> = BTreeMap::new();
-        let mut existing: BTreeSet<LabelKey> = BTreeSet::new();
-        let mut result_sks: BTreeSet<String> = BTreeSet::new();
-        let mut results = Vec::new();
-        // Sorted by (image, receipt, line, word, label): within a word the smallest judged label
-        // comes first, and among colliding result keys the smallest image id.
-        for (label, e) in &self.effective {
-            let merge = merges
-                .entry(label.word.clone())
-                .or_insert_with(|| VectorMerge {
-                    word: label.word.clone(),
-                    vector_id: label.word.vector_id(),
-                    valid_labels: BTreeSet::new(),
-                    invalid_labels: BTreeSet::new(),
-                    proposed_label: None,
-                });
-            if e.verdict.is_valid() {
-                merge.valid_labels.insert(label.label.clone());
-            } else {
-                merge.invalid_labels.insert(label.label.clone());
-                match e.suggestion.as_deref() {
-                    None => {}
-                    Some(s) if s == label.label => counters.corrections.same_label += 1,
-                    Some(s) if !is_core_label(s) => counters.corrections.non_core += 1,
-                    Some(s) => {
-                        merge.proposed_label.get_or_insert_with(|| s.to_owned());
-                        let key = label.with_label(s);
-                        let present = self
-                            .word_labels
-                            .get(&label.word)
-                            .is_some_and(|names| names.contains(s));
-                        if present {
-                            existing.insert(key);
-                        } else {
-                            corrections
-                                .entry(key)
-                                .or_insert_with_key(|key| ReceiptWordLabel {
-                                    key: key.clone(),
-                                    reasoning: None,
-                                    timestamp_added: self.validated_at,
-                                    validation_status: ValidationStatus::None,
-                                    label_proposed_by: Some(PROPOSED_BY_COMPLETION_BATCH.into()),
-                                    label_consolidated_from: Some(label.label.clone()),
-                                });
+        let n = self.status_changes.len();
+        let mut merges = Vec::with_capacity(n);
+        let mut corrections = Vec::new();
+        let mut results = Vec::with_capacity(n);
+        // Result keys taken: (receipt, line, word, label), the SK without the image.
+        let mut result_keys: FastSet<(u32, u32, u32, &str)> = FastSet::default();
+        result_keys.reserve(n);
+        // Sorted by (image, receipt, line, word, label): a word's verdicts are contiguous,
+        // within a word the smallest judged label comes first, and among colliding result keys
+        // the smallest image id.
+        let applied: Vec<(&StatusChange, &Effective)> =
+            self.status_changes.iter().zip(&self.effective).collect();
+        for word in applied.chunk_by(|a, b| a.0.label.word == b.0.label.word) {
+            let w = &word[0].0.label.word;
+            let mut merge = VectorMerge {
+                word: w.clone(),
+                vector_id: vector_id(w),
+                valid_labels: BTreeSet::new(),
+                invalid_labels: BTreeSet::new(),
+                proposed_label: None,
+            };
+            // (suggested name, judged label) of the word's new labels, and names already there.
+            let mut created: Vec<(&str, &str)> = Vec::new();
+            let mut existing: Vec<&str> = Vec::new();
+            for (change, e) in word {
+                let label = &change.label;
+                if e.verdict.is_valid() {
+                    merge.valid_labels.insert(label.label.clone());
+                } else {
+                    merge.invalid_labels.insert(label.label.clone());
+                    match e.suggestion.as_deref() {
+                        None => {}
+                        Some(s) if s == label.label => counters.corrections.same_label += 1,
+                        Some(s) if !is_core_label(s) => counters.corrections.non_core += 1,
+                        Some(s) => {
+                            merge.proposed_label.get_or_insert_with(|| s.to_owned());
+                            if e.word_labels & core_label_bit(s) != 0 {
+                                if !existing.contains(&s) {
+                                    existing.push(s);
+                                }
+                            } else if !created.iter().any(|(name, _)| *name == s) {
+                                // The first proposer in label order: the smallest judged label.
+                                created.push((s, &label.label));
+                            }
                         }
                     }
                 }
-            }
-            if let Some(status) = row_status {
-                let row = CompletionBatchResult {
-                    batch_id: self.batch_id.clone(),
-                    label: label.clone(),
-                    status,
-                    gpt_suggested_label: e.suggestion.clone(),
-                    validated_at: self.validated_at,
-                };
-                if result_sks.insert(row.sk()) {
-                    results.push(row);
-                } else {
-                    counters.result_rows.collisions += 1;
+                if let Some(status) = row_status {
+                    let w = &label.word;
+                    let key = (
+                        w.receipt.receipt_id,
+                        w.line_id,
+                        w.word_id,
+                        label.label.as_str(),
+                    );
+                    if result_keys.insert(key) {
+                        results.push(CompletionBatchResult {
+                            batch_id: self.batch_id.clone(),
+                            label: label.clone(),
+                            status,
+                            gpt_suggested_label: e.suggestion.clone(),
+                            validated_at: self.validated_at,
+                        });
+                    } else {
+                        counters.result_rows.collisions += 1;
+                    }
                 }
             }
+            counters.corrections.existing += existing.len() as u64;
+            created.sort_unstable();
+            for (name, from) in created {
+                corrections.push(ReceiptWordLabel {
+                    key: LabelKey {
+                        word: w.clone(),
+                        label: name.to_owned(),
+                    },
+                    reasoning: None,
+                    timestamp_added: self.validated_at,
+                    validation_status: ValidationStatus::None,
+                    label_proposed_by: Some(PROPOSED_BY_COMPLETION_BATCH.into()),
+                    label_consolidated_from: Some(from.to_owned()),
+                });
+            }
+            merges.push(merge);
         }
         counters.corrections.created = corrections.len() as u64;
-        counters.corrections.existing = existing.len() as u64;
         counters.vector_merges = merges.len() as u64;
         counters.result_rows.written = results.len() as u64;
-        self.corrections = corrections.into_values().collect();
-        self.vector_merges = merges.into_values().collect();
+        self.corrections = corrections;
+        self.vector_merges = merges;
         self.results = results;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ImageId;
+
+    #[test]
+    fn vector_ids_and_sources_are_spelled_as_the_model_spells_them() {
+        let image = ImageId::parse("3f52804b-2fad-4e00-92c8-b593da3a8ed3").unwrap();
+        for (r, l, w) in [(1, 3, 12), (99_999, 100_000, 7), (u32::MAX, 10, 123_456)] {
+            let key = LabelKey::new(image.clone(), r, l, w, "DATE");
+            assert_eq!(vector_id(&key.word), key.word.vector_id());
+        }
+        for n in [0u64, 7, 12_345, 123_456, u64::MAX] {
+            let mut s = String::new();
+            push_decimal(&mut s, n, 5);
+            assert_eq!(s, format!("{n:05}"));
+        }
     }
 }

@@ -9,7 +9,7 @@ use super::error::classify;
 use super::{Store, StoreError};
 use crate::model::audit::VERDICT_SK_PREFIX;
 use crate::model::batch_summary::batch_pk;
-use crate::model::{CompletionBatchVerdict, DecodeError, Item};
+use crate::model::{CompletionBatchResult, CompletionBatchVerdict, DecodeError, Item, ReceiptKey};
 
 /// DynamoDB's limit of items per BatchWriteItem (moto does not enforce it; we must).
 pub const BATCH_WRITE_LIMIT: usize = 25;
@@ -120,6 +120,69 @@ impl Store {
             .iter()
             .map(CompletionBatchVerdict::from_item)
             .collect())
+    }
+
+    /// Whether the batch has any verdict journal row (one item read): an apply that finds none
+    /// (a first run) need not look for them receipt by receipt.
+    pub async fn has_batch_verdicts(&self, batch_id: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
+            .expression_attribute_values(":pk", AttributeValue::S(batch_pk(batch_id)))
+            .expression_attribute_values(":prefix", AttributeValue::S(VERDICT_SK_PREFIX.into()))
+            .consistent_read(true)
+            .limit(1)
+            .send()
+            .await
+            .map_err(|e| classify("Query", e))?;
+        Ok(out.count > 0)
+    }
+
+    /// The verdict journal rows of one receipt of a batch (`VERDICT#IMAGE#{img}#RECEIPT#{r:05}#`
+    /// prefix, every page): what an apply working a chunk of receipts at a time reads.
+    pub async fn batch_verdicts_for(
+        &self,
+        batch_id: &str,
+        receipt: &ReceiptKey,
+    ) -> Result<Vec<Result<CompletionBatchVerdict, DecodeError>>, StoreError> {
+        let prefix = format!("{VERDICT_SK_PREFIX}{}#", receipt.custom_id());
+        let items = self.query_prefix(&batch_pk(batch_id), &prefix).await?;
+        Ok(items
+            .iter()
+            .map(CompletionBatchVerdict::from_item)
+            .collect())
+    }
+
+    /// Puts a CompletionBatchResult unless its key already holds the row of a smaller image id
+    /// (data-model.md: the SK has no image id; the smallest image's verdict is the one kept).
+    /// Colliding rows have the same receipt id, so their `GSI3PK`
+    /// (`IMAGE#{uuid}#RECEIPT#{r:05}`) orders them by image id; `>=` lets a re-run write its own
+    /// row again. `Ok(false)`: a smaller image's row holds the key, nothing written.
+    pub async fn put_result_row(&self, row: &CompletionBatchResult) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(row.to_item()))
+            .condition_expression("attribute_not_exists(PK) OR GSI3PK >= :mine")
+            .expression_attribute_values(
+                ":mine",
+                AttributeValue::S(row.label.word.receipt.custom_id()),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(classify("PutItem", e)),
+        }
     }
 }
 

@@ -701,3 +701,84 @@ async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
 fn expected_minus_names(a: &Snapshot, b: &Snapshot) -> Vec<String> {
     a.diff(b)
 }
+
+/// The apply plans and writes a chunk of receipts at a time: the chunk size changes nothing
+/// (result-key collisions across chunks included: the smallest image's row is kept by the
+/// conditional put, and counted the same), and an apply cut off part-way through its chunks
+/// and run again with another chunk size ends like one uninterrupted run.
+#[tokio::test]
+async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off() {
+    let shape = Shape {
+        receipts: 30,
+        targets_per_receipt: 8,
+        ..Shape::default()
+    };
+    let batch = scenario::batch(&mut scenario::Rng::new(2024), 0, &shape);
+    let mut spec = batch.spec.clone();
+    spec.steps.clear();
+    let batch = fleet_tests::scenario::ScenarioBatch { spec, ..batch };
+
+    async fn run(
+        f: &Fleet,
+        batch: &fleet_tests::scenario::ScenarioBatch,
+        per_chunk: usize,
+        budget: Option<usize>,
+    ) -> Result<fleet_shared::finish::ApplyReport, FinishError> {
+        let mut services = services_for(&f.env, &f.openai, &f.pinecone);
+        services.options.receipts_per_chunk = per_chunk;
+        services.options.write_budget = budget.map(WriteBudget::new);
+        let s = services.load_summary(&batch.summary.batch_id).await?;
+        let b = services.check(&s).await?;
+        services.apply(&s, &b, &CancellationToken::new()).await
+    }
+
+    // One chunk for the whole batch.
+    let reference = Fleet::new().await;
+    reference.seed(&batch).await;
+    let whole = run(&reference, &batch, 1000, None).await.unwrap();
+    assert_eq!(whole.chunks, 1);
+    assert!(
+        whole.plan.result_rows.collisions > 0,
+        "the batch must have result-key collisions"
+    );
+    let expected = reference.snapshot().await;
+
+    for per_chunk in [1, 7] {
+        let f = Fleet::new().await;
+        f.seed(&batch).await;
+        let report = run(&f, &batch, per_chunk, None).await.unwrap();
+        assert_eq!(report.chunks, 30_u64.div_ceil(per_chunk as u64));
+        assert_eq!(
+            report.plan, whole.plan,
+            "per_chunk={per_chunk}: counters add up"
+        );
+        assert_eq!(report.result_rows, whole.result_rows);
+        if per_chunk == 1 {
+            assert_eq!(
+                report.result_rows_kept, whole.plan.result_rows.collisions,
+                "every collision is across chunks"
+            );
+        }
+        let diff = expected.diff(&f.snapshot().await);
+        assert!(diff.is_empty(), "per_chunk={per_chunk}: {diff:?}");
+    }
+
+    // Cut off in the first, a middle and the last chunk of 4 receipts, re-run by 9.
+    let probe = Fleet::new().await;
+    probe.seed(&batch).await;
+    let total = run(&probe, &batch, 4, None).await.unwrap().writes as usize;
+    for k in [5, total / 3, total / 2, total - 2] {
+        let f = Fleet::new().await;
+        f.seed(&batch).await;
+        let err = run(&f, &batch, 4, Some(k)).await.unwrap_err();
+        assert!(matches!(err, FinishError::Stopped { .. }), "k={k}: {err}");
+        run(&f, &batch, 9, None).await.unwrap();
+        let diff = expected.diff(&f.snapshot().await);
+        assert!(
+            diff.is_empty(),
+            "k={k}: {} differences, first: {:?}",
+            diff.len(),
+            diff.first()
+        );
+    }
+}

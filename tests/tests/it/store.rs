@@ -711,3 +711,90 @@ async fn schedule_marker_claims_once_until_it_expires() {
         Some(now + 1_200_000)
     );
 }
+
+/// The store methods of the chunked apply: a result row is kept for the smallest image id
+/// whatever the order of the puts (and a re-run's own put goes through), and the verdict
+/// journal is read one receipt at a time.
+#[tokio::test]
+async fn result_rows_keep_the_smallest_image_and_journal_reads_per_receipt() {
+    let env = TestEnv::new().await;
+    let at = parse_timestamp("2025-06-21T08:00:00+00:00").unwrap();
+    let row = |image: &str, suggested: Option<&str>| CompletionBatchResult {
+        batch_id: "b2".into(),
+        label: LabelKey::new(ImageId::parse(image).unwrap(), 1, 2, 3, "TAX"),
+        status: BatchStatus::Completed,
+        gpt_suggested_label: suggested.map(str::to_owned),
+        validated_at: at,
+    };
+    let (a, b) = (row(IMG_A, Some("TIP")), row(IMG_B, None));
+    assert!(IMG_A < IMG_B);
+    let stored = || async {
+        let item = env
+            .store
+            .get_raw("BATCH#b2", &a.sk())
+            .await
+            .unwrap()
+            .unwrap();
+        CompletionBatchResult::from_item(&item).unwrap()
+    };
+    assert!(
+        env.store.put_result_row(&b).await.unwrap(),
+        "absent: written"
+    );
+    assert!(
+        env.store.put_result_row(&a).await.unwrap(),
+        "smaller image: overwrites"
+    );
+    assert_eq!(stored().await, a);
+    assert!(
+        !env.store.put_result_row(&b).await.unwrap(),
+        "larger image: refused"
+    );
+    assert!(
+        env.store.put_result_row(&a).await.unwrap(),
+        "its own row: written again"
+    );
+    assert_eq!(stored().await, a);
+
+    assert!(!env.store.has_batch_verdicts("b2").await.unwrap());
+    let verdict = |image: &str, receipt: u32| CompletionBatchVerdict {
+        batch_id: "b2".into(),
+        label: LabelKey::new(ImageId::parse(image).unwrap(), receipt, 1, 1, "DATE"),
+        verdict: Verdict::Valid,
+        previous_status: ValidationStatus::Pending,
+        suggested_label: None,
+        source: "output:1".into(),
+        validated_at: at,
+    };
+    // Receipt 10000 must not pick up receipt 100000's rows (`RECEIPT#10000` is a prefix).
+    let rows = [
+        verdict(IMG_A, 10_000),
+        verdict(IMG_A, 100_000),
+        verdict(IMG_B, 10_000),
+    ];
+    env.store
+        .put_items_batched(rows.iter().map(CompletionBatchVerdict::to_item).collect())
+        .await
+        .unwrap();
+    assert!(env.store.has_batch_verdicts("b2").await.unwrap());
+    let receipt = |image: &str, receipt_id: u32| ReceiptKey {
+        image_id: ImageId::parse(image).unwrap(),
+        receipt_id,
+    };
+    let got: Vec<_> = env
+        .store
+        .batch_verdicts_for("b2", &receipt(IMG_A, 10_000))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, [rows[0].clone()]);
+    assert!(
+        env.store
+            .batch_verdicts_for("b2", &receipt(IMG_B, 2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -11,7 +11,7 @@ use crate::model::{
 };
 use crate::openai::{BatchObject, OpenAiStatus};
 use crate::parse::{ParsedLine, ParsedResult, ResultSkip};
-use crate::plan::{Plan, PlanBuilder, PlanInput, StatusChange};
+use crate::plan::{Plan, PlanBuilder, PlanCounters, PlanInput, StatusChange};
 
 pub const IMG_A: &str = "11111111-1111-4111-8111-111111111111";
 pub const IMG_B: &str = "22222222-2222-4222-8222-222222222222";
@@ -201,6 +201,93 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// Every receipt the scenario names (targets, labels, journal, output lines), in order.
+    pub fn receipts(&self) -> Vec<ReceiptKey> {
+        let mut all: BTreeSet<ReceiptKey> = BTreeSet::new();
+        all.extend(self.targets.iter().map(|k| k.word.receipt.clone()));
+        all.extend(self.labels.keys().map(|k| k.word.receipt.clone()));
+        all.extend(self.journal.iter().map(|j| j.label.word.receipt.clone()));
+        all.extend(self.lines.iter().filter_map(|(_, l)| l.receipt().cloned()));
+        all.into_iter().collect()
+    }
+
+    /// What the apply hands the plan for a chunk of receipts: their targets, labels, journal
+    /// rows and output lines (lines that name no receipt are counted outside any chunk).
+    pub fn chunk(&self, receipts: &BTreeSet<ReceiptKey>) -> Scenario {
+        let mine = |k: &LabelKey| receipts.contains(&k.word.receipt);
+        Scenario {
+            batch: self.batch.clone(),
+            targets: self.targets.iter().filter(|k| mine(k)).cloned().collect(),
+            labels: self
+                .labels
+                .iter()
+                .filter(|(k, _)| mine(k))
+                .map(|(k, l)| (k.clone(), l.clone()))
+                .collect(),
+            journal: self
+                .journal
+                .iter()
+                .filter(|j| mine(&j.label))
+                .cloned()
+                .collect(),
+            lines: self
+                .lines
+                .iter()
+                .filter(|(_, l)| l.receipt().is_some_and(|r| receipts.contains(r)))
+                .cloned()
+                .collect(),
+            error_lines: Vec::new(),
+        }
+    }
+}
+
+/// Plans and applies a scenario the way the apply does: a chunk of `per_chunk` receipts at a
+/// time in receipt order, each planned on the state the earlier chunks left, the summary last
+/// (the plan of a chunk of no receipts writes only that); stops after `budget` writes. Returns
+/// what was applied and the counters added up across chunks, collisions found by the
+/// conditional result writes included.
+pub fn apply_chunked(
+    s: &Scenario,
+    world: &mut World,
+    per_chunk: usize,
+    budget: usize,
+) -> (Applied, PlanCounters) {
+    let mut done = Applied::default();
+    let mut counters = PlanCounters::default();
+    for (_, line) in s.lines.iter().filter(|(_, l)| l.receipt().is_none()) {
+        counters.output_lines.add(line);
+    }
+    for (_, line) in &s.error_lines {
+        counters.error_lines.add(line);
+    }
+    let receipts = s.receipts();
+    let chunks = receipts
+        .chunks(per_chunk.max(1))
+        .map(|c| c.iter().cloned().collect())
+        .chain([BTreeSet::new()]);
+    for chunk in chunks {
+        let mut plan = s.with_world(world).chunk(&chunk).plan();
+        if !chunk.is_empty() {
+            plan.summary = None;
+        }
+        let applied = world.apply_until(plan.clone(), budget - done.writes);
+        let plan = plan.without_conflicts(&applied.conflicts);
+        counters.merge(&plan.counters);
+        counters.result_rows.written -= applied.kept_results;
+        counters.result_rows.collisions += applied.kept_results;
+        done.writes += applied.writes;
+        done.conflicts.extend(applied.conflicts);
+        done.missing_vectors += applied.missing_vectors;
+        done.kept_results += applied.kept_results;
+        if applied.interrupted {
+            done.interrupted = true;
+            break;
+        }
+    }
+    (done, counters)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VectorMeta {
     pub valid_labels: BTreeSet<String>,
@@ -224,6 +311,8 @@ pub struct Applied {
     pub writes: usize,
     pub conflicts: BTreeSet<LabelKey>,
     pub missing_vectors: usize,
+    /// Result rows not written: a smaller image's row holds the key (another chunk's).
+    pub kept_results: u64,
     pub interrupted: bool,
 }
 
@@ -314,7 +403,15 @@ impl World {
             if !step(&mut done) {
                 return done;
             }
-            self.results.insert(r.sk(), r.clone());
+            // As the store's conditional put: a row of a smaller image id keeps the key.
+            match self.results.get(&r.sk()) {
+                Some(stored) if stored.label.image_id() < r.label.image_id() => {
+                    done.kept_results += 1;
+                }
+                _ => {
+                    self.results.insert(r.sk(), r.clone());
+                }
+            }
         }
         if let Some(s) = &plan.summary {
             if !step(&mut done) {

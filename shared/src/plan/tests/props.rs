@@ -352,6 +352,46 @@ proptest! {
     }
 
     #[test]
+    fn planning_a_chunk_of_receipts_at_a_time_ends_like_one_plan_of_the_whole_batch(
+        g in gen_batch(&["completed", "expired", "cancelled", "failed"]),
+        per_chunk in 1usize..4,
+    ) {
+        let s = g.scenario();
+        let whole = s.plan();
+        let mut once = s.world(g.vector_ids());
+        let applied = once.apply(whole.clone());
+        prop_assert_eq!(applied.kept_results, 0);
+
+        let mut world = s.world(g.vector_ids());
+        let (applied, counters) = apply_chunked(&s, &mut world, per_chunk, usize::MAX);
+        prop_assert!(!applied.interrupted);
+        prop_assert_eq!(&world, &once);
+        // The counters add up to the whole batch's, result-key collisions across chunks
+        // included (found by the conditional writes, in receipt order).
+        prop_assert_eq!(&counters, &whole.counters);
+    }
+
+    #[test]
+    fn a_chunked_apply_interrupted_anywhere_and_run_again_ends_like_one_plan(
+        g in gen_batch(&["completed", "expired", "cancelled", "failed"]),
+        per_chunk in 1usize..4,
+        rerun_per_chunk in 1usize..8,
+        cut in 0usize..200,
+    ) {
+        let s = g.scenario();
+        let mut once = s.world(g.vector_ids());
+        once.apply(s.plan());
+
+        let mut probe = s.world(g.vector_ids());
+        let writes = apply_chunked(&s, &mut probe, per_chunk, usize::MAX).0.writes;
+        let mut world = s.world(g.vector_ids());
+        apply_chunked(&s, &mut world, per_chunk, cut % (writes + 1));
+        // Run again, possibly with another chunk size (a re-configured worker).
+        apply_chunked(&s, &mut world, rerun_per_chunk, usize::MAX);
+        prop_assert_eq!(world, once);
+    }
+
+    #[test]
     fn plan_touches_only_targets_and_new_labels_and_counts_every_result(
         g in gen_batch(&["completed", "expired", "cancelled", "failed"])
     ) {
