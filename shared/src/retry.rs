@@ -307,6 +307,30 @@ pub fn body_excerpt(body: &[u8], max_chars: usize) -> String {
     out
 }
 
+/// ` (retry after 1.500s)` for error messages, empty without a suggestion.
+pub fn fmt_retry_after(d: Option<Duration>) -> String {
+    d.map_or_else(String::new, |d| {
+        format!(" (retry after {:.3}s)", d.as_secs_f64())
+    })
+}
+
+/// Whether an HTTP error status is worth trying again (429, 408, 5xx).
+pub fn status_is_transient(status: u16) -> bool {
+    is_retryable_status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+}
+
+/// A bounded name of an HTTP error status, for metrics and dead-letter reasons.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        401 | 403 => "unauthorized",
+        404 => "not_found",
+        408 => "timeout",
+        429 => "rate_limited",
+        500..=599 => "server_error",
+        _ => "client_error",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, Url};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -22,7 +22,7 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use super::batch::BatchObject;
 use crate::retry::{
     self, Attempt, RetryEvent, RetryPolicy, TransportKind, body_excerpt, error_chain,
-    is_retryable_status, read_body_capped,
+    fmt_retry_after, is_retryable_status, read_body_capped, status_class, status_is_transient,
 };
 use crate::secret::{scrub, sensitive_header};
 
@@ -180,21 +180,13 @@ pub enum OpenAiError {
     Config(String),
 }
 
-fn fmt_retry_after(d: Option<Duration>) -> String {
-    d.map_or_else(String::new, |d| {
-        format!(" (retry after {:.3}s)", d.as_secs_f64())
-    })
-}
-
 impl OpenAiError {
     /// Transient: try again later (throttling, server errors, timeouts, broken connections and
     /// downloads, local disk trouble). Permanent: the same call will fail the same way (auth,
     /// unknown batch or file, other client errors, an answer we cannot decode).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Api { status, .. } => {
-                is_retryable_status(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK))
-            }
+            Self::Api { status, .. } => status_is_transient(*status),
             Self::Transport { .. } | Self::TruncatedDownload { .. } | Self::Io { .. } => true,
             Self::Decode { .. } | Self::Config(_) => false,
         }
@@ -231,17 +223,6 @@ impl OpenAiError {
             Self::Io { .. } => "io",
             Self::Config(_) => "config",
         }
-    }
-}
-
-fn status_class(status: u16) -> &'static str {
-    match status {
-        401 | 403 => "unauthorized",
-        404 => "not_found",
-        408 => "timeout",
-        429 => "rate_limited",
-        500..=599 => "server_error",
-        _ => "client_error",
     }
 }
 

@@ -18,7 +18,7 @@ use super::bucket::TokenBucket;
 use super::merge::{Metadata, MetadataChange, merge_metadata};
 use crate::retry::{
     self, Attempt, RetryEvent, RetryPolicy, TransportKind, body_excerpt, error_chain,
-    is_retryable_status, read_body_capped,
+    fmt_retry_after, is_retryable_status, read_body_capped, status_class, status_is_transient,
 };
 use crate::secret::{scrub, sensitive_header};
 
@@ -105,20 +105,12 @@ pub enum PineconeError {
     Config(String),
 }
 
-fn fmt_retry_after(d: Option<Duration>) -> String {
-    d.map_or_else(String::new, |d| {
-        format!(" (retry after {:.3}s)", d.as_secs_f64())
-    })
-}
-
 impl PineconeError {
     /// Transient: throttling, server errors, timeouts, broken connections. Permanent: auth,
     /// bad requests (a null value, metadata over 40 KB), undecodable answers, configuration.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Api { status, .. } => {
-                is_retryable_status(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK))
-            }
+            Self::Api { status, .. } => status_is_transient(*status),
             Self::Transport { .. } => true,
             Self::Decode { .. } | Self::Config(_) => false,
         }
@@ -146,17 +138,6 @@ impl PineconeError {
             Self::Decode { .. } => "decode",
             Self::Config(_) => "config",
         }
-    }
-}
-
-fn status_class(status: u16) -> &'static str {
-    match status {
-        401 | 403 => "unauthorized",
-        404 => "not_found",
-        408 => "timeout",
-        429 => "rate_limited",
-        500..=599 => "server_error",
-        _ => "client_error",
     }
 }
 
