@@ -19,7 +19,7 @@
 //! (a backlog, workers scaled to zero) lets the next tick enqueue a second copy.
 
 use chrono::{DateTime, Utc};
-use fleet_shared::message::BatchMessage;
+use fleet_shared::message::{BatchMessage, new_chain_token};
 use fleet_shared::model::BatchSummary;
 use fleet_shared::model::time::rfc3339;
 use fleet_shared::queue::{Outgoing, QueueDepth, queue_depth, send_batch};
@@ -40,7 +40,7 @@ pub struct BatchFailure {
 }
 
 /// What one tick did. `listed` counts every item the index returned, so
-/// `listed = enqueued + skipped + failed + bad_items`.
+/// `listed = enqueued + skipped + skipped_dead_lettered + failed + bad_items`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EnqueueReport {
     /// RFC 3339; the tick's clock.
@@ -51,6 +51,8 @@ pub struct EnqueueReport {
     pub enqueued: u64,
     /// Already scheduled (a live marker: a message waits in the queue or a worker has it).
     pub skipped: u64,
+    /// Batches a worker dead-lettered: not enqueued until `replay-dlq` brings them back.
+    pub skipped_dead_lettered: u64,
     pub failed: u64,
     /// Items under the pending index that are not valid BatchSummaries; never enqueued, never
     /// a reason to stop.
@@ -75,8 +77,9 @@ impl EnqueueReport {
 }
 
 enum ClaimResult {
-    Claimed(BatchSummary),
+    Claimed(BatchSummary, String),
     Skipped,
+    DeadLettered,
     Failed(BatchFailure),
 }
 
@@ -98,6 +101,7 @@ pub async fn enqueue(
         listed: 0,
         enqueued: 0,
         skipped: 0,
+        skipped_dead_lettered: 0,
         failed: 0,
         bad_items: 0,
         failures: Vec::new(),
@@ -129,11 +133,16 @@ pub async fn enqueue(
     let store = &services.store;
     let claims: Vec<ClaimResult> = futures::stream::iter(summaries)
         .map(|summary| async move {
+            let chain = new_chain_token();
             match store
-                .claim_schedule(&summary.batch_id, until_ms, now_ms)
+                .claim_schedule(&summary.batch_id, until_ms, now_ms, &chain)
                 .await
             {
-                Ok(ScheduleClaim::Claimed) => ClaimResult::Claimed(summary),
+                Ok(ScheduleClaim::Claimed) => ClaimResult::Claimed(summary, chain),
+                Ok(ScheduleClaim::DeadLettered(mark)) => {
+                    tracing::debug!(event = "batch_skipped", batch_id = %summary.batch_id, dead_letter_reason = %mark.reason, "dead-lettered; waits for replay-dlq");
+                    ClaimResult::DeadLettered
+                }
                 Ok(ScheduleClaim::AlreadyScheduled { until_ms }) => {
                     tracing::debug!(event = "batch_skipped", batch_id = %summary.batch_id, scheduled_until_ms = until_ms, "already scheduled");
                     ClaimResult::Skipped
@@ -154,8 +163,9 @@ pub async fn enqueue(
     let mut claimed = Vec::new();
     for c in claims {
         match c {
-            ClaimResult::Claimed(s) => claimed.push(s),
+            ClaimResult::Claimed(s, chain) => claimed.push((s, chain)),
             ClaimResult::Skipped => report.skipped += 1,
+            ClaimResult::DeadLettered => report.skipped_dead_lettered += 1,
             ClaimResult::Failed(f) => {
                 report.failed += 1;
                 report.failures.push(f);
@@ -168,10 +178,11 @@ pub async fn enqueue(
     let outgoing = claimed
         .iter()
         .enumerate()
-        .map(|(i, s)| {
+        .map(|(i, (s, chain))| {
             let mut message = BatchMessage::new(&s.batch_id);
             message.openai_batch_id = Some(s.openai_batch_id.clone());
             message.first_enqueued_at = Some(first_enqueued_at.clone());
+            message.chain = Some(chain.clone());
             Outgoing {
                 id: format!("b{i}"),
                 body: message.to_body(),
@@ -185,7 +196,7 @@ pub async fn enqueue(
     } else {
         send_batch(&services.sqs, &settings.queue_url, outgoing).await
     };
-    for (i, s) in claimed.iter().enumerate() {
+    for (i, (s, _)) in claimed.iter().enumerate() {
         let id = format!("b{i}");
         if sent.sent.contains(&id) {
             tracing::info!(event = "batch_enqueued", batch_id = %s.batch_id, openai_batch_id = %s.openai_batch_id, "enqueued");
@@ -223,6 +234,7 @@ pub async fn enqueue(
         listed = report.listed,
         enqueued = report.enqueued,
         skipped = report.skipped,
+        skipped_dead_lettered = report.skipped_dead_lettered,
         failed = report.failed,
         bad_items = report.bad_items,
         "tick finished"
@@ -270,8 +282,13 @@ fn depth_line(d: Option<&QueueDepth>) -> String {
 /// The summary for people.
 pub fn render_text(report: &EnqueueReport, dead_letter_configured: bool) -> String {
     let mut out = format!(
-        "enqueue: listed {}, enqueued {}, skipped {} (already scheduled), failed {}, bad items {}\n",
-        report.listed, report.enqueued, report.skipped, report.failed, report.bad_items
+        "enqueue: listed {}, enqueued {}, skipped {} (already scheduled), skipped {} (dead-lettered), failed {}, bad items {}\n",
+        report.listed,
+        report.enqueued,
+        report.skipped,
+        report.skipped_dead_lettered,
+        report.failed,
+        report.bad_items
     );
     for f in &report.failures {
         out.push_str(&format!("  failed {}: {}\n", f.batch_id, f.error));

@@ -51,6 +51,7 @@ pub fn render_enqueue_metrics(report: &EnqueueReport) -> String {
             ("listed", report.listed),
             ("enqueued", report.enqueued),
             ("skipped", report.skipped),
+            ("skipped_dead_lettered", report.skipped_dead_lettered),
             ("failed", report.failed),
             ("bad_item", report.bad_items),
         ] {
@@ -159,6 +160,7 @@ mod tests {
             listed: 7 + failed,
             enqueued: 3,
             skipped: 3,
+            skipped_dead_lettered: 0,
             failed,
             bad_items: 1,
             failures: Vec::new(),

@@ -46,10 +46,18 @@ pub struct AwsClients {
 }
 
 impl AwsClients {
+    /// Both clients, each reporting its successful calls as progress of the handling that
+    /// made them ([`crate::progress`]).
     pub fn from_config(config: &SdkConfig) -> Self {
+        let dynamodb = aws_sdk_dynamodb::config::Builder::from(config)
+            .interceptor(ProgressOnSuccess)
+            .build();
+        let sqs = aws_sdk_sqs::config::Builder::from(config)
+            .interceptor(ProgressOnSuccess)
+            .build();
         AwsClients {
-            dynamodb: aws_sdk_dynamodb::Client::new(config),
-            sqs: aws_sdk_sqs::Client::new(config),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
+            sqs: aws_sdk_sqs::Client::from_conf(sqs),
         }
     }
 
@@ -68,5 +76,28 @@ impl AwsClients {
             .timeout_config(timeout_config())
             .build();
         Self::from_config(&config)
+    }
+}
+
+/// Ticks [`crate::progress`] on every 2xx answer: a write done, a page read, a message sent.
+/// It runs in the calling task, so calls outside a handling (the heartbeat's) tick nothing.
+#[derive(Debug)]
+struct ProgressOnSuccess;
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for ProgressOnSuccess {
+    fn name(&self) -> &'static str {
+        "ProgressOnSuccess"
+    }
+
+    fn read_after_deserialization(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::AfterDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        if context.response().status().is_success() {
+            crate::progress::tick();
+        }
+        Ok(())
     }
 }

@@ -6,6 +6,8 @@
 //! - [`model`]: the DynamoDB items of data-model.md (encode, decode, keys, enumerations).
 //! - [`store`]: the receipts table through aws-sdk-dynamodb: queries, conditional status
 //!   changes, audit-row batches, leases and schedule markers.
+//! - [`error_class`]: transient, permanent or an error of the deployment: what the worker does.
+//! - [`progress`]: the last progress of a handling (its deadline runs from there).
 //! - [`config`]: typed settings from flags and a [`config::ConfigSource`] (exit 64 on errors).
 //! - [`message`]: the work-queue message, schema v1, and what makes a body poison.
 //! - [`telemetry`]: JSON or text logs on stderr.
@@ -21,6 +23,7 @@
 
 pub mod aws;
 pub mod config;
+pub mod error_class;
 pub mod finish;
 pub mod message;
 pub mod model;
@@ -28,6 +31,7 @@ pub mod openai;
 pub mod parse;
 pub mod pinecone;
 pub mod plan;
+pub mod progress;
 pub mod queue;
 pub mod retry;
 pub mod secret;

@@ -29,6 +29,16 @@ pub struct BatchMessage {
     /// without checking while this is in the future (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<String>,
+    /// The token of the batch's chain of messages (fleet-design.md: one chain per batch). The
+    /// fleet state holds the current one; a message with another token is a stale copy. A
+    /// message without one (written by hand) starts a new chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+}
+
+/// A fresh chain token: random, short, safe in a message body and a DynamoDB string.
+pub fn new_chain_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -76,6 +86,7 @@ impl BatchMessage {
             first_enqueued_at: None,
             replays: 0,
             not_before: None,
+            chain: None,
         }
     }
 
@@ -96,6 +107,17 @@ impl BatchMessage {
         if msg.batch_id.trim().is_empty() || msg.batch_id.len() > 256 {
             return Err(PoisonReason::BadField(
                 "batch_id must be a non-empty string of at most 256 characters".into(),
+            ));
+        }
+        if let Some(chain) = &msg.chain
+            && (chain.is_empty()
+                || chain.len() > 64
+                || !chain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return Err(PoisonReason::BadField(
+                "chain must be 1 to 64 letters, digits, '-' or '_'".into(),
             ));
         }
         Ok(msg)
@@ -124,6 +146,14 @@ mod tests {
         assert_eq!(m.checks, 3);
         assert_eq!(m.replays, 1);
         assert_eq!(BatchMessage::parse(&m.to_body()).unwrap(), m);
+        assert_eq!(m.chain, None);
+        let chained = BatchMessage {
+            chain: Some(new_chain_token()),
+            ..m
+        };
+        let body = chained.to_body();
+        assert!(body.contains("\"chain\":\""), "{body}");
+        assert_eq!(BatchMessage::parse(&body).unwrap(), chained);
     }
 
     #[test]
@@ -140,6 +170,9 @@ mod tests {
             (r#"{"v":1,"batch_id":""}"#, "bad_field"),
             (r#"{"v":1,"batch_id":7}"#, "bad_field"),
             (r#"{"v":1,"batch_id":"b","checks":-1}"#, "bad_field"),
+            (r#"{"v":1,"batch_id":"b","chain":""}"#, "bad_field"),
+            (r#"{"v":1,"batch_id":"b","chain":"a b"}"#, "bad_field"),
+            (r#"{"v":1,"batch_id":"b","chain":7}"#, "bad_field"),
         ];
         for (body, code) in cases {
             assert_eq!(

@@ -8,6 +8,8 @@ use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use backon::{BackoffBuilder, ExponentialBuilder};
 
+use crate::error_class::{DeploymentCause, ErrorClass, aws_deployment_cause};
+
 /// SQS's limit of entries per SendMessageBatch / DeleteMessageBatch call.
 pub const SQS_BATCH_LIMIT: usize = 10;
 /// SQS's longest `DelaySeconds`.
@@ -19,11 +21,26 @@ pub enum QueueError {
     Transient { op: &'static str, message: String },
     #[error("SQS {op} failed: {message}")]
     Permanent { op: &'static str, message: String },
+    /// Access denied, unknown credentials, no such queue: the deployment is wrong.
+    #[error("SQS {op} failed ({}): {message}", cause.as_str())]
+    Deployment {
+        op: &'static str,
+        cause: DeploymentCause,
+        message: String,
+    },
 }
 
 impl QueueError {
     pub fn is_transient(&self) -> bool {
         matches!(self, QueueError::Transient { .. })
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            QueueError::Transient { .. } => ErrorClass::Transient,
+            QueueError::Deployment { cause, .. } => ErrorClass::Deployment(*cause),
+            QueueError::Permanent { .. } => ErrorClass::Permanent,
+        }
     }
 }
 
@@ -33,6 +50,13 @@ where
     R: std::fmt::Debug,
 {
     let message = DisplayErrorContext(&err).to_string();
+    if let Some(cause) = err
+        .as_service_error()
+        .and_then(|e| e.code())
+        .and_then(aws_deployment_cause)
+    {
+        return QueueError::Deployment { op, cause, message };
+    }
     let transient = match &err {
         SdkError::ServiceError(se) => matches!(
             se.err().code(),

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::error_class::{DeploymentCause, ErrorClass};
 use crate::openai::client::OpenAiError;
 use crate::pinecone::client::PineconeError;
 use crate::store::StoreError;
@@ -30,6 +31,22 @@ pub enum FinishError {
 }
 
 impl FinishError {
+    /// What the worker does about it: retry, wait for the deployment to be fixed, or
+    /// dead-letter.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            FinishError::OpenAi(e) if e.status() == Some(401) || e.status() == Some(403) => {
+                ErrorClass::Deployment(DeploymentCause::OpenAiKey)
+            }
+            FinishError::Pinecone(e) if e.status() == Some(401) || e.status() == Some(403) => {
+                ErrorClass::Deployment(DeploymentCause::PineconeKey)
+            }
+            FinishError::Store(e) => e.class(),
+            e if e.is_transient() => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         match self {
             FinishError::BatchUnknown(_) | FinishError::BadSummary { .. } => false,

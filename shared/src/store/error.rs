@@ -2,6 +2,7 @@
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use crate::error_class::{DeploymentCause, ErrorClass, aws_deployment_cause};
 use crate::model::DecodeError;
 
 #[derive(Debug, thiserror::Error)]
@@ -12,6 +13,13 @@ pub enum StoreError {
     /// Validation errors, missing table, access denied: retrying the same call will not help.
     #[error("DynamoDB {op} failed: {message}")]
     Permanent { op: &'static str, message: String },
+    /// Access denied, unknown credentials, no such table: the deployment is wrong, not the data.
+    #[error("DynamoDB {op} failed ({}): {message}", cause.as_str())]
+    Deployment {
+        op: &'static str,
+        cause: DeploymentCause,
+        message: String,
+    },
     #[error(transparent)]
     Decode(#[from] DecodeError),
 }
@@ -19,6 +27,14 @@ pub enum StoreError {
 impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Transient { .. })
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::Transient { .. } => ErrorClass::Transient,
+            StoreError::Deployment { cause, .. } => ErrorClass::Deployment(*cause),
+            StoreError::Permanent { .. } | StoreError::Decode(_) => ErrorClass::Permanent,
+        }
     }
 }
 
@@ -38,6 +54,13 @@ where
     R: std::fmt::Debug,
 {
     let message = DisplayErrorContext(&err).to_string();
+    if let Some(cause) = err
+        .as_service_error()
+        .and_then(|e| e.code())
+        .and_then(aws_deployment_cause)
+    {
+        return StoreError::Deployment { op, cause, message };
+    }
     let transient = match &err {
         SdkError::ServiceError(se) => se
             .err()

@@ -19,7 +19,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 pub use error::StoreError;
-pub use fleet_state::{FleetState, LeaseOutcome, ScheduleClaim};
+pub use fleet_state::{DeadLetterMark, FleetState, LeaseOutcome, ScheduleClaim};
 
 use crate::model::Item;
 

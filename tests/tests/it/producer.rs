@@ -198,6 +198,7 @@ async fn a_producer_killed_after_claiming_loses_nothing() {
                 id,
                 t0().timestamp_millis() + horizon_ms,
                 t0().timestamp_millis(),
+                "killed-run",
             )
             .await
             .unwrap();
@@ -357,7 +358,7 @@ async fn enqueue_pushes_its_metrics_and_prints_json() {
     assert_eq!(code, 1);
     let text = String::from_utf8(out).unwrap();
     assert!(
-        text.contains("listed 3, enqueued 0, skipped 2 (already scheduled), failed 1, bad items 0"),
+        text.contains("listed 3, enqueued 0, skipped 2 (already scheduled), skipped 0 (dead-lettered), failed 1, bad items 0"),
         "{text}"
     );
     assert!(text.contains("failed push-new:"), "{text}");

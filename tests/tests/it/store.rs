@@ -670,11 +670,13 @@ async fn schedule_marker_claims_once_until_it_expires() {
     let s = &env.store;
     let now = 5_000_000;
     assert_eq!(
-        s.claim_schedule("b1", now + 900_000, now).await.unwrap(),
+        s.claim_schedule("b1", now + 900_000, now, "c1")
+            .await
+            .unwrap(),
         ScheduleClaim::Claimed
     );
     assert_eq!(
-        s.claim_schedule("b1", now + 1_000_000, now + 10)
+        s.claim_schedule("b1", now + 1_000_000, now + 10, "c1")
             .await
             .unwrap(),
         ScheduleClaim::AlreadyScheduled {
@@ -685,7 +687,9 @@ async fn schedule_marker_claims_once_until_it_expires() {
     assert!(!s.unclaim_schedule("b1", now + 1).await.unwrap());
     assert!(s.unclaim_schedule("b1", now + 900_000).await.unwrap());
     assert_eq!(
-        s.claim_schedule("b1", now + 60_000, now).await.unwrap(),
+        s.claim_schedule("b1", now + 60_000, now, "c1")
+            .await
+            .unwrap(),
         ScheduleClaim::Claimed
     );
     // The worker moves the marker when it schedules the next check itself.
@@ -696,7 +700,7 @@ async fn schedule_marker_claims_once_until_it_expires() {
     );
     // Once the marker lies in the past, a new tick may claim again.
     assert_eq!(
-        s.claim_schedule("b1", now + 1_200_000, now + 600_000)
+        s.claim_schedule("b1", now + 1_200_000, now + 600_000, "c1")
             .await
             .unwrap(),
         ScheduleClaim::Claimed
@@ -709,6 +713,47 @@ async fn schedule_marker_claims_once_until_it_expires() {
     assert_eq!(
         s.fleet_state("b1").await.unwrap().scheduled_until_ms,
         Some(now + 1_200_000)
+    );
+    assert_eq!(
+        s.fleet_state("b1").await.unwrap().chain.as_deref(),
+        Some("c1")
+    );
+    // A dead-letter mark keeps the producer away until it is cleared.
+    s.mark_dead_lettered("b1", "batch_unknown", now)
+        .await
+        .unwrap();
+    let state = s.fleet_state("b1").await.unwrap();
+    assert_eq!(state.scheduled_until_ms, None, "the mark ends the schedule");
+    let mark = state.dead_letter.expect("marked");
+    assert_eq!((mark.reason.as_str(), mark.at_ms), ("batch_unknown", now));
+    assert_eq!(
+        s.claim_schedule("b1", now + 2_000_000, now + 1_500_000, "c2")
+            .await
+            .unwrap(),
+        ScheduleClaim::DeadLettered(mark)
+    );
+    let states = s
+        .fleet_states(&["b1".to_owned(), "nothing".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(states.len(), 1);
+    assert!(states["b1"].dead_letter.is_some());
+    assert!(s.clear_dead_letter("b1").await.unwrap());
+    assert!(!s.clear_dead_letter("b1").await.unwrap(), "cleared once");
+    assert_eq!(
+        s.claim_schedule("b1", now + 2_000_000, now + 1_500_000, "c2")
+            .await
+            .unwrap(),
+        ScheduleClaim::Claimed
+    );
+    // A new chain moves the marker and replaces the token.
+    s.start_chain("b1", "c3", now + 2_500_000, now + 1_600_000)
+        .await
+        .unwrap();
+    let state = s.fleet_state("b1").await.unwrap();
+    assert_eq!(
+        (state.chain.as_deref(), state.scheduled_until_ms),
+        (Some("c3"), Some(now + 2_500_000))
     );
 }
 
