@@ -50,10 +50,10 @@ impl AwsClients {
     /// made them ([`crate::progress`]).
     pub fn from_config(config: &SdkConfig) -> Self {
         let dynamodb = aws_sdk_dynamodb::config::Builder::from(config)
-            .interceptor(ProgressOnSuccess)
+            .interceptor(HandlingHooks)
             .build();
         let sqs = aws_sdk_sqs::config::Builder::from(config)
-            .interceptor(ProgressOnSuccess)
+            .interceptor(HandlingHooks)
             .build();
         AwsClients {
             dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
@@ -79,14 +79,25 @@ impl AwsClients {
     }
 }
 
-/// Ticks [`crate::progress`] on every 2xx answer: a write done, a page read, a message sent.
-/// It runs in the calling task, so calls outside a handling (the heartbeat's) tick nothing.
+/// The handling's hooks on every AWS call: refused before each attempt behind a closed
+/// [`crate::fence`], and a tick of [`crate::progress`] on every 2xx answer (a write done, a page
+/// read, a message sent). They run in the calling task, so calls outside a handling (the
+/// heartbeat's, the lease renewals) are neither fenced nor counted as progress.
 #[derive(Debug)]
-struct ProgressOnSuccess;
+struct HandlingHooks;
 
-impl aws_smithy_runtime_api::client::interceptors::Intercept for ProgressOnSuccess {
+impl aws_smithy_runtime_api::client::interceptors::Intercept for HandlingHooks {
     fn name(&self) -> &'static str {
-        "ProgressOnSuccess"
+        "HandlingHooks"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        crate::fence::check().map_err(Into::into)
     }
 
     fn read_after_deserialization(

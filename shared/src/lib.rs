@@ -7,6 +7,7 @@
 //! - [`store`]: the receipts table through aws-sdk-dynamodb: queries, conditional status
 //!   changes, audit-row batches, leases and schedule markers.
 //! - [`error_class`]: transient, permanent or an error of the deployment: what the worker does.
+//! - [`fence`]: calls refused once a handling's lease may have passed to another worker.
 //! - [`progress`]: the last progress of a handling (its deadline runs from there).
 //! - [`config`]: typed settings from flags and a [`config::ConfigSource`] (exit 64 on errors).
 //! - [`message`]: the work-queue message, schema v1, and what makes a body poison.
@@ -24,6 +25,7 @@
 pub mod aws;
 pub mod config;
 pub mod error_class;
+pub mod fence;
 pub mod finish;
 pub mod message;
 pub mod model;

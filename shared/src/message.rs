@@ -34,6 +34,11 @@ pub struct BatchMessage {
     /// message without one (written by hand) starts a new chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<String>,
+    /// Errors of the deployment met in a row by this batch's handlings (a rejected key, a
+    /// missing table): the back-off of the next try grows with it. A fresh copy of the message
+    /// carries it, so the receive count never climbs towards the redrive policy meanwhile.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deferrals: u32,
 }
 
 /// A fresh chain token: random, short, safe in a message body and a DynamoDB string.
@@ -87,6 +92,7 @@ impl BatchMessage {
             replays: 0,
             not_before: None,
             chain: None,
+            deferrals: 0,
         }
     }
 

@@ -58,7 +58,7 @@ impl Progress {
     }
 
     /// Runs `fut` with this as the current progress: [`tick`] inside it records here.
-    pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
+    pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> + use<F> {
         CURRENT.scope(self.clone(), fut)
     }
 

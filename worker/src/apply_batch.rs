@@ -1,22 +1,20 @@
 //! `worker apply-batch BATCH_ID`: the operator's way to finish one batch now, outside the
-//! queue. It takes the same lease as the consumer (renewed while it works), so running it
-//! beside a fleet is safe.
+//! queue. It takes the same lease as the consumer ([`crate::lease`]), so running it beside a
+//! fleet is safe.
 
 use anyhow::anyhow;
+use fleet_shared::finish::{ApplyReport, FinishError, Services};
 use fleet_shared::model::BatchStatus;
 use fleet_shared::openai::OpenAiStatus;
-use fleet_shared::store::{LeaseOutcome, Store};
+use fleet_shared::store::Store;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-use crate::clock;
-use crate::heartbeat::{Heartbeat, LeaseKey, QueueKeepalive};
-use crate::service::{ApplyOutcome, BatchService, ServiceError};
+use crate::lease::{Leased, with_lease};
 use crate::settings::Settings;
 
 /// What `apply-batch` found or did.
 #[derive(Debug)]
-pub enum ApplyBatch<R> {
+pub enum ApplyBatch {
     /// The summary is no longer PENDING.
     AlreadyDone { status: BatchStatus },
     /// OpenAI has not finished the batch: nothing to apply yet.
@@ -25,85 +23,76 @@ pub enum ApplyBatch<R> {
     LeaseHeld { owner: String, expires_at_ms: i64 },
     Applied {
         openai_status: OpenAiStatus,
-        report: R,
+        report: Box<ApplyReport>,
     },
 }
 
-/// Checks the batch once and applies it if it is finished.
-pub async fn apply_batch<S: BatchService>(
+/// Checks the batch once and applies it if it is finished, under the same lease as the
+/// consumer (renewed while it works, fenced once it may have passed on).
+pub async fn apply_batch(
     settings: &Settings,
-    sqs: &aws_sdk_sqs::Client,
     store: &Store,
-    service: &S,
+    services: &Services,
     batch_id: &str,
-) -> anyhow::Result<ApplyBatch<S::Report>> {
-    let summary = service.load_summary(batch_id).await.map_err(describe)?;
+) -> anyhow::Result<ApplyBatch> {
+    let summary = services.load_summary(batch_id).await.map_err(describe)?;
     if summary.status != BatchStatus::Pending {
         return Ok(ApplyBatch::AlreadyDone {
             status: summary.status,
         });
     }
-    let batch = service.check(&summary).await.map_err(describe)?;
+    let batch = services.check(&summary).await.map_err(describe)?;
     if !batch.status.is_terminal() {
         return Ok(ApplyBatch::NotFinished {
             status: batch.status,
         });
     }
-    let key = LeaseKey {
-        batch_id: summary.batch_id.clone(),
-        owner: format!("{}#apply-batch", settings.worker_id),
-    };
-    let ttl_ms = settings.lease_ttl_ms();
-    match store
-        .acquire_lease(&key.batch_id, &key.owner, ttl_ms, clock::now_ms())
-        .await?
-    {
-        LeaseOutcome::Acquired { .. } => {}
-        LeaseOutcome::HeldBy {
+    let openai_status = batch.status.clone();
+    let leased = with_lease(store, batch_id, settings.lease_terms(), |hold| async move {
+        // A worker may have finished it meanwhile.
+        let summary = services.load_summary(batch_id).await?;
+        crate::service::apply(services, &summary, &batch, &hold).await
+    })
+    .await?;
+    match leased {
+        Leased::Busy {
             owner,
             expires_at_ms,
-        } => {
-            return Ok(ApplyBatch::LeaseHeld {
-                owner,
-                expires_at_ms,
-            });
+        } => Ok(ApplyBatch::LeaseHeld {
+            owner,
+            expires_at_ms,
+        }),
+        Leased::Stopped { why } => Err(anyhow!(
+            "apply of {batch_id} stopped: {why}; run it again (finished chunks are kept)"
+        )),
+        Leased::Done(result) => {
+            let report = result.map_err(describe)?;
+            Ok(if report.already_done {
+                ApplyBatch::AlreadyDone {
+                    status: report.summary_status.unwrap_or(BatchStatus::Pending),
+                }
+            } else {
+                ApplyBatch::Applied {
+                    openai_status,
+                    report: Box::new(report),
+                }
+            })
         }
     }
-    let heartbeat = Heartbeat::start(
-        QueueKeepalive {
-            sqs: sqs.clone(),
-            queue_url: settings.common.queue_url.clone(),
-            receipt_handle: None,
-            store: store.clone(),
-        },
-        settings.heartbeat,
-        None,
-        ttl_ms,
-    );
-    let stop = CancellationToken::new();
-    heartbeat.watch_lease(key.clone(), stop.clone());
-    let result = service.apply(&summary, &batch, &stop).await;
-    drop(heartbeat);
-    if let Err(e) = store.release_lease(&key.batch_id, &key.owner).await {
-        tracing::warn!(error = %e, "could not release the lease; it runs out by itself");
-    }
-    let report = result.map_err(describe)?;
-    Ok(ApplyBatch::Applied {
-        openai_status: batch.status,
-        report,
-    })
 }
 
-fn describe<E: ServiceError>(e: E) -> anyhow::Error {
-    let class = if e.is_transient() {
-        "transient; try again later"
-    } else {
-        "permanent"
+fn describe(e: FinishError) -> anyhow::Error {
+    let class = match e.class() {
+        fleet_shared::error_class::ErrorClass::Transient => "transient; try again later",
+        fleet_shared::error_class::ErrorClass::Deployment(_) => {
+            "an error of the deployment: check keys, permissions, table and queue names"
+        }
+        fleet_shared::error_class::ErrorClass::Permanent => "permanent",
     };
     anyhow!("{e} ({}, {class})", e.reason())
 }
 
-impl<R: ApplyOutcome> ApplyBatch<R> {
+impl ApplyBatch {
     pub fn to_json(&self, batch_id: &str) -> Value {
         match self {
             ApplyBatch::AlreadyDone { status } => {

@@ -49,18 +49,22 @@ setting_flags! {
     visibility_timeout_seconds => "VISIBILITY_TIMEOUT_SECONDS",
         "Visibility taken on receive and renewed by the heartbeat; also the lease length, 10..=43200 [default: 120]";
     heartbeat_seconds => "HEARTBEAT_SECONDS",
-        "How often visibility and lease are renewed; below the visibility timeout [default: a third of it, at most 300]";
+        "How often visibility and lease are renewed (each on its own); below the visibility timeout [default: a third of it, at most 300]";
     recheck_min_seconds => "RECHECK_MIN_SECONDS", "Shortest delay before re-checking an unfinished batch [default: 60]";
     recheck_max_seconds => "RECHECK_MAX_SECONDS", "Longest delay before re-checking an unfinished batch, at most 86400 [default: 900]";
     retry_min_seconds => "RETRY_MIN_SECONDS",
-        "Visibility backoff after a transient error, on the first receive [default: 5]";
+        "Back-off after a transient error or an error of the deployment, on the first try [default: 5]";
     retry_max_seconds => "RETRY_MAX_SECONDS",
-        "Cap of the visibility backoff after transient errors [default: 900]";
+        "Cap of the back-off after transient errors and errors of the deployment [default: 900]";
     message_deadline_seconds => "MESSAGE_DEADLINE_SECONDS",
-        "Longest handling of one message before it is abandoned and retried [default: 300]";
+        "Longest a handling may go without progress before it is abandoned and retried [default: 300]";
     stuck_validating_seconds => "STUCK_VALIDATING_SECONDS",
         "A batch validating longer than this after submission is reported stuck [default: 300]";
     shutdown_grace_seconds => "SHUTDOWN_GRACE_SECONDS", "Drain time after SIGTERM/SIGINT [default: 25]";
+    max_concurrent_applies => "MAX_CONCURRENT_APPLIES",
+        "Finished batches applied at once, 1..=64, at most MAX_IN_FLIGHT [default: 2]";
+    deployment_unready_seconds => "DEPLOYMENT_UNREADY_SECONDS",
+        "How long /readyz answers 503 after an error of the deployment (rejected key, access denied, missing table or queue) [default: 60]";
     log_format => "LOG_FORMAT", "json or text [default: json]";
     rust_log => "RUST_LOG", "Log filter [default: info]";
 }

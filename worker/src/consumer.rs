@@ -16,16 +16,17 @@ use anyhow::Context as _;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use fleet_shared::queue::{self, QueueError};
 use fleet_shared::store::Store;
+use futures::FutureExt as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::handler::{self, Context, Received};
+use crate::handler::{self, Context};
 use crate::health::Health;
 use crate::metrics as m;
-use crate::service::BatchService;
+use crate::received::Received;
 use crate::settings::Settings;
 use crate::{http, idle};
 
@@ -38,12 +39,11 @@ pub const BUSY_TURN: Duration = Duration::from_secs(5);
 /// After the grace period, how long abandoned handlers get to hand their messages back.
 pub const ABANDON_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the worker talks to. The service is generic so that the consumer does not depend on
-/// how a batch is applied.
-pub struct Deps<S> {
+/// What the worker talks to.
+pub struct Deps {
     pub sqs: aws_sdk_sqs::Client,
     pub store: Store,
-    pub service: S,
+    pub service: fleet_shared::finish::Services,
     pub metrics: PrometheusHandle,
 }
 
@@ -65,9 +65,9 @@ impl Running {
 }
 
 /// Binds the HTTP server and starts consuming; returns once both are running.
-pub async fn start<S: BatchService>(
+pub async fn start(
     settings: Settings,
-    deps: Deps<S>,
+    deps: Deps,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(settings.metrics_addr)
@@ -75,7 +75,7 @@ pub async fn start<S: BatchService>(
         .with_context(|| format!("binding METRICS_ADDR {}", settings.metrics_addr))?;
     let metrics_addr = listener.local_addr()?;
     tracing::info!(http_addr = %metrics_addr, "serving /metrics, /healthz and /readyz");
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(settings.unready_after_deployment_error));
     let http_stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
@@ -84,13 +84,15 @@ pub async fn start<S: BatchService>(
         http_stop.clone(),
     ));
     let ctx = Arc::new(Context {
+        applies: Arc::new(Semaphore::new(settings.max_concurrent_applies)),
         settings: Arc::new(settings),
         sqs: deps.sqs,
         store: deps.store,
-        service: deps.service,
+        services: deps.service,
+        health,
     });
     let task = tokio::spawn(async move {
-        let result = consume(ctx, health, shutdown).await;
+        let result = consume(ctx, shutdown).await;
         http_stop.cancel();
         match server.await {
             Ok(Ok(())) => {}
@@ -104,20 +106,17 @@ pub async fn start<S: BatchService>(
 
 /// Runs the worker until `shutdown` is cancelled (or, with `--exit-when-idle`, the queue is
 /// idle), then drains. Returns `Ok` after a clean drain, also when messages were abandoned.
-pub async fn run<S: BatchService>(
+pub async fn run(
     settings: Settings,
-    deps: Deps<S>,
+    deps: Deps,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     start(settings, deps, shutdown).await?.wait().await
 }
 
-async fn consume<S: BatchService>(
-    ctx: Arc<Context<S>>,
-    health: Arc<Health>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let settings = ctx.settings.clone();
+    let health = ctx.health.clone();
     // The idle watcher stops the loop through a child token: the caller's token stays theirs.
     let stop = shutdown.child_token();
     let slots = Arc::new(Semaphore::new(settings.max_in_flight));
@@ -210,8 +209,8 @@ async fn consume<S: BatchService>(
     Ok(())
 }
 
-async fn receive<S: BatchService>(
-    ctx: &Context<S>,
+async fn receive(
+    ctx: &Context,
     max: usize,
 ) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
     let out = ctx
@@ -249,9 +248,9 @@ impl Drop for InFlight {
     }
 }
 
-fn spawn_handler<S: BatchService>(
+fn spawn_handler(
     tasks: &TaskTracker,
-    ctx: &Arc<Context<S>>,
+    ctx: &Arc<Context>,
     message: aws_sdk_sqs::types::Message,
     permit: OwnedSemaphorePermit,
     held: &Arc<AtomicUsize>,
@@ -267,6 +266,16 @@ fn spawn_handler<S: BatchService>(
     tasks.spawn(async move {
         let _permit = permit;
         let _guard = guard;
-        handler::handle(ctx, msg, abandon).await;
+        let started = std::time::Instant::now();
+        let kept = msg.clone();
+        let handling = std::panic::AssertUnwindSafe(handler::handle(ctx.clone(), msg, abandon));
+        if let Err(panic) = handling.catch_unwind().await {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            handler::on_panic(&ctx, kept, started, &text).await;
+        }
     });
 }

@@ -91,6 +91,13 @@ pub fn schedule(now: i64, wait_seconds: u32) -> Schedule {
     }
 }
 
+/// `not_before` as the message body writes it (RFC 3339).
+pub fn not_before_text(not_before: Option<i64>) -> Option<String> {
+    not_before
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(fleet_shared::model::time::rfc3339)
+}
+
 /// The next hop of a message that is not due yet, or `None` when it is due.
 pub fn remaining_hop(now: i64, not_before: i64) -> Option<u32> {
     let remaining = not_before - now;

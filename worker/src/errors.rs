@@ -1,14 +1,17 @@
-//! How a failed message is treated: transient failures leave the message in the queue with a
-//! visibility backoff (so the redrive policy dead-letters only what keeps failing); permanent
-//! ones send it to the dead-letter queue at once.
+//! How a failed handling is treated: transient failures leave the message in the queue with a
+//! visibility back-off (so the redrive policy dead-letters only what keeps failing); errors of
+//! the deployment are deferred as a fresh delayed copy of the message (so no receive count
+//! climbs towards the redrive while a key is being rotated); permanent ones are dead-lettered
+//! at once.
 
 use std::time::Duration;
 
+use fleet_shared::error_class::{DeploymentCause, ErrorClass};
+use fleet_shared::finish::FinishError;
 use fleet_shared::queue::QueueError;
 use fleet_shared::store::StoreError;
 use rand::Rng;
 
-use crate::service::ServiceError;
 use crate::settings::{MAX_VISIBILITY_SECONDS, RetryBounds};
 
 /// Why handling a message stopped short.
@@ -16,6 +19,12 @@ use crate::settings::{MAX_VISIBILITY_SECONDS, RetryBounds};
 pub enum Failure {
     /// Worth another try later, no sooner than `retry_after` when the remote side said so.
     Transient {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// The deployment is wrong (key, permissions, a missing resource): never the batch's fault.
+    Deployment {
+        cause: DeploymentCause,
         error: String,
         retry_after: Option<Duration>,
     },
@@ -27,8 +36,9 @@ impl Failure {
     /// The `class` label of `fleet_message_errors_total`.
     pub fn class(&self) -> &'static str {
         match self {
-            Failure::Transient { .. } => "transient",
-            Failure::Permanent { .. } => "permanent",
+            Failure::Transient { .. } => ErrorClass::Transient.as_str(),
+            Failure::Deployment { cause, .. } => ErrorClass::Deployment(*cause).as_str(),
+            Failure::Permanent { .. } => ErrorClass::Permanent.as_str(),
         }
     }
 
@@ -39,56 +49,81 @@ impl Failure {
         }
     }
 
-    pub fn from_service<E: ServiceError>(e: &E) -> Self {
-        if e.is_transient() {
-            Failure::Transient {
-                error: e.to_string(),
-                retry_after: e.retry_after(),
-            }
-        } else {
-            Failure::Permanent {
-                reason: e.reason(),
-                error: e.to_string(),
-            }
+    fn of(
+        class: ErrorClass,
+        reason: &'static str,
+        error: String,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        match class {
+            ErrorClass::Transient => Failure::Transient { error, retry_after },
+            ErrorClass::Deployment(cause) => Failure::Deployment {
+                cause,
+                error,
+                retry_after,
+            },
+            ErrorClass::Permanent => Failure::Permanent { reason, error },
         }
     }
 }
 
-// Our own queue and table calls fail permanently only when the deployment is wrong (no such
-// queue, access denied), which no message is to blame for: dead-lettering every message would
-// empty the queue into the dead-letter queue. They are retried, and the redrive policy
-// catches what never recovers.
+impl From<FinishError> for Failure {
+    fn from(e: FinishError) -> Self {
+        Failure::of(e.class(), e.reason(), e.to_string(), e.retry_after())
+    }
+}
+
+// Our own queue and table calls fail permanently only when something is wrong that no message
+// is to blame for (an invalid request of ours): they are retried, and the redrive policy
+// catches what never recovers. Errors of the deployment keep their class.
 impl From<QueueError> for Failure {
     fn from(e: QueueError) -> Self {
-        Failure::transient(e.to_string())
+        match e.class() {
+            ErrorClass::Deployment(cause) => Failure::Deployment {
+                cause,
+                error: e.to_string(),
+                retry_after: None,
+            },
+            _ => Failure::transient(e.to_string()),
+        }
     }
 }
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        Failure::transient(e.to_string())
+        match e.class() {
+            ErrorClass::Deployment(cause) => Failure::Deployment {
+                cause,
+                error: e.to_string(),
+                retry_after: None,
+            },
+            _ => Failure::transient(e.to_string()),
+        }
     }
 }
 
-/// The visibility to give a message after a transient failure, in seconds: doubling with each
-/// receive from `bounds.min_seconds`, capped, with equal jitter (half fixed, half random) so a
-/// shared outage does not bring every message back at once; never sooner than `retry_after`.
+/// The back-off after a failure, in seconds: doubling with each try (`attempt` 1 is the first)
+/// from `bounds.min_seconds`, capped, with equal jitter (half fixed, half random) so a shared
+/// outage does not bring every message back at once; never sooner than `retry_after`.
 pub fn retry_visibility(
     bounds: RetryBounds,
-    receive_count: u32,
+    attempt: u32,
     retry_after: Option<Duration>,
     rng: &mut impl Rng,
 ) -> u32 {
-    let doublings = i32::try_from(receive_count.saturating_sub(1).min(30)).unwrap_or(30);
+    let doublings = i32::try_from(attempt.saturating_sub(1).min(30)).unwrap_or(30);
     let base = (f64::from(bounds.min_seconds) * 2f64.powi(doublings))
         .min(f64::from(bounds.max_seconds.max(bounds.min_seconds)));
     let jittered = base * rng.random_range(0.5..=1.0);
     let asked = retry_after.map_or(0.0, |d| d.as_secs_f64().ceil());
-    // Within 0..=43200 here, so the conversion cannot truncate.
-    jittered
+    let seconds = jittered
         .round()
         .max(asked)
-        .min(MAX_VISIBILITY_SECONDS as f64) as u32
+        .min(MAX_VISIBILITY_SECONDS as f64);
+    // Within 0..=43200 after the clamp: the conversion cannot truncate.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let seconds = seconds as u32;
+    seconds
 }
 
 #[cfg(test)]
@@ -104,7 +139,7 @@ mod tests {
     };
 
     #[test]
-    fn grows_with_the_receive_count_within_jitter_and_cap() {
+    fn grows_with_the_attempt_within_jitter_and_cap() {
         for seed in 0..100 {
             let mut rng = StdRng::seed_from_u64(seed);
             for (count, lo, hi) in [
@@ -152,44 +187,48 @@ mod tests {
         );
     }
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("boom")]
-    struct E(bool);
-
-    impl ServiceError for E {
-        fn is_transient(&self) -> bool {
-            self.0
-        }
-        fn reason(&self) -> &'static str {
-            "openai_batch_not_found"
-        }
-        fn retry_after(&self) -> Option<Duration> {
-            Some(Duration::from_secs(3))
-        }
-    }
-
     #[test]
-    fn service_errors_keep_their_classification() {
-        assert_eq!(
-            Failure::from_service(&E(true)),
-            Failure::Transient {
-                error: "boom".into(),
-                retry_after: Some(Duration::from_secs(3))
-            }
-        );
-        let permanent = Failure::from_service(&E(false));
-        assert_eq!(permanent.class(), "permanent");
+    fn errors_keep_their_class() {
+        let unknown = Failure::from(FinishError::BatchUnknown("b".into()));
         assert!(matches!(
-            permanent,
+            unknown,
             Failure::Permanent {
-                reason: "openai_batch_not_found",
+                reason: "batch_unknown",
                 ..
             }
         ));
+        let stopped = Failure::from(FinishError::Stopped {
+            writes: 3,
+            why: "lease lost",
+        });
+        assert_eq!(stopped.class(), "transient");
         let q = QueueError::Permanent {
             op: "SendMessage",
-            message: "no such queue".into(),
+            message: "bad request".into(),
         };
         assert_eq!(Failure::from(q).class(), "transient");
+        let missing = QueueError::Deployment {
+            op: "SendMessage",
+            cause: DeploymentCause::AwsMissingResource,
+            message: "no such queue".into(),
+        };
+        assert!(matches!(
+            Failure::from(missing),
+            Failure::Deployment {
+                cause: DeploymentCause::AwsMissingResource,
+                ..
+            }
+        ));
+        let denied = StoreError::Deployment {
+            op: "GetItem",
+            cause: DeploymentCause::AwsAccess,
+            message: "AccessDeniedException".into(),
+        };
+        assert_eq!(Failure::from(denied).class(), "deployment");
+        let decode = StoreError::Transient {
+            op: "Query",
+            message: "timeout".into(),
+        };
+        assert_eq!(Failure::from(decode).class(), "transient");
     }
 }

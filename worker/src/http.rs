@@ -57,9 +57,14 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.health.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
+    if state.health.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !state.health.is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "error of the deployment seen recently (key, permissions, table or queue); see fleet_deployment_errors_total\n",
+        )
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }

@@ -56,14 +56,8 @@ async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<Exi
     let service = worker::service::build_services(&settings, store.clone())?;
     match command {
         Some(Command::ApplyBatch { batch_id, json }) => {
-            let outcome = worker::apply_batch::apply_batch(
-                &settings,
-                &clients.sqs,
-                &store,
-                &service,
-                &batch_id,
-            )
-            .await?;
+            let outcome =
+                worker::apply_batch::apply_batch(&settings, &store, &service, &batch_id).await?;
             let text = if json {
                 format!("{:#}\n", outcome.to_json(&batch_id))
             } else {

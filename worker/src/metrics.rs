@@ -25,6 +25,8 @@ pub const RECEIVE_ERRORS: &str = "fleet_receive_errors_total";
 pub const HEARTBEAT_ERRORS: &str = "fleet_heartbeat_errors_total";
 pub const LEASES_LOST: &str = "fleet_leases_lost_total";
 pub const BATCHES_CANCELLED: &str = "fleet_batches_cancelled_total";
+pub const DEPLOYMENT_ERRORS: &str = "fleet_deployment_errors_total";
+pub const SUPERSEDED: &str = "fleet_superseded_messages_total";
 
 /// Message handling: most take well under a second (one check), applies take seconds to
 /// minutes, and the deadline defaults to 300 s.
@@ -113,7 +115,15 @@ fn describe() {
     );
     describe_counter!(
         LEASES_LOST,
-        "Applies stopped because their lease was taken over."
+        "Applies stopped because their lease was taken over or not renewed in time."
+    );
+    describe_counter!(
+        DEPLOYMENT_ERRORS,
+        "Errors of the deployment (rejected key, access denied, missing table or queue, billing), by cause; they never dead-letter a batch."
+    );
+    describe_counter!(
+        SUPERSEDED,
+        "Stale copies of a batch's chain of messages, deleted without work."
     );
     describe_counter!(
         BATCHES_CANCELLED,

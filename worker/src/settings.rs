@@ -58,6 +58,12 @@ pub struct Settings {
     pub message_deadline: Duration,
     pub stuck_validating: Duration,
     pub shutdown_grace: Duration,
+    /// Finished batches applied at once by this process (status checks are bounded by
+    /// `max_in_flight` alone): applies hold files on disk and memory, checks hold nothing.
+    pub max_concurrent_applies: usize,
+    /// How long `/readyz` answers 503 after an error of the deployment (a rejected key, access
+    /// denied, a missing table or queue).
+    pub unready_after_deployment_error: Duration,
     pub exit_when_idle: bool,
     /// The pod name plus a random suffix: a restarted pod keeps its name, and its leases must
     /// not be mistaken for the ones its previous incarnation held.
@@ -139,6 +145,11 @@ impl Settings {
         let deadline = l.number_in("MESSAGE_DEADLINE_SECONDS", 300, 1, 86_400);
         let stuck = l.number_in("STUCK_VALIDATING_SECONDS", 300, 1, 30 * 86_400);
         let grace = l.number_in("SHUTDOWN_GRACE_SECONDS", 25, 0, 3_600);
+        // More applies than messages in flight cannot happen; no need to refuse the value.
+        let applies = l
+            .number_in("MAX_CONCURRENT_APPLIES", 2, 1, 64)
+            .min(max_in_flight);
+        let unready = l.number_in("DEPLOYMENT_UNREADY_SECONDS", 60, 1, 86_400);
         let host = l
             .optional("HOSTNAME")
             .filter(|h| {
@@ -168,6 +179,8 @@ impl Settings {
             message_deadline: Duration::from_secs(deadline),
             stuck_validating: Duration::from_secs(stuck),
             shutdown_grace: Duration::from_secs(grace),
+            max_concurrent_applies: to_usize(applies),
+            unready_after_deployment_error: Duration::from_secs(unready),
             exit_when_idle,
             worker_id: format!("{host}-{:06x}", suffix & 0x00ff_ffff),
         })
@@ -176,6 +189,14 @@ impl Settings {
     /// The lease length: the visibility timeout, so a lease and its message expire together.
     pub fn lease_ttl_ms(&self) -> i64 {
         i64::from(self.visibility_timeout_seconds) * 1000
+    }
+
+    /// How the apply lease is held: its length, renewed every heartbeat on a task of its own.
+    pub fn lease_terms(&self) -> crate::lease::LeaseTerms {
+        crate::lease::LeaseTerms::new(
+            Duration::from_secs(u64::from(self.visibility_timeout_seconds)),
+            self.heartbeat,
+        )
     }
 
     /// Logs the startup banner: version and every non-secret setting.
@@ -203,6 +224,8 @@ impl Settings {
             message_deadline_seconds = self.message_deadline.as_secs(),
             stuck_validating_seconds = self.stuck_validating.as_secs(),
             shutdown_grace_seconds = self.shutdown_grace.as_secs(),
+            max_concurrent_applies = self.max_concurrent_applies,
+            deployment_unready_seconds = self.unready_after_deployment_error.as_secs(),
             exit_when_idle = self.exit_when_idle,
             log_format = ?self.common.log_format,
             "worker starting"
@@ -272,6 +295,8 @@ mod tests {
         assert!((s.pinecone.updates_per_second - 90.0).abs() < f64::EPSILON);
         assert_eq!(s.metrics_addr, "0.0.0.0:9090".parse().unwrap());
         assert_eq!(s.max_in_flight, 16);
+        assert_eq!(s.max_concurrent_applies, 2);
+        assert_eq!(s.unready_after_deployment_error, Duration::from_secs(60));
         assert_eq!(s.visibility_timeout_seconds, 120);
         assert_eq!(s.heartbeat, Duration::from_secs(40));
         assert_eq!(
@@ -349,6 +374,14 @@ mod tests {
             (
                 &[("MAX_IN_FLIGHT", "-1")],
                 "MAX_IN_FLIGHT=\"-1\" is not a whole number",
+            ),
+            (
+                &[("MAX_CONCURRENT_APPLIES", "0")],
+                "MAX_CONCURRENT_APPLIES=0 is out of range (1..=64)",
+            ),
+            (
+                &[("DEPLOYMENT_UNREADY_SECONDS", "soon")],
+                "DEPLOYMENT_UNREADY_SECONDS=\"soon\" is not a whole number",
             ),
             (
                 &[("LOG_FORMAT", "xml")],

@@ -101,11 +101,7 @@ impl World {
         .expect("valid test settings")
     }
 
-    fn deps(
-        &self,
-        settings: &Settings,
-        sqs: aws_sdk_sqs::Client,
-    ) -> Deps<fleet_shared::finish::Services> {
+    fn deps(&self, settings: &Settings, sqs: aws_sdk_sqs::Client) -> Deps {
         Deps {
             sqs,
             store: self.env.store.clone(),

@@ -1,0 +1,453 @@
+//! Holding a batch's apply lease: one applier per batch (fleet-design.md).
+//!
+//! - The owner is a fresh random token per handling, so two deliveries of one message to one
+//!   worker cannot both hold the lease.
+//! - Renewals run on a task of their own, every `renew_every`, never behind an SQS call.
+//! - The holder stops on its own once its last successful renewal is older than the lease
+//!   length less a margin, whether or not a renewal failed loudly: the work is dropped, and the
+//!   [`Fence`] it runs behind refuses every further call (a process frozen past its lease and
+//!   thawed cannot land one more write, whichever task the runtime polls first).
+//! - A renewal answered "not yours" stops the work at once.
+
+use std::future::Future;
+use std::time::Duration;
+
+use fleet_shared::fence::Fence;
+use fleet_shared::store::{LeaseOutcome, Store, StoreError};
+use tokio::time::{Instant, MissedTickBehavior, interval_at};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
+
+use crate::clock;
+use crate::metrics as m;
+
+/// What keeps leases: the store in production, a scripted fake under paused time in tests.
+pub trait LeaseBackend: Clone + Send + Sync + 'static {
+    fn acquire(
+        &self,
+        batch_id: &str,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<LeaseOutcome, StoreError>> + Send;
+    /// `Ok(false)`: the lease is no longer ours.
+    fn renew(
+        &self,
+        batch_id: &str,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn release(
+        &self,
+        batch_id: &str,
+        owner: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+impl LeaseBackend for Store {
+    async fn acquire(
+        &self,
+        batch_id: &str,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> Result<LeaseOutcome, StoreError> {
+        self.acquire_lease(batch_id, owner, ttl_ms, clock::now_ms())
+            .await
+    }
+    async fn renew(&self, batch_id: &str, owner: &str, ttl_ms: i64) -> Result<bool, StoreError> {
+        self.renew_lease(batch_id, owner, ttl_ms, clock::now_ms())
+            .await
+    }
+    async fn release(&self, batch_id: &str, owner: &str) -> Result<bool, StoreError> {
+        self.release_lease(batch_id, owner).await
+    }
+}
+
+/// How a lease is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTerms {
+    /// The lease's length from each acquire or renewal.
+    pub ttl: Duration,
+    pub renew_every: Duration,
+    /// The holder stops this long before the lease could run out: room for a write already
+    /// on its way and for clocks that disagree a little.
+    pub margin: Duration,
+}
+
+impl LeaseTerms {
+    /// A quarter of the lease as margin: with renewals every third of it, one failed renewal
+    /// is survived, two are not.
+    pub fn new(ttl: Duration, renew_every: Duration) -> Self {
+        LeaseTerms {
+            ttl,
+            renew_every,
+            margin: ttl / 4,
+        }
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// How long the holder may act after a renewal sent at some instant.
+    fn usable(&self) -> Duration {
+        self.ttl.saturating_sub(self.margin)
+    }
+}
+
+/// What the work gets: who holds the lease, and a token cancelled when it is lost.
+#[derive(Debug, Clone)]
+pub struct LeaseHold {
+    pub owner: String,
+    pub stop: CancellationToken,
+}
+
+/// How holding the lease ended.
+#[derive(Debug)]
+pub enum Leased<T> {
+    /// Someone else holds it.
+    Busy { owner: String, expires_at_ms: i64 },
+    /// The work ran to its end while the lease was ours.
+    Done(T),
+    /// The lease was lost or could not be renewed in time: the work was dropped.
+    Stopped { why: &'static str },
+}
+
+/// Takes the batch's lease under a fresh owner token, runs `work` while it is held, and
+/// releases it. Errors are the acquire's only.
+pub async fn with_lease<B, F, Fut, T>(
+    backend: &B,
+    batch_id: &str,
+    terms: LeaseTerms,
+    work: F,
+) -> Result<Leased<T>, StoreError>
+where
+    B: LeaseBackend,
+    F: FnOnce(LeaseHold) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let owner = fleet_shared::message::new_chain_token();
+    let asked_at = Instant::now();
+    match backend.acquire(batch_id, &owner, terms.ttl_ms()).await? {
+        LeaseOutcome::Acquired { .. } => {}
+        LeaseOutcome::HeldBy {
+            owner,
+            expires_at_ms,
+        } => {
+            return Ok(Leased::Busy {
+                owner,
+                expires_at_ms,
+            });
+        }
+    }
+    let mut guard = ReleaseGuard {
+        backend: backend.clone(),
+        batch_id: batch_id.to_owned(),
+        owner: owner.clone(),
+        armed: true,
+    };
+    let fence = Fence::new(terms.usable().saturating_sub(asked_at.elapsed()));
+    let lost = CancellationToken::new();
+    let keeper = AbortOnDropHandle::new(tokio::spawn(
+        keep(
+            backend.clone(),
+            batch_id.to_owned(),
+            owner.clone(),
+            terms,
+            fence.clone(),
+            lost.clone(),
+        )
+        .instrument(tracing::Span::current()),
+    ));
+    let hold = LeaseHold {
+        owner: owner.clone(),
+        stop: lost.clone(),
+    };
+    let outcome = tokio::select! {
+        biased;
+        () = lost.cancelled() => Leased::Stopped { why: "lease taken over" },
+        () = fence.closed() => Leased::Stopped { why: "lease not renewed in time" },
+        done = fence.scope(work(hold)) => {
+            // Work that ended because its calls hit the closed fence did not finish.
+            if fence.is_open() { Leased::Done(done) } else { Leased::Stopped { why: "lease not renewed in time" } }
+        }
+    };
+    drop(keeper);
+    if let Leased::Stopped { why } = &outcome {
+        lost.cancel();
+        metrics::counter!(m::LEASES_LOST).increment(1);
+        tracing::warn!(
+            why,
+            "apply stopped: the lease may belong to another worker now"
+        );
+    }
+    guard.armed = false;
+    release(backend, batch_id, &owner).await;
+    Ok(outcome)
+}
+
+async fn release<B: LeaseBackend>(backend: &B, batch_id: &str, owner: &str) {
+    match backend.release(batch_id, owner).await {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("lease was no longer ours at release"),
+        // It runs out by itself within one lease length.
+        Err(e) => tracing::warn!(error = %e, "could not release the lease"),
+    }
+}
+
+/// Releases the lease when the holding is dropped half-way (the message deadline, shutdown),
+/// so the next worker need not wait for it to run out.
+struct ReleaseGuard<B: LeaseBackend> {
+    backend: B,
+    batch_id: String,
+    owner: String,
+    armed: bool,
+}
+
+impl<B: LeaseBackend> Drop for ReleaseGuard<B> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (backend, batch_id, owner) = (
+            self.backend.clone(),
+            std::mem::take(&mut self.batch_id),
+            std::mem::take(&mut self.owner),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(
+                async move { release(&backend, &batch_id, &owner).await }
+                    .instrument(tracing::Span::current()),
+            );
+        }
+    }
+}
+
+/// Renews the lease every `renew_every`, each renewal bounded by the same period; moves the
+/// fence forward from the instant each successful renewal was sent.
+async fn keep<B: LeaseBackend>(
+    backend: B,
+    batch_id: String,
+    owner: String,
+    terms: LeaseTerms,
+    fence: Fence,
+    lost: CancellationToken,
+) {
+    let mut ticker = interval_at(Instant::now() + terms.renew_every, terms.renew_every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let sent_at = Instant::now();
+        let renewal = tokio::time::timeout(
+            terms.renew_every,
+            backend.renew(&batch_id, &owner, terms.ttl_ms()),
+        )
+        .await;
+        match renewal {
+            Ok(Ok(true)) => {
+                fence.extend_to(sent_at + terms.usable());
+                tracing::debug!(%batch_id, "lease renewed");
+            }
+            Ok(Ok(false)) => {
+                fence.close();
+                lost.cancel();
+                return;
+            }
+            Ok(Err(e)) => {
+                metrics::counter!(m::HEARTBEAT_ERRORS, "kind" => "lease").increment(1);
+                tracing::warn!(error = %e, "could not renew the lease; trying again at the next beat");
+            }
+            Err(_elapsed) => {
+                metrics::counter!(m::HEARTBEAT_ERRORS, "kind" => "lease").increment(1);
+                tracing::warn!("lease renewal timed out; trying again at the next beat");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Acquires always; renewals answer from a script (then `Ok(true)`), each after `delay`.
+    #[derive(Clone, Default)]
+    struct Fake {
+        renewals: Arc<Mutex<Vec<Result<bool, ()>>>>,
+        renew_delay: Duration,
+        busy: bool,
+        calls: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl LeaseBackend for Fake {
+        async fn acquire(&self, _: &str, _: &str, ttl_ms: i64) -> Result<LeaseOutcome, StoreError> {
+            self.calls.lock().unwrap().push("acquire");
+            Ok(if self.busy {
+                LeaseOutcome::HeldBy {
+                    owner: "other".into(),
+                    expires_at_ms: ttl_ms,
+                }
+            } else {
+                LeaseOutcome::Acquired {
+                    expires_at_ms: ttl_ms,
+                }
+            })
+        }
+        async fn renew(&self, _: &str, _: &str, _: i64) -> Result<bool, StoreError> {
+            tokio::time::sleep(self.renew_delay).await;
+            self.calls.lock().unwrap().push("renew");
+            let next = {
+                let mut script = self.renewals.lock().unwrap();
+                if script.is_empty() {
+                    Ok(true)
+                } else {
+                    script.remove(0)
+                }
+            };
+            next.map_err(|()| StoreError::Transient {
+                op: "UpdateItem",
+                message: "throttled".into(),
+            })
+        }
+        async fn release(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+            self.calls.lock().unwrap().push("release");
+            Ok(true)
+        }
+    }
+
+    const TERMS: LeaseTerms = LeaseTerms {
+        ttl: Duration::from_secs(120),
+        renew_every: Duration::from_secs(40),
+        margin: Duration::from_secs(30),
+    };
+
+    /// Work that "writes" (a fenced call) every second for `seconds`, recording when.
+    async fn writer(seconds: u64, writes: Arc<Mutex<Vec<u64>>>) -> usize {
+        let start = Instant::now();
+        for _ in 0..seconds {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if fleet_shared::fence::check().is_ok() {
+                writes.lock().unwrap().push(start.elapsed().as_secs());
+            }
+        }
+        writes.lock().unwrap().len()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewed_lease_lets_long_work_finish_and_is_released() {
+        let fake = Fake::default();
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let out = with_lease(&fake, "b", TERMS, |_| writer(600, writes.clone()))
+            .await
+            .unwrap();
+        assert!(matches!(out, Leased::Done(600)), "{out:?}");
+        let calls = fake.calls.lock().unwrap().clone();
+        assert_eq!(calls.first(), Some(&"acquire"));
+        assert_eq!(calls.last(), Some(&"release"));
+        // At 40, 80, …, 560 s; the work ends at 600 s.
+        assert_eq!(calls.iter().filter(|c| **c == "renew").count(), 14);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_renewals_stop_the_holder_before_its_lease_could_pass_on() {
+        // The first renewal succeeds (at 40 s), every later one fails.
+        let fake = Fake {
+            renewals: Arc::new(Mutex::new(vec![
+                Ok(true),
+                Err(()),
+                Err(()),
+                Err(()),
+                Err(()),
+            ])),
+            ..Fake::default()
+        };
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let out = with_lease(&fake, "b", TERMS, |_| writer(600, writes.clone()))
+            .await
+            .unwrap();
+        assert!(matches!(out, Leased::Stopped { .. }), "{out:?}");
+        // Last success sent at 40 s: usable until 40 + 120 - 30 = 130 s; the lease itself
+        // (renewed at 40 s) runs until 160 s, when another worker may take it.
+        assert_eq!(started.elapsed().as_secs(), 130);
+        let last_write = *writes.lock().unwrap().last().unwrap();
+        assert!(last_write < 130, "wrote at {last_write}");
+        assert!(last_write < 160 - 1, "before the lease could pass on");
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert_eq!(
+            writes.lock().unwrap().last(),
+            Some(&last_write),
+            "nothing after the stop"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_hangs_counts_as_failed() {
+        let fake = Fake {
+            renew_delay: Duration::from_secs(3600),
+            ..Fake::default()
+        };
+        let started = Instant::now();
+        let out = with_lease(&fake, "b", TERMS, |_| writer(600, Arc::default()))
+            .await
+            .unwrap();
+        assert!(matches!(out, Leased::Stopped { .. }), "{out:?}");
+        assert_eq!(started.elapsed().as_secs(), 90, "no renewal ever succeeded");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_taken_over_stops_at_once_and_cancels_the_stop_token() {
+        let fake = Fake {
+            renewals: Arc::new(Mutex::new(vec![Ok(true), Ok(false)])),
+            ..Fake::default()
+        };
+        let started = Instant::now();
+        let token = Arc::new(Mutex::new(None));
+        let seen = token.clone();
+        let out = with_lease(&fake, "b", TERMS, |hold| {
+            *seen.lock().unwrap() = Some(hold.stop.clone());
+            writer(600, Arc::default())
+        })
+        .await
+        .unwrap();
+        assert!(
+            matches!(
+                out,
+                Leased::Stopped {
+                    why: "lease taken over"
+                }
+            ),
+            "{out:?}"
+        );
+        assert_eq!(started.elapsed().as_secs(), 80);
+        assert!(token.lock().unwrap().as_ref().unwrap().is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holding_dropped_half_way_releases_its_lease() {
+        let fake = Fake::default();
+        let holding = with_lease(&fake, "b", TERMS, |_| writer(600, Arc::default()));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), holding)
+                .await
+                .is_err()
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(*fake.calls.lock().unwrap(), ["acquire", "release"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_lease_runs_nothing() {
+        let fake = Fake {
+            busy: true,
+            ..Fake::default()
+        };
+        let out = with_lease(&fake, "b", TERMS, |_| async { panic!("must not run") })
+            .await
+            .unwrap();
+        assert!(matches!(out, Leased::Busy { .. }));
+        assert_eq!(*fake.calls.lock().unwrap(), ["acquire"]);
+    }
+}
