@@ -1,8 +1,8 @@
 //! The SQS side of one received message: delete, visibility, the follow-up that replaces it,
-//! and the dead-letter queue. "Delete only after success" lives here: every way out that
-//! finishes the message sends what replaces it first (a follow-up, a dead-letter copy) and
-//! deletes the received copy last, so a crash in between leaves a duplicate (which the chain
-//! token kills) and never a lost batch.
+//! and the dead-letter queue. "Delete only after success": every way out that finishes the
+//! message sends what replaces it first (a follow-up, a dead-letter copy) and deletes the
+//! received copy last, so a crash in between leaves a duplicate (which the chain token kills)
+//! and never a lost batch.
 
 use std::sync::{Arc, OnceLock};
 
@@ -94,8 +94,9 @@ impl Delivery {
         }
     }
 
-    /// Sends `next` with `delay_seconds`, then deletes the received copy.
-    pub async fn replace(&self, next: &BatchMessage, delay_seconds: u32) -> Result<(), QueueError> {
+    /// Sends `next` to the work queue after `delay_seconds` (the received copy stays until
+    /// [`Delivery::delete`]).
+    pub async fn send(&self, next: &BatchMessage, delay_seconds: u32) -> Result<(), QueueError> {
         queue::send_one(
             &self.sqs,
             &self.queue_url,
@@ -104,7 +105,6 @@ impl Delivery {
             &[],
         )
         .await?;
-        self.delete().await;
         Ok(())
     }
 

@@ -15,20 +15,23 @@ use rand::Rng;
 use crate::settings::{MAX_VISIBILITY_SECONDS, RetryBounds};
 
 /// Why handling a message stopped short.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
     /// Worth another try later, no sooner than `retry_after` when the remote side said so.
+    #[error("{error}")]
     Transient {
         error: String,
         retry_after: Option<Duration>,
     },
     /// The deployment is wrong (key, permissions, a missing resource): never the batch's fault.
+    #[error("{error} ({})", cause.as_str())]
     Deployment {
         cause: DeploymentCause,
         error: String,
         retry_after: Option<Duration>,
     },
     /// Retrying cannot help: dead-letter with this bounded reason.
+    #[error("{error} ({reason})")]
     Permanent { reason: &'static str, error: String },
 }
 

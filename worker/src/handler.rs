@@ -194,11 +194,16 @@ async fn defer(
     let next = BatchMessage {
         deferrals,
         not_before: delay::not_before_text(schedule.not_before),
-        chain: delivery.chain().or_else(|| parsed.chain.clone()),
         ..parsed.clone()
     };
-    match delivery.replace(&next, schedule.delay_seconds).await {
-        Ok(()) => tracing::warn!(
+    if delivery.chain().is_none() {
+        // Failed before the chain was joined (our own table refused): keep the message's link.
+        if let Some(token) = &parsed.chain {
+            delivery.continue_chain(token.clone());
+        }
+    }
+    match crate::process::pass_on(ctx, delivery, next, schedule.delay_seconds, wait).await {
+        Ok(_) => tracing::warn!(
             cause,
             error,
             deferrals,

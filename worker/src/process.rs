@@ -1,5 +1,5 @@
-//! What a message asks for, in order: belong to the batch's live chain, wait out a long hop,
-//! find the batch still pending, check it at OpenAI, then either schedule the next check or
+//! What a message asks for, in order: find the batch still pending, belong to its live chain,
+//! wait out a long hop, check it at OpenAI, then either schedule the next check or
 //! apply the finished batch under its lease. Each step returns the outcome or a classified
 //! [`Failure`]; the handler decides what a failure does to the message.
 
@@ -35,6 +35,13 @@ pub async fn process(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Fail
     if let Some(id) = &parsed.openai_batch_id {
         span.record("openai_batch_id", id.as_str());
     }
+    let summary = ctx.services.load_summary(&parsed.batch_id).await?;
+    span.record("openai_batch_id", summary.openai_batch_id.as_str());
+    if summary.status != BatchStatus::Pending {
+        tracing::info!(status = %summary.status, "batch already finished");
+        delivery.delete().await;
+        return Ok(Outcome::AlreadyDone);
+    }
     if !join_chain(ctx, delivery, &parsed).await? {
         metrics::counter!(m::SUPERSEDED).increment(1);
         tracing::info!("a stale copy of the batch's chain; deleted without work");
@@ -44,14 +51,6 @@ pub async fn process(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Fail
     let now = clock::now_secs();
     if let Some(outcome) = hop(ctx, delivery, &parsed, now).await? {
         return Ok(outcome);
-    }
-
-    let summary = ctx.services.load_summary(&parsed.batch_id).await?;
-    span.record("openai_batch_id", summary.openai_batch_id.as_str());
-    if summary.status != BatchStatus::Pending {
-        tracing::info!(status = %summary.status, "batch already finished");
-        delivery.delete().await;
-        return Ok(Outcome::AlreadyDone);
     }
 
     let mut batch = ctx.services.check(&summary).await?;
@@ -118,7 +117,8 @@ async fn join_chain(
 }
 
 /// A wait longer than SQS's longest delay hops through several messages; a `not_before`
-/// further ahead than `RECHECK_MAX_SECONDS` (nothing the fleet writes) is clamped to it.
+/// further ahead than the longest wait the fleet schedules (`RECHECK_MAX_SECONDS`, or
+/// `RETRY_MAX_SECONDS` for a deferral) is clamped to it.
 async fn hop(
     ctx: &Context,
     delivery: &Delivery,
@@ -132,19 +132,23 @@ async fn hop(
         tracing::warn!(not_before, "unreadable not_before; checking now");
         return Ok(None);
     };
-    let latest = now.saturating_add(i64::from(ctx.settings.recheck.max_seconds));
+    let longest = ctx.settings.recheck.max_seconds.max(ctx.settings.retry.max_seconds);
+    let latest = now.saturating_add(i64::from(longest));
     let due = due.timestamp().min(latest);
     let Some(hop) = remaining_hop(now, due) else {
         return Ok(None);
     };
     let next = BatchMessage {
         not_before: delay::not_before_text(Some(due)),
-        chain: delivery.chain(),
         ..parsed.clone()
     };
-    delivery.replace(&next, hop).await?;
-    tracing::info!(delay_seconds = hop, not_before, "long wait: next hop sent");
-    Ok(Some(Outcome::Rechecked))
+    let wait = u32::try_from(due.saturating_sub(now)).unwrap_or(u32::MAX);
+    Ok(Some(if pass_on(ctx, delivery, next, hop, wait).await? {
+        tracing::info!(delay_seconds = hop, not_before, "long wait: next hop sent");
+        Outcome::Rechecked
+    } else {
+        Outcome::Superseded
+    }))
 }
 
 /// One `fleet_batch_checks_total{status}` per answer; an unknown status is also a warning.
@@ -183,19 +187,21 @@ async fn schedule_next_check(
         not_before: delay::not_before_text(schedule.not_before),
         ..follow_up(delivery, parsed, summary)
     };
-    delivery.replace(&next, schedule.delay_seconds).await?;
-    mark_scheduled(ctx, &summary.batch_id, wait).await;
+    let checks = next.checks;
+    if !pass_on(ctx, delivery, next, schedule.delay_seconds, wait).await? {
+        return Ok(Outcome::Superseded);
+    }
     tracing::info!(
         status = %batch.status,
         delay_seconds = wait,
-        checks = next.checks,
+        checks,
         "next check scheduled"
     );
     Ok(Outcome::Rechecked)
 }
 
-/// The fields a follow-up message keeps: the batch, its chain, the first enqueue time, the
-/// replays. A successful check ends a run of deferrals.
+/// The fields a follow-up message keeps: the batch, the first enqueue time, the replays (its
+/// chain token is [`pass_on`]'s). A successful check ends a run of deferrals.
 pub fn follow_up(
     delivery: &Delivery,
     parsed: &BatchMessage,
@@ -208,22 +214,44 @@ pub fn follow_up(
             .clone()
             .or_else(|| Some(delivery.msg.first_seen())),
         not_before: None,
-        chain: delivery.chain().or_else(|| parsed.chain.clone()),
         deferrals: 0,
         ..parsed.clone()
     }
 }
 
-/// Keeps the producer's "scheduled until" marker ahead of our own follow-up message (its
-/// delay plus the time it may spend in flight), so a producer tick does not start another
-/// chain. Advisory: a failure costs at most a superseded duplicate.
-async fn mark_scheduled(ctx: &Context, batch_id: &str, wait_seconds: u32) {
+/// Passes the batch's chain on: sends `next` under a fresh token after `delay_seconds`, moves
+/// the chain from this copy's token to it (conditionally: of several copies of one link, one
+/// wins), moves the producer's marker past the wait, then deletes the received copy. `false`
+/// when another copy had already passed the chain on: ours is then a stale link (its follow-up
+/// dies at its first receive). Sending first means a crash at any point leaves either the old
+/// link current (the received copy comes back) or the new one sent: never no link at all.
+pub async fn pass_on(
+    ctx: &Context,
+    delivery: &Delivery,
+    next: BatchMessage,
+    delay_seconds: u32,
+    wait_seconds: u32,
+) -> Result<bool, Failure> {
+    let token = new_chain_token();
+    let next = BatchMessage {
+        chain: Some(token.clone()),
+        ..next
+    };
+    delivery.send(&next, delay_seconds).await?;
     let now_ms = clock::now_ms();
     let until_ms = now_ms
         + (i64::from(wait_seconds) + i64::from(ctx.settings.visibility_timeout_seconds)) * 1000;
-    if let Err(e) = ctx.store.set_schedule(batch_id, until_ms, now_ms).await {
-        tracing::warn!(error = %e, "could not update the schedule marker");
+    let mine = delivery.chain().unwrap_or_default();
+    let advanced = ctx
+        .store
+        .advance_chain(&next.batch_id, &mine, &token, until_ms, now_ms)
+        .await?;
+    delivery.delete().await;
+    if !advanced {
+        metrics::counter!(m::SUPERSEDED).increment(1);
+        tracing::info!("another copy of this link passed the chain on first; this copy ends here");
     }
+    Ok(advanced)
 }
 
 /// Waits for one of the process's apply slots. Waiting is not a hang: it counts as progress.
@@ -280,9 +308,10 @@ async fn apply_finished(
                 checks: parsed.checks.saturating_add(1),
                 ..follow_up(delivery, parsed, summary)
             };
-            delivery.replace(&next, wait).await?;
-            mark_scheduled(ctx, batch_id, wait).await;
             metrics::counter!(m::LEASE_CONFLICTS).increment(1);
+            if !pass_on(ctx, delivery, next, wait, wait).await? {
+                return Ok(Outcome::Superseded);
+            }
             tracing::info!(holder = %owner, delay_seconds = wait, "lease held by another worker; re-checking after it expires");
             Ok(Outcome::LeaseBusy)
         }

@@ -255,6 +255,36 @@ impl Store {
         Ok(())
     }
 
+    /// Moves the batch's chain from `from` to `to` (the token of the follow-up just sent) and
+    /// its marker to `until_ms`, only if `from` is still current: of several copies of one link,
+    /// exactly one passes the chain on; `false` for the others (their follow-ups are stale).
+    pub async fn advance_chain(
+        &self,
+        batch_id: &str,
+        from: &str,
+        to: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .fleet_update(batch_id)
+            .update_expression(
+                "SET #type = :type, chain = :to, scheduled_until = :until, time_to_live = :ttl",
+            )
+            .condition_expression("chain = :from OR attribute_not_exists(chain)")
+            .expression_attribute_values(":from", AttributeValue::S(from.to_owned()))
+            .expression_attribute_values(":to", AttributeValue::S(to.to_owned()))
+            .expression_attribute_values(":until", num(until_ms))
+            .expression_attribute_values(":ttl", num(ttl(now_ms)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if conditional_failure_item(&e).is_some() => Ok(false),
+            Err(e) => Err(classify("UpdateItem", e)),
+        }
+    }
+
     /// Records that a worker dead-lettered the batch (the producer then leaves it alone).
     pub async fn mark_dead_lettered(
         &self,
@@ -377,23 +407,6 @@ impl Store {
             Err(e) if conditional_failure_item(&e).is_some() => Ok(false),
             Err(e) => Err(classify("UpdateItem", e)),
         }
-    }
-
-    /// The worker keeps the marker current when it schedules the next check itself.
-    pub async fn set_schedule(
-        &self,
-        batch_id: &str,
-        until_ms: i64,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.fleet_update(batch_id)
-            .update_expression("SET #type = :type, scheduled_until = :until, time_to_live = :ttl")
-            .expression_attribute_values(":until", num(until_ms))
-            .expression_attribute_values(":ttl", num(ttl(now_ms)))
-            .send()
-            .await
-            .map_err(|e| classify("UpdateItem", e))?;
-        Ok(())
     }
 
     async fn fleet_state_item(&self, batch_id: &str) -> Result<Option<Item>, StoreError> {
