@@ -695,6 +695,8 @@ async fn replay_prints_what_moved() {
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["dry_run"], true);
     assert_eq!(v["moved"].as_array().unwrap().len(), 4);
+    assert_eq!(v["marks_cleared"], 0);
+    assert_eq!(v["moved"][0]["mark_cleared"], false);
 }
 
 #[tokio::test]
