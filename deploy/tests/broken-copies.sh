@@ -132,5 +132,17 @@ replace "$copy/cloudformation/fleet.yaml" \
 expect_rejected iam-action-misspelt "cfn-lint,crosscheck,checkov" "cfn-lint crosscheck" \
   '[Rr]ecieve[Mm]essage|W3037' "$copy"
 
+# 5. The alert on errors of the deployment names a metric no binary exports.
+copy=$(fresh_copy deployment-alert-metric-misspelt)
+replace "$copy/k8s/base/prometheusrule.yaml" 'increase(fleet_deployment_errors_total[5m])' \
+  'increase(fleet_deployment_error_total[5m])'
+expect_rejected deployment-alert-metric-misspelt "crosscheck" "crosscheck" \
+  'fleet_deployment_error_total' "$copy"
+
+# 6. The alert on errors of the deployment renamed away (issue 9 requires it).
+copy=$(fresh_copy deployment-alert-missing)
+replace "$copy/k8s/base/prometheusrule.yaml" '- alert: FleetDeploymentErrors' '- alert: FleetSetupBroken'
+expect_rejected deployment-alert-missing "crosscheck" "crosscheck" 'FleetDeploymentErrors' "$copy"
+
 echo "broken-copies: $PASSED passed, $FAILED failed"
 [[ $FAILED -eq 0 ]]

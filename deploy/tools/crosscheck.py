@@ -41,11 +41,13 @@ KNOWN_METRICS = {
     "fleet_producer_batches_total",
     "fleet_producer_last_success_timestamp_seconds",
     "fleet_producer_queue_messages",
+    "fleet_deployment_errors_total",
 }
 KNOWN_LABEL_VALUES = {
     "outcome": {"applied", "rechecked", "dead_lettered", "retried", "abandoned"},
     "class": {"transient", "permanent"},
-    "result": {"listed", "enqueued", "skipped", "failed"},
+    "result": {"listed", "enqueued", "skipped", "skipped_dead_lettered", "failed", "bad_item"},
+    "cause": {"openai_key", "openai_quota", "pinecone_key", "aws_access", "aws_missing_resource"},
     "queue": {"work", "dead_letter"},
     "state": {"visible", "in_flight", "delayed"},
 }
@@ -55,6 +57,8 @@ REQUIRED_ALERTS = {
     "FleetStuckBatches": "stuck batches",
     "FleetWorkerErrorRateHigh": "worker error rate",
     "FleetWorkerHeartbeatMissing": "no worker heartbeat",
+    "FleetDeploymentErrors": "errors of the deployment (issue 9)",
+    "FleetBatchesDeadLettered": "batches dead-lettered by workers (issue 9)",
 }
 
 # Exactly the AWS actions each binary calls, per resource (least privilege).
@@ -72,7 +76,8 @@ EXPECTED_ACTIONS = {
         "DeadLetterQueue": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
                             "sqs:ChangeMessageVisibility", "sqs:StartMessageMoveTask",
                             "sqs:ListMessageMoveTasks"},
-        "table": {"dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:GetItem"},
+        "table": {"dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:GetItem",
+                  "dynamodb:BatchGetItem"},
         "table-index": {"dynamodb:Query"},
     },
     "KedaScalerRole": {

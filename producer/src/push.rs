@@ -157,10 +157,10 @@ mod tests {
         EnqueueReport {
             started_at: "2025-06-20T17:03:12.000Z".into(),
             started_at_unix: 1_750_438_992,
-            listed: 7 + failed,
+            listed: 9 + failed,
             enqueued: 3,
             skipped: 3,
-            skipped_dead_lettered: 0,
+            skipped_dead_lettered: 2,
             failed,
             bad_items: 1,
             failures: Vec::new(),
@@ -189,9 +189,13 @@ mod tests {
     #[test]
     fn renders_every_metric_with_the_report_values() {
         let text = render_enqueue_metrics(&report(0));
-        has_line(&text, "fleet_producer_batches_total{result=\"listed\"} 7");
+        has_line(&text, "fleet_producer_batches_total{result=\"listed\"} 9");
         has_line(&text, "fleet_producer_batches_total{result=\"enqueued\"} 3");
         has_line(&text, "fleet_producer_batches_total{result=\"skipped\"} 3");
+        has_line(
+            &text,
+            "fleet_producer_batches_total{result=\"skipped_dead_lettered\"} 2",
+        );
         has_line(&text, "fleet_producer_batches_total{result=\"failed\"} 0");
         has_line(&text, "fleet_producer_batches_total{result=\"bad_item\"} 1");
         has_line(

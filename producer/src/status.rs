@@ -1,5 +1,9 @@
-//! The operators' view: completion batches by status, queue depths, and how long the oldest
-//! pending batch has waited since submission.
+//! The operators' view: completion batches by status, queue depths, how long the oldest
+//! pending batch has waited since submission, and the batches a worker dead-lettered.
+//!
+//! The dead-letter marks are read for the PENDING batches only, by key (BatchGetItem on their
+//! fleet states), never by scanning the table: a mark matters while the batch is pending (the
+//! producer skips it), and the pending list is already read for the oldest batch.
 
 use std::collections::BTreeMap;
 
@@ -7,6 +11,7 @@ use chrono::{DateTime, Utc};
 use fleet_shared::model::BatchStatus;
 use fleet_shared::model::time::rfc3339;
 use fleet_shared::queue::{QueueDepth, queue_depth};
+use fleet_shared::store::DeadLetterMark;
 use serde::Serialize;
 
 use crate::Services;
@@ -17,6 +22,18 @@ use crate::settings::StatusSettings;
 pub struct OldestPending {
     pub batch_id: String,
     pub submitted_at: String,
+    pub age_seconds: u64,
+}
+
+/// A pending batch a worker dead-lettered: `producer enqueue` skips it until `replay-dlq`
+/// moves its message back (which clears the mark).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetteredBatch {
+    pub batch_id: String,
+    /// The worker's reason (the `reason` attribute of its dead-lettered message).
+    pub reason: String,
+    /// RFC 3339.
+    pub dead_lettered_at: String,
     pub age_seconds: u64,
 }
 
@@ -31,6 +48,8 @@ pub struct StatusReport {
     pub oldest_pending: Option<OldestPending>,
     /// Pending items that are not valid BatchSummaries (left out of `oldest_pending`).
     pub bad_pending_items: u64,
+    /// Pending batches marked dead-lettered, oldest mark first.
+    pub dead_lettered: Vec<DeadLetteredBatch>,
 }
 
 pub async fn status(
@@ -56,15 +75,24 @@ pub async fn status(
     };
     let pending = services.store.pending_completion_batches().await?;
     let bad_pending_items = pending.iter().filter(|p| p.is_err()).count() as u64;
-    let oldest_pending = pending
-        .into_iter()
-        .filter_map(Result::ok)
-        .min_by_key(|s| s.submitted_at)
-        .map(|s| OldestPending {
-            age_seconds: age_seconds(s.submitted_at, now),
-            submitted_at: rfc3339(s.submitted_at),
-            batch_id: s.batch_id,
-        });
+    let pending: Vec<_> = pending.into_iter().filter_map(Result::ok).collect();
+    let ids: Vec<String> = pending.iter().map(|s| s.batch_id.clone()).collect();
+    let states = services.store.fleet_states(&ids).await?;
+    let dead_lettered = dead_lettered_batches(
+        states
+            .into_iter()
+            .filter_map(|(id, state)| state.dead_letter.map(|mark| (id, mark))),
+        now,
+    );
+    let oldest_pending =
+        pending
+            .into_iter()
+            .min_by_key(|s| s.submitted_at)
+            .map(|s| OldestPending {
+                age_seconds: age_seconds(s.submitted_at, now),
+                submitted_at: rfc3339(s.submitted_at),
+                batch_id: s.batch_id,
+            });
     Ok(StatusReport {
         total_batches: batches.values().sum(),
         batches,
@@ -72,7 +100,31 @@ pub async fn status(
         dead_letter_queue,
         oldest_pending,
         bad_pending_items,
+        dead_lettered,
     })
+}
+
+/// The marks for the report, oldest first (ties by batch id, so the order is stable). A mark
+/// whose time is out of range (written by hand) shows as the Unix epoch rather than failing
+/// the whole report.
+pub fn dead_lettered_batches(
+    marks: impl IntoIterator<Item = (String, DeadLetterMark)>,
+    now: DateTime<Utc>,
+) -> Vec<DeadLetteredBatch> {
+    let mut marks: Vec<(String, DeadLetterMark)> = marks.into_iter().collect();
+    marks.sort_by(|(a_id, a), (b_id, b)| a.at_ms.cmp(&b.at_ms).then_with(|| a_id.cmp(b_id)));
+    marks
+        .into_iter()
+        .map(|(batch_id, mark)| {
+            let at = DateTime::from_timestamp_millis(mark.at_ms).unwrap_or_default();
+            DeadLetteredBatch {
+                batch_id,
+                reason: mark.reason,
+                dead_lettered_at: rfc3339(at),
+                age_seconds: age_seconds(at, now),
+            }
+        })
+        .collect()
 }
 
 /// A table for people.
@@ -114,6 +166,27 @@ pub fn render_text(report: &StatusReport) -> String {
             report.bad_pending_items
         ));
     }
+    if report.dead_lettered.is_empty() {
+        out.push_str("dead-lettered batches: none\n");
+    } else {
+        out.push_str(&format!(
+            "dead-lettered batches: {} (not enqueued until replay-dlq moves them back)\n",
+            report.dead_lettered.len()
+        ));
+        for d in &report.dead_lettered {
+            out.push_str(&format!(
+                "  {}  {} ({} ago)  {}\n",
+                d.batch_id,
+                d.dead_lettered_at,
+                human_duration(d.age_seconds),
+                if d.reason.is_empty() {
+                    "(no reason recorded)"
+                } else {
+                    &d.reason
+                }
+            ));
+        }
+    }
     out
 }
 
@@ -144,6 +217,7 @@ mod tests {
                 age_seconds: 3723,
             }),
             bad_pending_items: 1,
+            dead_lettered: vec![],
         };
         let text = render_text(&report);
         let expected = "\
@@ -165,7 +239,66 @@ queue           visible  in flight  delayed
 
 oldest pending batch: 1h 02m 03s (b-1, submitted 2025-06-20T17:03:12.000Z)
 pending items that are not valid batch summaries: 1
+dead-lettered batches: none
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn dead_lettered_batches_oldest_first_for_people() {
+        let now = DateTime::from_timestamp(1_750_500_000, 0).unwrap();
+        let mark = |reason: &str, ago_s: i64| DeadLetterMark {
+            reason: reason.into(),
+            at_ms: (now.timestamp() - ago_s) * 1000,
+        };
+        let listed = dead_lettered_batches(
+            [
+                ("b-new".to_owned(), mark("batch_unknown", 61)),
+                ("b-old".to_owned(), mark("openai_batch_not_found", 3723)),
+                ("b-blank".to_owned(), mark("", 61)),
+            ],
+            now,
+        );
+        let ids: Vec<&str> = listed.iter().map(|d| d.batch_id.as_str()).collect();
+        assert_eq!(ids, ["b-old", "b-blank", "b-new"]);
+        assert_eq!(listed[0].age_seconds, 3723);
+        assert_eq!(listed[0].dead_lettered_at, "2025-06-21T08:57:57.000Z");
+
+        let report = StatusReport {
+            batches: BTreeMap::new(),
+            total_batches: 0,
+            work_queue: QueueDepth::default(),
+            dead_letter_queue: None,
+            oldest_pending: None,
+            bad_pending_items: 0,
+            dead_lettered: listed,
+        };
+        let text = render_text(&report);
+        let tail: Vec<&str> = text.lines().rev().take(4).collect();
+        assert_eq!(
+            tail,
+            [
+                "  b-new  2025-06-21T09:58:59.000Z (1m 01s ago)  batch_unknown",
+                "  b-blank  2025-06-21T09:58:59.000Z (1m 01s ago)  (no reason recorded)",
+                "  b-old  2025-06-21T08:57:57.000Z (1h 02m 03s ago)  openai_batch_not_found",
+                "dead-lettered batches: 3 (not enqueued until replay-dlq moves them back)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mark_with_a_time_out_of_range_still_lists() {
+        let now = DateTime::from_timestamp(1_750_500_000, 0).unwrap();
+        let listed = dead_lettered_batches(
+            [(
+                "b".to_owned(),
+                DeadLetterMark {
+                    reason: "x".into(),
+                    at_ms: i64::MAX,
+                },
+            )],
+            now,
+        );
+        assert_eq!(listed[0].dead_lettered_at, "1970-01-01T00:00:00.000Z");
     }
 }

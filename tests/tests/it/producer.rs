@@ -1,6 +1,8 @@
 //! The producer against moto: enqueue ticks (no pile-up, pagination, a producer killed
 //! half-way, a failed send, bad items, metrics pushed), replay-dlq (dry run, filters, max,
-//! replay counters, bulk unsupported), status, and the real binary's exit codes.
+//! replay counters, bulk unsupported), the dead-letter mark (a batch dead-lettered for good
+//! stays out until replayed, replay clears marks and starts one chain, status lists marks),
+//! status, and the real binary's exit codes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,11 +12,14 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, Duration, Utc};
 use fleet_shared::message::BatchMessage;
-use fleet_shared::model::time::parse_timestamp;
+use fleet_shared::model::time::{parse_timestamp, rfc3339};
 use fleet_shared::model::{BatchStatus, BatchSummary, BatchType, ImageId, ReceiptKey};
 use fleet_shared::queue::{QueueDepth, dead_letter_attributes, queue_depth, send_one};
-use fleet_shared::store::ScheduleClaim;
-use producer::replay::REDRIVE_REASON;
+use fleet_shared::store::{ScheduleClaim, Store};
+use producer::replay::{
+    REDRIVE_REASON, REPLAY_SCHEDULE_HORIZON_SECONDS, clear_pending_marks, replay_at,
+};
+use producer::status::DeadLetteredBatch;
 use producer::{
     BulkError, BulkSettings, CommandSettings, EnqueueSettings, ReplayFilter, ReplaySettings,
     Services, StatusSettings, enqueue, replay, replay_bulk, run_command, status,
@@ -461,6 +466,11 @@ async fn a_dry_run_changes_nothing() {
     let seeded = seed_dead_letters(&env).await;
     let before = depth(&env, &env.queues.dead_letter_url).await;
     assert_eq!(before.visible, 5);
+    env.store
+        .mark_dead_lettered("b2", "batch_unknown", t0().timestamp_millis())
+        .await
+        .unwrap();
+    let marked = env.store.fleet_state("b2").await.unwrap();
 
     let report = replay(
         &ReplaySettings {
@@ -491,6 +501,20 @@ async fn a_dry_run_changes_nothing() {
         .collect();
     assert_eq!(reasons[&Some("b4".to_owned())], REDRIVE_REASON);
     assert_eq!(reasons[&None], "not_json");
+    // The mark a real run would clear is reported, and left as it was (no chain started).
+    assert_eq!(report.marks_cleared, 1);
+    let would_clear: Vec<_> = report
+        .moved
+        .iter()
+        .filter(|m| m.mark_cleared)
+        .map(|m| m.batch_id.as_deref())
+        .collect();
+    assert_eq!(would_clear, [Some("b2")]);
+    assert_eq!(env.store.fleet_state("b2").await.unwrap(), marked);
+    assert_eq!(
+        env.store.fleet_state("b1").await.unwrap(),
+        Default::default()
+    );
 
     assert_eq!(depth(&env, &env.queues.dead_letter_url).await, before);
     assert_eq!(depth(&env, &env.queues.work_url).await.total(), 0);
@@ -671,12 +695,19 @@ async fn replay_prints_what_moved() {
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["dry_run"], true);
     assert_eq!(v["moved"].as_array().unwrap().len(), 4);
+    assert_eq!(v["marks_cleared"], 0);
+    assert_eq!(v["moved"][0]["mark_cleared"], false);
 }
 
 #[tokio::test]
 async fn bulk_replay_on_moto_is_reported_as_unsupported() {
     let env = TestEnv::new().await;
     seed_dead_letters(&env).await;
+    seed_pending(&env, "bulk", 1).await;
+    env.store
+        .mark_dead_lettered("bulk-00", "batch_unknown", t0().timestamp_millis())
+        .await
+        .unwrap();
     let settings = BulkSettings {
         queue_url: env.queues.work_url.clone(),
         dead_letter_queue_url: env.queues.dead_letter_url.clone(),
@@ -699,8 +730,389 @@ async fn bulk_replay_on_moto_is_reported_as_unsupported() {
             .unwrap(),
         1
     );
-    // Nothing moved.
+    // Nothing moved, and a refused task clears no mark.
     assert_eq!(depth(&env, &env.queues.dead_letter_url).await.visible, 5);
+    assert!(
+        env.store
+            .fleet_state("bulk-00")
+            .await
+            .unwrap()
+            .dead_letter
+            .is_some()
+    );
+}
+
+/// What `--bulk` does once SQS accepted its task (moto has no StartMessageMoveTask, so the
+/// step is tested on its own): every marked PENDING batch is unmarked, nothing else.
+#[tokio::test]
+async fn a_bulk_replay_clears_the_marks_of_pending_batches_only() {
+    let env = TestEnv::new().await;
+    let ids = seed_pending(&env, "bm", 4).await;
+    let at = t0().timestamp_millis();
+    for id in [&ids[3], &ids[1], &"bm-done".to_owned()] {
+        env.store
+            .mark_dead_lettered(id, "batch_unknown", at)
+            .await
+            .unwrap();
+    }
+    let paged = Services {
+        store: env.store.clone().with_page_size(2),
+        sqs: env.clients.sqs.clone(),
+    };
+    assert_eq!(
+        clear_pending_marks(&paged).await.unwrap(),
+        [ids[1].clone(), ids[3].clone()]
+    );
+    for id in &ids {
+        assert_eq!(env.store.fleet_state(id).await.unwrap().dead_letter, None);
+    }
+    // A batch that is no longer pending keeps its mark (and is not the producer's concern).
+    assert!(
+        env.store
+            .fleet_state("bm-done")
+            .await
+            .unwrap()
+            .dead_letter
+            .is_some()
+    );
+    assert!(clear_pending_marks(&paged).await.unwrap().is_empty());
+    // The next tick enqueues the unmarked batches like any other.
+    let tick = enqueue(&enqueue_settings(&env), &services(&env), t0())
+        .await
+        .unwrap();
+    assert_eq!((tick.enqueued, tick.skipped_dead_lettered), (4, 0));
+}
+
+// ---- the dead-letter mark ----
+
+/// What a worker does when it dead-letters a batch for good: the body, unchanged, to the
+/// dead-letter queue with the reason attributes, and the mark in the batch's fleet state.
+async fn dead_letter_like_a_worker(env: &TestEnv, body: &str, reason: &str, at: DateTime<Utc>) {
+    let batch_id = BatchMessage::parse(body).unwrap().batch_id;
+    send_one(
+        &env.clients.sqs,
+        &env.queues.dead_letter_url,
+        body,
+        0,
+        &dead_letter_attributes(reason, "permanent", 1, &rfc3339(at)),
+    )
+    .await
+    .unwrap();
+    env.store
+        .mark_dead_lettered(&batch_id, reason, at.timestamp_millis())
+        .await
+        .unwrap();
+}
+
+fn status_settings(env: &TestEnv) -> StatusSettings {
+    StatusSettings {
+        queue_url: env.queues.work_url.clone(),
+        dead_letter_queue_url: Some(env.queues.dead_letter_url.clone()),
+    }
+}
+
+/// issue 9, "Done when": a batch dead-lettered for good is not enqueued again by 3 later
+/// ticks past the horizon, `status` lists it, `--dry-run` leaves the mark, replay brings it
+/// back once and clears the mark, and the next ticks treat it like any batch. `dl-01` is the
+/// control: its message is lost (a worker took it and never came back), so every tick past
+/// the horizon enqueues it again.
+#[tokio::test]
+async fn a_batch_dead_lettered_for_good_stays_out_until_replayed() {
+    let env = TestEnv::new().await;
+    seed_pending(&env, "dl", 2).await;
+    let settings = enqueue_settings(&env);
+    let horizon = Duration::seconds(settings.schedule_horizon_seconds as i64);
+
+    let first = enqueue(&settings, &services(&env), t0()).await.unwrap();
+    assert_eq!(first.enqueued, 2);
+    let taken = drain(&env, &env.queues.work_url).await;
+    let body = taken
+        .iter()
+        .map(|(b, _)| b)
+        .find(|b| BatchMessage::parse(b).unwrap().batch_id == "dl-00")
+        .unwrap();
+    let dead_lettered_at = t0() + Duration::minutes(1);
+    dead_letter_like_a_worker(&env, body, "openai_batch_not_found", dead_lettered_at).await;
+
+    let mut now = t0();
+    for tick in 1..=3 {
+        now = now + horizon + Duration::minutes(1);
+        let report = enqueue(&settings, &services(&env), now).await.unwrap();
+        assert_eq!(
+            (
+                report.listed,
+                report.enqueued,
+                report.skipped,
+                report.skipped_dead_lettered,
+                report.failed
+            ),
+            (2, 1, 0, 1, 0),
+            "tick {tick}"
+        );
+        let sent = drain(&env, &env.queues.work_url).await;
+        assert_eq!(
+            messages_per_batch(&sent),
+            exactly_once(&["dl-01".into()]),
+            "tick {tick}"
+        );
+    }
+    assert_eq!(depth(&env, &env.queues.dead_letter_url).await.visible, 1);
+
+    // status lists it, in the report, the JSON and the table.
+    now += Duration::minutes(1);
+    let report = status(&status_settings(&env), &services(&env), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.dead_lettered,
+        [DeadLetteredBatch {
+            batch_id: "dl-00".into(),
+            reason: "openai_batch_not_found".into(),
+            dead_lettered_at: rfc3339(dead_lettered_at),
+            age_seconds: (now - dead_lettered_at).num_seconds() as u64,
+        }]
+    );
+    let mut out = Vec::new();
+    let json = CommandSettings::Status {
+        settings: status_settings(&env),
+        json: true,
+    };
+    run_command(&json, &services(&env), &mut out).await.unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["dead_lettered"][0]["batch_id"], "dl-00");
+    assert_eq!(v["dead_lettered"][0]["reason"], "openai_batch_not_found");
+    assert_eq!(
+        v["dead_lettered"][0]["dead_lettered_at"],
+        "2025-06-21T12:01:00.000Z"
+    );
+    let mut out = Vec::new();
+    let table = CommandSettings::Status {
+        settings: status_settings(&env),
+        json: false,
+    };
+    run_command(&table, &services(&env), &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("dead-lettered batches: 1 (not enqueued until replay-dlq moves them back)\n  dl-00  2025-06-21T12:01:00.000Z ("),
+        "{text}"
+    );
+    assert!(text.contains("ago)  openai_batch_not_found\n"), "{text}");
+
+    // A dry run leaves the mark: the next tick still skips the batch.
+    let dry = replay_at(
+        &ReplaySettings {
+            dry_run: true,
+            ..replay_settings(&env)
+        },
+        &services(&env),
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!((dry.moved.len(), dry.marks_cleared), (1, 1));
+    assert!(dry.moved[0].mark_cleared);
+    let tick = enqueue(&settings, &services(&env), now).await.unwrap();
+    assert_eq!(tick.skipped_dead_lettered, 1);
+    assert_eq!(depth(&env, &env.queues.dead_letter_url).await.visible, 1);
+
+    // The replay brings it back once, as a new chain, and clears the mark.
+    let replayed_at = now;
+    let report = replay_at(&replay_settings(&env), &services(&env), replayed_at)
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code(), 0);
+    assert_eq!((report.moved.len(), report.marks_cleared), (1, 1));
+    assert_eq!(report.moved[0].batch_id.as_deref(), Some("dl-00"));
+    assert_eq!(report.moved[0].reason, "openai_batch_not_found");
+    let state = env.store.fleet_state("dl-00").await.unwrap();
+    assert_eq!(state.dead_letter, None);
+    assert_eq!(
+        state.scheduled_until_ms,
+        Some(replayed_at.timestamp_millis() + REPLAY_SCHEDULE_HORIZON_SECONDS as i64 * 1000)
+    );
+    let back = drain(&env, &env.queues.work_url).await;
+    assert_eq!(messages_per_batch(&back), exactly_once(&["dl-00".into()]));
+    let m = BatchMessage::parse(&back[0].0).unwrap();
+    assert_eq!((m.replays, m.checks), (1, 0));
+    assert_eq!(
+        m.chain, state.chain,
+        "the replayed message is the live chain"
+    );
+    assert_eq!(depth(&env, &env.queues.dead_letter_url).await.total(), 0);
+    let again = replay_at(&replay_settings(&env), &services(&env), replayed_at)
+        .await
+        .unwrap();
+    assert_eq!((again.moved.len(), again.marks_cleared), (0, 0));
+    let report = status(&status_settings(&env), &services(&env), now)
+        .await
+        .unwrap();
+    assert!(report.dead_lettered.is_empty());
+
+    // The next ticks treat it like any batch: skipped while its message may wait (the
+    // replay's marker), enqueued again, as a newer chain, once the horizon has passed.
+    let tick = enqueue(
+        &settings,
+        &services(&env),
+        replayed_at + Duration::minutes(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (tick.enqueued, tick.skipped, tick.skipped_dead_lettered),
+        (0, 2, 0)
+    );
+    let later = replayed_at + horizon + Duration::minutes(1);
+    let tick = enqueue(&settings, &services(&env), later).await.unwrap();
+    assert_eq!(
+        (tick.enqueued, tick.skipped, tick.skipped_dead_lettered),
+        (2, 0, 0)
+    );
+    let sent = drain(&env, &env.queues.work_url).await;
+    assert_eq!(
+        messages_per_batch(&sent),
+        exactly_once(&["dl-00".into(), "dl-01".into()])
+    );
+    let newer = env.store.fleet_state("dl-00").await.unwrap().chain;
+    assert_ne!(newer, m.chain);
+}
+
+#[tokio::test]
+async fn replay_clears_only_the_marks_of_the_batches_it_moves() {
+    let env = TestEnv::new().await;
+    seed_dead_letters(&env).await;
+    // A second copy of b1 (a dead-letter queue filled before the marks existed), and marks
+    // on b1, b2 and on b9, which has no message on the dead-letter queue.
+    let mut copy = BatchMessage::new("b1");
+    copy.chain = Some("oldchain".into());
+    send_one(
+        &env.clients.sqs,
+        &env.queues.dead_letter_url,
+        &copy.to_body(),
+        0,
+        &dead_letter_attributes(
+            "openai_unavailable",
+            "permanent",
+            1,
+            "2025-06-21T10:00:00.000Z",
+        ),
+    )
+    .await
+    .unwrap();
+    for id in ["b1", "b2", "b9"] {
+        env.store
+            .mark_dead_lettered(id, "openai_unavailable", t0().timestamp_millis())
+            .await
+            .unwrap();
+    }
+
+    let only_b1 = ReplaySettings {
+        filter: ReplayFilter {
+            batch_ids: vec!["b1".into()],
+            reason: None,
+        },
+        ..replay_settings(&env)
+    };
+    let report = replay_at(&only_b1, &services(&env), t0()).await.unwrap();
+    assert_eq!(moved_batches(&report), ["b1", "b1"]);
+    assert_eq!(report.marks_cleared, 1);
+    assert_eq!(report.moved.iter().filter(|m| m.mark_cleared).count(), 1);
+    let b1 = env.store.fleet_state("b1").await.unwrap();
+    assert_eq!(b1.dead_letter, None);
+    // Each copy went back with its own newer chain; the last one sent is the live one, so
+    // the worker deletes the other without any OpenAI call.
+    let sent = drain(&env, &env.queues.work_url).await;
+    let chains: Vec<Option<String>> = sent
+        .iter()
+        .map(|(b, _)| BatchMessage::parse(b).unwrap().chain)
+        .collect();
+    assert_eq!(chains.len(), 2);
+    assert_ne!(chains[0], chains[1]);
+    assert!(
+        chains
+            .iter()
+            .all(|c| c.is_some() && c.as_deref() != Some("oldchain"))
+    );
+    assert!(chains.contains(&b1.chain));
+    for id in ["b2", "b9"] {
+        assert!(
+            env.store
+                .fleet_state(id)
+                .await
+                .unwrap()
+                .dead_letter
+                .is_some()
+        );
+    }
+
+    // Everything else: b2's mark goes; the body without a batch id moves unchanged and
+    // clears nothing; b9's mark stays (nothing of it was moved).
+    let mut out = Vec::new();
+    let command = CommandSettings::ReplayDlq {
+        settings: replay_settings(&env),
+        json: false,
+    };
+    assert_eq!(
+        run_command(&command, &services(&env), &mut out)
+            .await
+            .unwrap(),
+        0
+    );
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("batch=b2 reason=batch_unknown replays=2 dead-letter mark cleared\n"),
+        "{text}"
+    );
+    assert!(text.contains("dead-letter marks cleared 1\n"), "{text}");
+    assert!(
+        text.contains("batch=(not a valid message: body unchanged) reason=not_json\n"),
+        "{text}"
+    );
+    assert_eq!(env.store.fleet_state("b2").await.unwrap().dead_letter, None);
+    assert!(
+        env.store
+            .fleet_state("b9")
+            .await
+            .unwrap()
+            .dead_letter
+            .is_some()
+    );
+    let sent = drain(&env, &env.queues.work_url).await;
+    assert_eq!(sent.len(), 4);
+    assert!(sent.iter().any(|(b, _)| b == "this is not json"));
+    assert_eq!(depth(&env, &env.queues.dead_letter_url).await.total(), 0);
+}
+
+/// Without the fleet state (here: a table that does not exist) no chain can start: the
+/// batches stay on the dead-letter queue, marked, and the run says so and exits 1. The body
+/// without a batch id needs no fleet state and still moves.
+#[tokio::test]
+async fn a_replay_that_cannot_start_the_chain_leaves_the_message() {
+    let env = TestEnv::new().await;
+    seed_dead_letters(&env).await;
+    let broken = Services {
+        store: Store::new(env.clients.dynamodb.clone(), "no-such-table"),
+        sqs: env.clients.sqs.clone(),
+    };
+    let report = replay_at(&replay_settings(&env), &broken, t0())
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code(), 1);
+    assert_eq!(moved_batches(&report), ["(invalid)"]);
+    assert_eq!(report.failed.len(), 4);
+    assert!(
+        report.failed.iter().all(|f| f
+            .error
+            .starts_with("could not start a new chain for the batch")),
+        "{:?}",
+        report.failed
+    );
+    assert_eq!(report.released, 4);
+    let left = drain(&env, &env.queues.dead_letter_url).await;
+    assert_eq!(left.len(), 4);
+    let sent = drain(&env, &env.queues.work_url).await;
+    assert_eq!(bodies(&sent), ["this is not json"]);
 }
 
 // ---- status ----
@@ -745,10 +1157,15 @@ async fn status_counts_batches_and_reads_depths() {
     )
     .await
     .unwrap();
-    let settings = StatusSettings {
-        queue_url: env.queues.work_url.clone(),
-        dead_letter_queue_url: Some(env.queues.dead_letter_url.clone()),
-    };
+    // Marks: only pending batches are listed (a completed one is no longer skipped by anyone).
+    for (id, minutes) in [("st-01", 20), ("st-00", 10), ("st-c2", 5)] {
+        let at = t0() + Duration::minutes(minutes);
+        env.store
+            .mark_dead_lettered(id, "batch_unknown", at.timestamp_millis())
+            .await
+            .unwrap();
+    }
+    let settings = status_settings(&env);
     let now = t0() + Duration::minutes(30);
     let report = status(&settings, &services(&env), now).await.unwrap();
     let expected: Vec<(&str, u64)> = vec![
@@ -781,6 +1198,12 @@ async fn status_counts_batches_and_reads_depths() {
     let oldest = report.oldest_pending.as_ref().unwrap();
     assert_eq!(oldest.batch_id, "st-02");
     assert_eq!(oldest.age_seconds, 3 * 3600 + 30 * 60);
+    let marked: Vec<(&str, u64)> = report
+        .dead_lettered
+        .iter()
+        .map(|d| (d.batch_id.as_str(), d.age_seconds))
+        .collect();
+    assert_eq!(marked, [("st-00", 20 * 60), ("st-01", 10 * 60)]);
 
     let mut out = Vec::new();
     let command = CommandSettings::Status {
@@ -823,6 +1246,7 @@ async fn status_counts_batches_and_reads_depths() {
         "{text}"
     );
     assert!(text.contains("oldest pending batch: "), "{text}");
+    assert!(text.contains("dead-lettered batches: 2 "), "{text}");
 }
 
 // ---- the binary ----
@@ -1031,6 +1455,7 @@ async fn the_binary_runs_against_moto() {
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["batches"]["PENDING"], 2);
     assert_eq!(s["work_queue"]["visible"], 2);
+    assert_eq!(s["dead_lettered"], serde_json::json!([]));
 
     let out = run(&["replay-dlq", "--bulk"]);
     assert_eq!(out.status.code(), Some(1));
