@@ -132,7 +132,11 @@ async fn hop(
         tracing::warn!(not_before, "unreadable not_before; checking now");
         return Ok(None);
     };
-    let longest = ctx.settings.recheck.max_seconds.max(ctx.settings.retry.max_seconds);
+    let longest = ctx
+        .settings
+        .recheck
+        .max_seconds
+        .max(ctx.settings.retry.max_seconds);
     let latest = now.saturating_add(i64::from(longest));
     let due = due.timestamp().min(latest);
     let Some(hop) = remaining_hop(now, due) else {

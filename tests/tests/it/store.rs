@@ -693,7 +693,11 @@ async fn schedule_marker_claims_once_until_it_expires() {
         ScheduleClaim::Claimed
     );
     // The worker moves the marker when it passes the chain on itself.
-    assert!(s.advance_chain("b1", "c1", "c1b", now + 600_000, now).await.unwrap());
+    assert!(
+        s.advance_chain("b1", "c1", "c1b", now + 600_000, now)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         s.fleet_state("b1").await.unwrap().scheduled_until_ms,
         Some(now + 600_000)
@@ -756,8 +760,16 @@ async fn schedule_marker_claims_once_until_it_expires() {
         (Some("c3"), Some(now + 2_500_000))
     );
     // Of two copies of link c3, one passes the chain on.
-    assert!(s.advance_chain("b1", "c3", "c4", now + 2_600_000, now + 1_700_000).await.unwrap());
-    assert!(!s.advance_chain("b1", "c3", "c5", now + 2_600_000, now + 1_700_000).await.unwrap());
+    assert!(
+        s.advance_chain("b1", "c3", "c4", now + 2_600_000, now + 1_700_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.advance_chain("b1", "c3", "c5", now + 2_600_000, now + 1_700_000)
+            .await
+            .unwrap()
+    );
     let state = s.fleet_state("b1").await.unwrap();
     assert_eq!(
         (state.chain.as_deref(), state.scheduled_until_ms),

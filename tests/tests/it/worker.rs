@@ -34,6 +34,8 @@ use worker::{Deps, Settings};
 
 use crate::support::TestEnv;
 
+mod lifecycle;
+
 const NAMESPACE: &str = "words";
 const SECRET: &str = "sk-it-SECRET-never-printed";
 

@@ -1,0 +1,384 @@
+//! The worker's lifecycle under everyday operations (issue 9): a rotated key, copies of a
+//! chain, a long apply under a short deadline, one message handled twice at once, and a holder
+//! frozen past its lease.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_shared::message::BatchMessage;
+use fleet_shared::model::BatchStatus;
+use fleet_shared::queue::queue_depth;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use worker::handler::{self, Context};
+use worker::health::Health;
+use worker::outcome::Outcome as Handled;
+use worker::received::Received;
+
+use super::*;
+
+/// The finished batch applied once by one worker: its table and vectors.
+async fn reference_run(
+    b: &ScenarioBatch,
+) -> (
+    BTreeMap<(String, String), Value>,
+    BTreeMap<String, serde_json::Map<String, Value>>,
+) {
+    let reference = World::new().await;
+    reference.seed(b).await;
+    reference.enqueue(&b.summary.batch_id).await;
+    reference
+        .run_until_idle(
+            &[],
+            reference.env.clients.sqs.clone(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(
+        reference.summary_status(&b.summary.batch_id).await,
+        BatchStatus::Completed
+    );
+    (reference.table().await, reference.pinecone.all(NAMESPACE))
+}
+
+// The emulators live in this test's runtime: it needs threads to serve them while the test
+// waits on the process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_key_dead_letters_nothing_turns_readyz_503_and_every_batch_completes_after() {
+    let world = World::new().await; // maxReceiveCount 3: a climbing receive count would redrive
+    let batches: Vec<ScenarioBatch> = (0..3).map(|i| finished_now(300 + i)).collect();
+    for b in &batches {
+        world.seed(b).await;
+        world.enqueue(&b.summary.batch_id).await;
+    }
+    // The key the worker has is rejected for 15 s, then accepted again.
+    world
+        .openai
+        .set_api_key(Some("sk-rotated-elsewhere".into()));
+    let mut worker = WorkerProcess::spawn(
+        &world,
+        &[],
+        &[
+            ("DEPLOYMENT_UNREADY_SECONDS", "3"),
+            ("RETRY_MAX_SECONDS", "2"),
+        ],
+    )
+    .await;
+    let rejected_since = Instant::now();
+    let readyz = worker.url("/readyz");
+    eventually(
+        "/readyz 503 during the rejection",
+        Duration::from_secs(10),
+        || {
+            let readyz = readyz.clone();
+            async move { get(&readyz).await.0 == 503 }
+        },
+    )
+    .await;
+    let mut samples = Vec::new();
+    while rejected_since.elapsed() < Duration::from_secs(15) {
+        samples.push(get(&readyz).await.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        samples.iter().filter(|s| **s == 503).count() * 10 >= samples.len() * 9,
+        "unready while the key is rejected: {samples:?}"
+    );
+    assert!(
+        world.dead_letters().await.is_empty(),
+        "nothing dead-lettered"
+    );
+    world.openai.set_api_key(None);
+
+    for b in &batches {
+        let (store, id) = (world.env.store.clone(), b.summary.batch_id.clone());
+        eventually("every batch completes", Duration::from_secs(60), || {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                store
+                    .batch_summary(&id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.status == BatchStatus::Completed)
+            }
+        })
+        .await;
+    }
+    eventually("/readyz 200 after", Duration::from_secs(10), || {
+        let readyz = readyz.clone();
+        async move { get(&readyz).await.0 == 200 }
+    })
+    .await;
+    let (_, page) = get(&worker.url("/metrics")).await;
+    let s = series(&page);
+    assert!(
+        s.get("fleet_deployment_errors_total{cause=\"openai_key\"}")
+            .is_some_and(|n| *n >= 3.0),
+        "counted by cause:\n{page}"
+    );
+    assert!(
+        !s.contains_key("fleet_messages_total{outcome=\"dead_lettered\"}"),
+        "{page}"
+    );
+    assert!(
+        world.dead_letters().await.is_empty(),
+        "nothing dead-lettered"
+    );
+    assert!(!worker.log_text().contains("SECRET"));
+    worker.sigterm();
+    assert_eq!(worker.wait_exit(Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test]
+async fn extra_copies_of_a_waiting_batch_die_out_to_one_chain() {
+    let world = World::new().await;
+    let mut b = batch_now(310, small_shape());
+    b.spec.steps = vec![("in_progress".to_owned(), 10_000)];
+    world.seed(&b).await;
+    let id = b.summary.batch_id.clone();
+    // The producer's message (a chain token of its own), two copies of it (a send that
+    // succeeded before a failed delete), and 4 hand-written copies without a token.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    world
+        .env
+        .store
+        .claim_schedule(&id, now_ms + 900_000, now_ms, "producer-chain")
+        .await
+        .unwrap();
+    let produced = BatchMessage {
+        chain: Some("producer-chain".into()),
+        ..BatchMessage::new(&id)
+    };
+    for _ in 0..3 {
+        world.send(&produced.to_body()).await;
+    }
+    for _ in 0..4 {
+        world.enqueue(&id).await;
+    }
+
+    let stop = CancellationToken::new();
+    let settings = world.settings(
+        false,
+        &[("RECHECK_MIN_SECONDS", "2"), ("RECHECK_MAX_SECONDS", "2")],
+    );
+    let deps = world.deps(&settings, world.env.clients.sqs.clone());
+    let running = tokio::spawn(worker::run(settings, deps, stop.clone()));
+    let started = Instant::now();
+    // One re-check period and then some for the stale copies to be received and dropped.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let before = world.openai.batch_gets(&b.spec.id);
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let checks = world.openai.batch_gets(&b.spec.id) - before;
+    let took = window.elapsed().as_secs_f64();
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    // One chain re-checks every 2 s (plus a receive's latency): at most 6 in 10 s; seven
+    // copies living on would make about 35.
+    assert!(
+        (2..=6).contains(&checks),
+        "{checks} checks in {took:.1} s after {:?}",
+        window.duration_since(started)
+    );
+    let depth = queue_depth(&world.env.clients.sqs, &world.env.queues.work_url)
+        .await
+        .unwrap();
+    assert!(
+        depth.total() <= 2,
+        "one live link (and at most one stale one): {depth:?}"
+    );
+    assert!(world.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_apply_ten_times_longer_than_the_deadline_completes_without_being_abandoned() {
+    let b = finished_now(320);
+    let (expected_table, expected_vectors) = reference_run(&b).await;
+
+    let world = World::new().await;
+    world.seed(&b).await;
+    world.enqueue(&b.summary.batch_id).await;
+    // Every Pinecone call takes 1.5 s; the handling may go 2 s without progress.
+    world.pinecone.set_latency(Duration::from_millis(1500));
+    let log = SqsLog::default();
+    let started = Instant::now();
+    world
+        .run_until_idle(
+            &[
+                ("MESSAGE_DEADLINE_SECONDS", "2"),
+                ("VISIBILITY_TIMEOUT_SECONDS", "10"),
+            ],
+            log.client(&world.env.clients.sqs),
+            Duration::from_secs(240),
+        )
+        .await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(20),
+        "the apply took {took:?}: not 10× the deadline"
+    );
+    assert_eq!(
+        world.summary_status(&b.summary.batch_id).await,
+        BatchStatus::Completed
+    );
+    assert_eq!(world.table().await, expected_table);
+    assert_eq!(world.pinecone.all(NAMESPACE), expected_vectors);
+    let receives_with_messages = log
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, SqsCall::Delete))
+        .count();
+    assert_eq!(
+        receives_with_messages, 1,
+        "handled once, never abandoned and retried"
+    );
+}
+
+#[tokio::test]
+async fn the_same_message_handled_twice_at_once_by_one_worker_applies_once() {
+    let b = finished_now(330);
+    let (expected_table, expected_vectors) = reference_run(&b).await;
+
+    let world = World::new().await;
+    world.seed(&b).await;
+    world.enqueue(&b.summary.batch_id).await;
+    let settings = world.settings(false, &[]);
+    let received = world
+        .env
+        .clients
+        .sqs
+        .receive_message()
+        .queue_url(&world.env.queues.work_url)
+        .wait_time_seconds(5)
+        .visibility_timeout(60)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    let msg = Received::from_sqs(received.into_iter().next().expect("one message")).unwrap();
+    let ctx = Arc::new(Context {
+        services: worker::service::build_services(&settings, world.env.store.clone()).unwrap(),
+        applies: Arc::new(Semaphore::new(2)),
+        health: Arc::new(Health::default()),
+        sqs: world.env.clients.sqs.clone(),
+        store: world.env.store.clone(),
+        settings: Arc::new(settings),
+    });
+    let (a, b2) = tokio::join!(
+        handler::handle(ctx.clone(), msg.clone(), CancellationToken::new()),
+        handler::handle(ctx.clone(), msg, CancellationToken::new()),
+    );
+    let mut outcomes = [a, b2];
+    outcomes.sort_by_key(|o| o.as_str());
+    assert!(
+        outcomes.contains(&Handled::Applied),
+        "one applied: {outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().filter(|o| **o == Handled::Applied).count() == 1,
+        "only one: {outcomes:?}"
+    );
+    assert_eq!(
+        world.summary_status(&b.summary.batch_id).await,
+        BatchStatus::Completed
+    );
+    assert_eq!(world.table().await, expected_table);
+    assert_eq!(world.pinecone.all(NAMESPACE), expected_vectors);
+    assert_eq!(
+        world.openai.count("GET", "/v1/files/"),
+        b.files.len().min(3),
+        "the files were downloaded by one apply"
+    );
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+// The emulators live in this test's runtime: it needs threads to serve them while the test
+// waits on the process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_holder_frozen_past_its_lease_writes_nothing_after_another_worker_finished() {
+    let b = finished_now(340);
+    let (expected_table, expected_vectors) = reference_run(&b).await;
+
+    let world = World::new().await;
+    world.seed(&b).await;
+    world.enqueue(&b.summary.batch_id).await;
+    // A slow Pinecone keeps the first worker mid-apply.
+    world.pinecone.set_latency(Duration::from_millis(700));
+    let holder = WorkerProcess::spawn(&world, &[], &[("VISIBILITY_TIMEOUT_SECONDS", "10")]).await;
+    let (store, id) = (world.env.store.clone(), b.summary.batch_id.clone());
+    let pinecone = &world.pinecone;
+    eventually(
+        "the holder takes the lease and writes",
+        Duration::from_secs(30),
+        || {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                store
+                    .fleet_state(&id)
+                    .await
+                    .is_ok_and(|s| s.lease_owner.is_some())
+                    && pinecone.update_count() > 0
+            }
+        },
+    )
+    .await;
+    signal(holder.child.id(), "-STOP");
+    let frozen_at = Instant::now();
+    world.pinecone.set_latency(Duration::ZERO);
+    assert_ne!(
+        world.summary_status(&b.summary.batch_id).await,
+        BatchStatus::Completed,
+        "frozen mid-apply"
+    );
+
+    // Another worker gets the message once its visibility runs out, waits for the lease to run
+    // out, and finishes the batch.
+    world
+        .run_until_idle(
+            &[("VISIBILITY_TIMEOUT_SECONDS", "10"), ("HOSTNAME", "second")],
+            world.env.clients.sqs.clone(),
+            Duration::from_secs(120),
+        )
+        .await;
+    assert_eq!(
+        world.summary_status(&b.summary.batch_id).await,
+        BatchStatus::Completed
+    );
+    assert!(
+        frozen_at.elapsed() > Duration::from_secs(10),
+        "frozen longer than its lease"
+    );
+    let table = world.table().await;
+    let vectors = world.pinecone.all(NAMESPACE);
+    let updates = world.pinecone.update_count();
+    assert_eq!(table, expected_table);
+    assert_eq!(vectors, expected_vectors);
+
+    // Thawed, the old holder finds its lease gone and writes nothing more.
+    signal(holder.child.id(), "-CONT");
+    let log_has = |text: &str| holder.log_text().contains(text);
+    eventually(
+        "the thawed holder stops",
+        Duration::from_secs(20),
+        || async { log_has("apply stopped") },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(world.table().await, table, "no write after the thaw");
+    assert_eq!(world.pinecone.all(NAMESPACE), vectors);
+    assert_eq!(
+        world.pinecone.update_count(),
+        updates,
+        "no Pinecone update after the thaw"
+    );
+    assert!(world.dead_letters().await.is_empty());
+}
