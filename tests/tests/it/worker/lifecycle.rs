@@ -193,7 +193,17 @@ async fn extra_copies_of_a_waiting_batch_die_out_to_one_chain() {
 
 #[tokio::test]
 async fn an_apply_ten_times_longer_than_the_deadline_completes_without_being_abandoned() {
-    let b = finished_now(320);
+    let b = {
+        let mut b = batch_now(
+            320,
+            Shape {
+                receipts: 12,
+                ..small_shape()
+            },
+        );
+        b.spec.steps = vec![("completed".to_owned(), 1)];
+        b
+    };
     let (expected_table, expected_vectors) = reference_run(&b).await;
 
     let world = World::new().await;
@@ -311,26 +321,25 @@ async fn a_holder_frozen_past_its_lease_writes_nothing_after_another_worker_fini
     let world = World::new().await;
     world.seed(&b).await;
     world.enqueue(&b.summary.batch_id).await;
-    // A slow Pinecone keeps the first worker mid-apply.
-    world.pinecone.set_latency(Duration::from_millis(700));
+    // A slow Pinecone keeps the first worker mid-apply (every call 3 s: a fetch and its
+    // updates take 6 s at least).
+    world.pinecone.set_latency(Duration::from_secs(3));
     let holder = WorkerProcess::spawn(&world, &[], &[("VISIBILITY_TIMEOUT_SECONDS", "10")]).await;
     let (store, id) = (world.env.store.clone(), b.summary.batch_id.clone());
-    let pinecone = &world.pinecone;
-    eventually(
-        "the holder takes the lease and writes",
-        Duration::from_secs(30),
-        || {
-            let (store, id) = (store.clone(), id.clone());
-            async move {
-                store
-                    .fleet_state(&id)
-                    .await
-                    .is_ok_and(|s| s.lease_owner.is_some())
-                    && pinecone.update_count() > 0
-            }
-        },
-    )
-    .await;
+    let started = Instant::now();
+    while !store
+        .fleet_state(&id)
+        .await
+        .is_ok_and(|s| s.lease_owner.is_some())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the holder never took the lease; log:\n{}",
+            holder.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     signal(holder.child.id(), "-STOP");
     let frozen_at = Instant::now();
     world.pinecone.set_latency(Duration::ZERO);
