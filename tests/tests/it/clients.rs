@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use fleet_shared::error_class::{DeploymentCause, ErrorClass};
+use fleet_shared::http::CallError as _;
 use fleet_shared::openai::{OpenAiClient, OpenAiConfig, OpenAiError, OpenAiStatus};
 use fleet_shared::pinecone::{MetadataChange, PineconeClient, PineconeConfig, PineconeError};
 use fleet_shared::retry::RetryPolicy;
@@ -107,7 +109,7 @@ async fn openai_long_retry_after_is_returned_not_slept() {
     assert!(err.is_transient());
     assert_eq!(err.status(), Some(429));
     assert_eq!(err.retry_after(), Some(Duration::from_secs(600)));
-    assert_eq!(err.class(), "rate_limited");
+    assert_eq!(err.label(), "rate_limited");
     assert_eq!(emu.count("GET", "/v1/batches/"), 1);
 }
 
@@ -147,7 +149,7 @@ async fn openai_404_is_permanent_and_not_retried() {
     let err = client.get_batch("batch_unknown").await.expect_err("404");
     assert!(err.is_not_found());
     assert!(!err.is_transient());
-    assert_eq!(err.class(), "not_found");
+    assert_eq!(err.label(), "not_found");
     assert!(err.to_string().contains("No batch found"), "{err}");
     assert!(
         matches!(&err, OpenAiError::Api { detail, .. } if detail.error_type.as_deref() == Some("invalid_request_error"))
@@ -165,8 +167,11 @@ async fn openai_key_never_in_errors_or_debug() {
 
     let err = client.get_batch("batch_1").await.expect_err("wrong key");
     assert_eq!(err.status(), Some(401));
-    assert!(!err.is_transient());
-    assert_eq!(err.class(), "unauthorized");
+    assert_eq!(
+        err.error_class(),
+        ErrorClass::Deployment(DeploymentCause::OpenAiKey)
+    );
+    assert_eq!(err.label(), "unauthorized");
     assert_no_key(&format!("{err} {err:?}"));
 
     // A proxy that echoes the header back: scrubbed.
@@ -310,7 +315,7 @@ async fn openai_download_truncated_every_time_is_transient() {
         .await
         .expect_err("always cut");
     assert!(err.is_transient());
-    assert_eq!(err.class(), "truncated");
+    assert_eq!(err.label(), "truncated");
     match &err {
         OpenAiError::TruncatedDownload {
             attempts,
@@ -571,7 +576,10 @@ async fn pinecone_permanent_errors_and_key_redaction() {
     emu.set_api_key(Some("pcsk_right".into()));
     let err: PineconeError = client.fetch_metadata(&[id]).await.expect_err("401");
     assert_eq!(err.status(), Some(401));
-    assert!(!err.is_transient());
+    assert_eq!(
+        err.error_class(),
+        ErrorClass::Deployment(DeploymentCause::PineconeKey)
+    );
     assert!(err.to_string().contains("Invalid API Key"), "{err}");
     assert_no_key(&format!("{err} {err:?}"));
 }
