@@ -19,6 +19,7 @@
 //! - [`finish`]: loading, checking and applying one batch (carries out a plan, summary last).
 //! - [`queue`]: SQS sends (batched, delayed, dead-letter) and queue depths.
 //! - [`pinecone`]: the Pinecone data plane: metadata fetch, label merge, rate-limited updates.
+//! - [`http`]: the HTTP plumbing both clients share: one attempt, retries, pacing, progress.
 //! - [`retry`]: bounded exponential backoff with `Retry-After`, shared by the HTTP clients.
 //! - [`secret`]: keeping API keys out of logs, errors and `Debug` output.
 
@@ -27,6 +28,7 @@ pub mod config;
 pub mod error_class;
 pub mod fence;
 pub mod finish;
+pub mod http;
 pub mod message;
 pub mod model;
 pub mod openai;

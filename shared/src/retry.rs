@@ -1,4 +1,5 @@
-//! Bounded retries with exponential backoff, shared by the HTTP clients (OpenAI, Pinecone).
+//! Bounded retries with exponential backoff, shared by the HTTP clients (OpenAI, Pinecone)
+//! through [`crate::http::Http::call`].
 //!
 //! The schedule comes from `backon`'s [`ExponentialBuilder`]; the loop itself ([`retry`]) is
 //! written here because a server's `Retry-After` must be able to replace the next delay, and a
@@ -7,11 +8,9 @@
 //! holding a worker slot while it sleeps.
 
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 /// How often and how patiently to retry one call.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,257 +160,11 @@ where
     }
 }
 
-/// The server's requested wait from `retry-after-ms` (milliseconds, sent by OpenAI and read
-/// first by its official SDKs) or `Retry-After` (seconds, or an HTTP-date), if any.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    retry_after_at(headers, SystemTime::now())
-}
-
-/// [`retry_after`] with an explicit clock, for HTTP-date values.
-pub fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let millis = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_seconds(v.trim()))
-        .map(|ms| ms / 1000);
-    millis.or_else(|| {
-        headers
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, now))
-    })
-}
-
-/// Parses a `Retry-After` value: delta-seconds (`120`; a fractional `1.5` is accepted too,
-/// as some gateways send it) or an HTTP-date (`Wed, 21 Oct 2015 07:28:00 GMT`), which becomes
-/// the time left until then (zero if already past). Anything else is ignored (`None`), and
-/// the caller falls back to its own backoff.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Some(secs) = parse_seconds(value) {
-        return Some(secs);
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let at = SystemTime::from(at.with_timezone(&chrono::Utc));
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// A non-negative decimal number of seconds (or milliseconds, by the caller's reading).
-fn parse_seconds(value: &str) -> Option<Duration> {
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return None;
-    }
-    if let Ok(whole) = value.parse::<u64>() {
-        return Some(Duration::from_secs(whole));
-    }
-    let secs: f64 = value.parse().ok()?;
-    Duration::try_from_secs_f64(secs).ok()
-}
-
-/// Statuses worth retrying: request timeout, rate limiting, and server-side failures.
-pub fn is_retryable_status(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
-}
-
-/// Why a request failed before a complete answer arrived. Every kind is transient: the same
-/// request may well succeed on another connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TransportKind {
-    Timeout,
-    Connect,
-    /// The answer's body broke off or could not be read.
-    Body,
-    Other,
-}
-
-impl TransportKind {
-    pub fn of(error: &reqwest::Error) -> Self {
-        if error.is_timeout() {
-            Self::Timeout
-        } else if error.is_connect() {
-            Self::Connect
-        } else if error.is_body() || error.is_decode() {
-            Self::Body
-        } else {
-            Self::Other
-        }
-    }
-
-    /// A bounded metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::Connect => "connect",
-            Self::Body => "body",
-            Self::Other => "transport",
-        }
-    }
-}
-
-impl std::fmt::Display for TransportKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An error and its sources on one line: reqwest's own message ("error sending request") says
-/// little; the cause ("Connection refused", "connection closed before message completed") is
-/// in the chain.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
-}
-
-/// Reads at most `cap` bytes of an (error) answer's body: enough for any JSON error, without
-/// trusting a misbehaving proxy to send a small page.
-pub async fn read_body_capped(
-    mut response: reqwest::Response,
-    cap: usize,
-) -> Result<Vec<u8>, reqwest::Error> {
-    let mut out = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = cap.saturating_sub(out.len());
-        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if out.len() >= cap {
-            break;
-        }
-    }
-    Ok(out)
-}
-
-/// A short, single-line excerpt of a non-JSON body (an HTML error page), for error messages.
-pub fn body_excerpt(body: &[u8], max_chars: usize) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut out = String::new();
-    for word in text.split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-        if out.chars().count() >= max_chars {
-            let cut: String = out.chars().take(max_chars).collect();
-            return format!("{cut}…");
-        }
-    }
-    out
-}
-
-/// ` (retry after 1.500s)` for error messages, empty without a suggestion.
-pub fn fmt_retry_after(d: Option<Duration>) -> String {
-    d.map_or_else(String::new, |d| {
-        format!(" (retry after {:.3}s)", d.as_secs_f64())
-    })
-}
-
-/// Whether an HTTP error status is worth trying again (429, 408, 5xx).
-pub fn status_is_transient(status: u16) -> bool {
-    is_retryable_status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
-}
-
-/// A bounded name of an HTTP error status, for metrics and dead-letter reasons.
-pub fn status_class(status: u16) -> &'static str {
-    match status {
-        401 | 403 => "unauthorized",
-        404 => "not_found",
-        408 => "timeout",
-        429 => "rate_limited",
-        500..=599 => "server_error",
-        _ => "client_error",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use reqwest::header::HeaderValue;
-
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).expect("valid"));
-        }
-        h
-    }
-
-    #[test]
-    fn retry_after_seconds_dates_and_garbage() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 07:27:50 GMT
-        let p = |v: &str| parse_retry_after(v, now);
-        assert_eq!(p("0"), Some(Duration::ZERO));
-        assert_eq!(p(" 120 "), Some(Duration::from_secs(120)));
-        assert_eq!(p("1.5"), Some(Duration::from_millis(1500)));
-        assert_eq!(
-            p("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(p("Wed, 21 Oct 2015 07:00:00 GMT"), Some(Duration::ZERO));
-        for bad in ["", "-1", "soon", "1e3", "NaN", "inf", "1.2.3"] {
-            assert_eq!(p(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn retry_after_header_prefers_milliseconds() {
-        let now = SystemTime::now();
-        assert_eq!(retry_after_at(&headers(&[]), now), None);
-        assert_eq!(
-            retry_after_at(&headers(&[("retry-after", "3")]), now),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(
-            retry_after_at(
-                &headers(&[("retry-after", "3"), ("retry-after-ms", "250")]),
-                now
-            ),
-            Some(Duration::from_millis(250))
-        );
-        // An unreadable millisecond header falls back to Retry-After.
-        assert_eq!(
-            retry_after_at(
-                &headers(&[("retry-after", "3"), ("retry-after-ms", "x")]),
-                now
-            ),
-            Some(Duration::from_secs(3))
-        );
-    }
-
-    #[test]
-    fn retryable_statuses() {
-        for s in [408, 429, 500, 502, 503, 504] {
-            assert!(is_retryable_status(StatusCode::from_u16(s).unwrap()), "{s}");
-        }
-        for s in [200, 400, 401, 403, 404, 409, 422] {
-            assert!(
-                !is_retryable_status(StatusCode::from_u16(s).unwrap()),
-                "{s}"
-            );
-        }
-    }
-
-    #[test]
-    fn excerpts_are_short_and_single_line() {
-        let html = b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n</html>";
-        assert_eq!(
-            body_excerpt(html, 200),
-            "<html> <head><title>502 Bad Gateway</title></head> </html>"
-        );
-        assert_eq!(body_excerpt(b"abcdef", 3), "abc…");
-        assert_eq!(body_excerpt(b"", 3), "");
-    }
 
     #[test]
     fn delays_are_bounded_in_number_and_size() {

@@ -194,6 +194,8 @@ struct HarnessInner {
     log: Vec<RequestRecord>,
     outage: bool,
     latency: Duration,
+    /// `Some(None)`: every key is rejected until cleared; `Some(Some(t))`: until `t`.
+    reject_keys: Option<Option<Instant>>,
 }
 
 /// Fault queue, outage switch, latency and request log, applied by [`harness_layer`] around
@@ -238,6 +240,30 @@ impl Harness {
 
     pub(crate) fn requests(&self) -> Vec<RequestRecord> {
         self.lock().log.clone()
+    }
+
+    /// Rejects every API key (401) for `window`, or until [`Self::accept_keys`] with `None`:
+    /// a revoked or rotated key, as the real services answer it.
+    pub(crate) fn reject_keys(&self, window: Option<Duration>) {
+        self.lock().reject_keys = Some(window.map(|w| Instant::now() + w));
+    }
+
+    pub(crate) fn accept_keys(&self) {
+        self.lock().reject_keys = None;
+    }
+
+    /// Whether keys are rejected now (a window that has passed is cleared).
+    pub(crate) fn keys_rejected(&self) -> bool {
+        let mut inner = self.lock();
+        match inner.reject_keys {
+            None => false,
+            Some(None) => true,
+            Some(Some(until)) if Instant::now() < until => true,
+            Some(Some(_)) => {
+                inner.reject_keys = None;
+                false
+            }
+        }
     }
 
     pub(crate) fn clear_requests(&self) {
@@ -371,6 +397,59 @@ fn status_fault(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
+}
+
+/// `POST /_admin/reject_keys` with `{"seconds": N}` (fractions allowed) or `{"seconds": null}`
+/// / `{}` (until cleared) → 204; `DELETE /_admin/reject_keys` → 204 (keys accepted again).
+/// Shared by both emulators: their state is merged in by the caller.
+pub(crate) fn key_rejection_routes<S: Clone + Send + Sync + 'static>(
+    harness: Arc<Harness>,
+) -> Router<S> {
+    Router::new()
+        .route(
+            "/_admin/reject_keys",
+            axum::routing::post(admin_reject_keys).delete(admin_accept_keys),
+        )
+        .with_state(harness)
+}
+
+#[derive(Deserialize)]
+struct RejectKeysBody {
+    #[serde(default)]
+    seconds: Option<f64>,
+}
+
+async fn admin_reject_keys(State(harness): State<Arc<Harness>>, body: Bytes) -> Response {
+    let body: RejectKeysBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({
+                    "error": format!("expected {{\"seconds\": N|null}}: {e}")
+                })),
+            )
+                .into_response();
+        }
+    };
+    let window = match body.seconds.map(Duration::try_from_secs_f64) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({"error": format!("seconds: {e}")})),
+            )
+                .into_response();
+        }
+    };
+    harness.reject_keys(window);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn admin_accept_keys(State(harness): State<Arc<Harness>>) -> StatusCode {
+    harness.accept_keys();
+    StatusCode::NO_CONTENT
 }
 
 /// Re-sends `full` with its true Content-Length but only `after_bytes` bytes of body, then an
@@ -609,5 +688,21 @@ mod tests {
         assert!(take("/z").is_none());
         h.set_outage(true);
         assert!(h.take_fault("GET", "/").1);
+    }
+
+    #[test]
+    fn key_rejection_windows_end_by_themselves_or_when_cleared() {
+        let h = Harness::new(|s| s.into_response());
+        assert!(!h.keys_rejected());
+        h.reject_keys(None);
+        assert!(h.keys_rejected());
+        h.accept_keys();
+        assert!(!h.keys_rejected());
+        h.reject_keys(Some(Duration::from_millis(30)));
+        assert!(h.keys_rejected());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!h.keys_rejected());
+        h.reject_keys(Some(Duration::ZERO));
+        assert!(!h.keys_rejected());
     }
 }

@@ -19,6 +19,20 @@
 //! and URLs (`invalid_request_error`), 409 as above, and injected faults (429 `requests` /
 //! `rate_limit_exceeded`, 500 and 503 `server_error`, 502 as an HTML page).
 //!
+//! As the real API always does: every answer carries `x-request-id: req_<32 hex>`, and every
+//! 429 and 503 carries both `retry-after-ms` and `Retry-After` (whole seconds, rounded up): the
+//! fault's `retry_after` when it has one, else the emulator's retry wait
+//! ([`OpenAiEmulator::set_retry_wait`], default 50 ms).
+//!
+//! Deployment faults, for the errors of the deployment (fleet-design.md):
+//!
+//! - key rejection windows ([`OpenAiEmulator::reject_keys_for`], `/_admin/reject_keys`): every
+//!   API call answers 401 `invalid_api_key`, as for a revoked key, until the window ends or is
+//!   cleared;
+//! - exhausted quota ([`OpenAiEmulator::set_quota_exhausted`], `/_admin/quota`): every API call
+//!   answers 429 `insufficient_quota` (billing), until cleared; [`insufficient_quota`] is the
+//!   same answer as a one-shot [`FaultSpec`].
+//!
 //! # Batch object
 //!
 //! ```json
@@ -28,12 +42,18 @@
 //!  "created_at": 1700000000, "in_progress_at": 1700000060, "expires_at": 1700086400,
 //!  "finalizing_at": 1700000120, "completed_at": 1700000180, "failed_at": null,
 //!  "expired_at": null, "cancelling_at": null, "cancelled_at": null,
-//!  "request_counts": {"total": 2, "completed": 2, "failed": 0}, "metadata": null}
+//!  "request_counts": {"total": 2, "completed": 2, "failed": 0}, "metadata": null,
+//!  "model": "gpt-4.1-mini", "usage": {"input_tokens": 0, "input_tokens_details":
+//!  {"cached_tokens": 0}, "output_tokens": 0, "output_tokens_details": {"reasoning_tokens": 0},
+//!  "total_tokens": 0}}
 //! ```
 //!
-//! `output_file_id`, `error_file_id` and `errors` (`{"object": "list", "data": [{"code",
-//! "message", "param", "line"}]}`) are non-null only once the reported status is terminal
-//! (`completed`, `failed`, `expired`, `cancelled` or `canceled`).
+//! Every field of openai-python's `Batch` is present (checked by the contract tests in
+//! `tests/contract/`). `output_file_id`, `error_file_id` and `errors` (`{"object": "list",
+//! "data": [{"code", "message", "param", "line"}]}`) are non-null only once the reported status
+//! is terminal (`completed`, `failed`, `expired`, `cancelled` or `canceled`); with
+//! [`BatchSpec::errors_data_null`] a terminal batch without errors reports
+//! `{"object": "list", "data": null}` instead of `null`, which the API allows.
 //!
 //! # Admin API (no auth, not logged, never faulted)
 //!
@@ -43,6 +63,10 @@
 //! - `POST /_admin/faults` with a [`FaultSpec`] JSON → 201; `DELETE /_admin/faults` → 204.
 //! - `POST /_admin/outage` with `{"on": true|false}` → 204 (every API call answers 500 while on).
 //! - `POST /_admin/latency` with `{"ms": N}` → 204 (added before every API answer).
+//! - `POST /_admin/reject_keys` with `{"seconds": N}` or `{"seconds": null}` (until cleared)
+//!   → 204; `DELETE /_admin/reject_keys` → 204.
+//! - `POST /_admin/quota` with `{"exhausted": bool}` → 204.
+//! - `POST /_admin/retry_wait` with `{"ms": N}` → 204 (see above).
 //! - `GET /_admin/requests` → `[RequestRecord…]`; `DELETE /_admin/requests` → 204.
 
 pub mod fixtures;
@@ -66,7 +90,32 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use crate::common::{Fault, FaultSpec, RequestRecord};
-use crate::common::{Harness, Server, harness_layer};
+use crate::common::{Harness, Server, harness_layer, key_rejection_routes};
+
+/// The model the emulated batches report by default.
+pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
+/// Default wait announced by 429 and 503 answers that have none of their own: short, so that
+/// tests retrying through a fault stay fast.
+pub const DEFAULT_RETRY_WAIT: Duration = Duration::from_millis(50);
+
+/// `usage` of a batch object (tokens; the details are reported as zero).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    fn json(self) -> Value {
+        json!({
+            "input_tokens": self.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": self.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": self.input_tokens.saturating_add(self.output_tokens),
+        })
+    }
+}
 
 /// `request_counts` of a batch object.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,8 +150,11 @@ pub struct BatchErrorEntry {
 ///  "expired_at": null, "cancelling_at": null, "cancelled_at": null,
 ///  "request_counts": {"total": 0, "completed": 0, "failed": 0},
 ///  "errors": [], "steps": [["in_progress", 2], ["completed", 1]],
-///  "cancelling_polls": 0, "metadata": null}
+///  "cancelling_polls": 0, "metadata": null, "model": "gpt-4.1-mini",
+///  "usage": {"input_tokens": 0, "output_tokens": 0}, "errors_data_null": false}
 /// ```
+///
+/// `model` and `usage` may be `null` (the real API sends `usage: null` for old batches).
 ///
 /// Script: the batch reports `steps[0].0` for `steps[0].1` GETs, then `steps[1].0`, …; the
 /// last step sticks whatever its count. A step with 0 polls is passed through without being
@@ -139,6 +191,11 @@ pub struct BatchSpec {
     /// GETs after a cancel that still report `cancelling` before `cancelled` (default 0).
     pub cancelling_polls: u32,
     pub metadata: Option<serde_json::Map<String, Value>>,
+    pub model: Option<String>,
+    pub usage: Option<Usage>,
+    /// A terminal batch without errors reports `"errors": {"object": "list", "data": null}`
+    /// instead of `"errors": null`.
+    pub errors_data_null: bool,
 }
 
 impl Default for BatchSpec {
@@ -164,6 +221,9 @@ impl Default for BatchSpec {
             steps: Vec::new(),
             cancelling_polls: 0,
             metadata: None,
+            model: Some(DEFAULT_MODEL.to_owned()),
+            usage: Some(Usage::default()),
+            errors_data_null: false,
         }
     }
 }
@@ -198,6 +258,19 @@ impl BatchSpec {
     pub fn with_error_file(mut self, id: impl Into<String>) -> Self {
         self.error_file_id = Some(id.into());
         self
+    }
+
+    /// A `completed` batch whose every request failed: no output file, only an error file
+    /// (openai-batch.md: every target is reset). `failed` requests, all counted as failed.
+    pub fn completed_without_output(
+        id: impl Into<String>,
+        input_file_id: impl Into<String>,
+        error_file_id: impl Into<String>,
+        failed: u64,
+    ) -> Self {
+        Self::new(id, input_file_id)
+            .with_error_file(error_file_id)
+            .with_request_counts(failed, 0, failed)
     }
 
     #[must_use]
@@ -355,6 +428,8 @@ impl BatchState {
         let at = |field: &str| self.times.get(field).copied();
         let errors = if terminal && !spec.errors.is_empty() {
             json!({"object": "list", "data": spec.errors})
+        } else if terminal && spec.errors_data_null {
+            json!({"object": "list", "data": null})
         } else {
             Value::Null
         };
@@ -379,15 +454,30 @@ impl BatchState {
             "cancelled_at": at("cancelled_at"),
             "request_counts": spec.request_counts,
             "metadata": spec.metadata,
+            "model": spec.model,
+            "usage": spec.usage.map(Usage::json),
         })
     }
 }
 
-#[derive(Default)]
 struct OpenAiState {
     batches: HashMap<String, BatchState>,
     files: HashMap<String, Bytes>,
     api_key: Option<String>,
+    quota_exhausted: bool,
+    retry_wait: Duration,
+}
+
+impl Default for OpenAiState {
+    fn default() -> Self {
+        Self {
+            batches: HashMap::new(),
+            files: HashMap::new(),
+            api_key: None,
+            quota_exhausted: false,
+            retry_wait: DEFAULT_RETRY_WAIT,
+        }
+    }
 }
 
 struct Shared {
@@ -441,6 +531,38 @@ impl OpenAiEmulator {
     /// `Some(key)`: only `Bearer key` is accepted. `None` (default): any non-empty key.
     pub fn set_api_key(&self, key: Option<String>) {
         self.shared.lock().api_key = key;
+    }
+
+    /// Every API call answers 401 `invalid_api_key` for `window` (a revoked key), then keys are
+    /// accepted again.
+    pub fn reject_keys_for(&self, window: Duration) {
+        self.shared.harness.reject_keys(Some(window));
+    }
+
+    /// Every API call answers 401 until [`Self::accept_keys`].
+    pub fn reject_keys(&self) {
+        self.shared.harness.reject_keys(None);
+    }
+
+    /// Ends a key rejection window.
+    pub fn accept_keys(&self) {
+        self.shared.harness.accept_keys();
+    }
+
+    /// Whether a key rejection window is open now.
+    pub fn keys_rejected(&self) -> bool {
+        self.shared.harness.keys_rejected()
+    }
+
+    /// While on, every API call (with an accepted key) answers 429 `insufficient_quota`.
+    pub fn set_quota_exhausted(&self, on: bool) {
+        self.shared.lock().quota_exhausted = on;
+    }
+
+    /// The wait announced by 429 and 503 answers without one of their own (default
+    /// [`DEFAULT_RETRY_WAIT`]), as `retry-after-ms` and, rounded up, `Retry-After`.
+    pub fn set_retry_wait(&self, wait: Duration) {
+        self.shared.lock().retry_wait = wait;
     }
 
     /// Registers (or replaces, restarting its script) a batch.
@@ -553,6 +675,32 @@ pub fn error_response(
         .into_response()
 }
 
+/// The 429 of exhausted billing, as the real API words it.
+pub fn insufficient_quota_response() -> Response {
+    error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "You exceeded your current quota, please check your plan and billing details. For more \
+         information on this error, read the docs: \
+         https://platform.openai.com/docs/guides/error-codes/api-errors.",
+        "insufficient_quota",
+        Some("insufficient_quota"),
+    )
+}
+
+/// A one-shot fault answering 429 `insufficient_quota` (add `.times(n)`, `.on_path(…)`).
+pub fn insufficient_quota() -> FaultSpec {
+    FaultSpec::status(429).with_body(
+        json!({"error": {
+            "message": "You exceeded your current quota, please check your plan and billing \
+                        details. (emulated)",
+            "type": "insufficient_quota",
+            "param": null,
+            "code": "insufficient_quota",
+        }})
+        .to_string(),
+    )
+}
+
 fn openai_fault_body(status: StatusCode) -> Response {
     match status.as_u16() {
         429 => error_response(
@@ -608,6 +756,8 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/_admin/outage", post(admin_outage))
         .route("/_admin/latency", post(admin_latency))
+        .route("/_admin/quota", post(admin_quota))
+        .route("/_admin/retry_wait", post(admin_retry_wait))
         .route(
             "/_admin/requests",
             get(admin_requests).delete(admin_clear_requests),
@@ -615,9 +765,51 @@ fn router(shared: Arc<Shared>) -> Router {
         .layer(DefaultBodyLimit::disable());
     let harness = shared.harness.clone();
     api.merge(admin)
+        .merge(key_rejection_routes(harness.clone()))
         .fallback(unknown_url)
-        .with_state(shared)
+        .with_state(shared.clone())
         .layer(from_fn_with_state(harness, harness_layer))
+        // Outermost: the headers go on every answer, faults included.
+        .layer(from_fn_with_state(shared, answer_headers))
+}
+
+/// `x-request-id` on every API answer, and `retry-after-ms` with `Retry-After` on every 429
+/// and 503, as the real API sends them.
+async fn answer_headers(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with(crate::common::ADMIN_PREFIX) {
+        return next.run(req).await;
+    }
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    if !headers.contains_key("x-request-id") {
+        let id = format!("req_{}", uuid::Uuid::new_v4().simple());
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            headers.insert("x-request-id", v);
+        }
+    }
+    let status = response.status();
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        let given = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let wait = given.unwrap_or_else(|| shared.lock().retry_wait);
+        let headers = response.headers_mut();
+        if !headers.contains_key("retry-after-ms") {
+            headers.insert("retry-after-ms", HeaderValue::from(wait_ms(wait)));
+        }
+        if !headers.contains_key(header::RETRY_AFTER) {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+    }
+    response
+}
+
+fn wait_ms(wait: Duration) -> u64 {
+    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn auth(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
@@ -631,7 +823,19 @@ async fn auth(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Re
         })
         .filter(|k| !k.is_empty())
         .map(str::to_owned);
-    let expected = shared.lock().api_key.clone();
+    if shared.harness.keys_rejected() {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided: ****. You can find your API key at \
+             https://platform.openai.com/account/api-keys. (emulated key rejection)",
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        );
+    }
+    let (expected, quota_exhausted) = {
+        let state = shared.lock();
+        (state.api_key.clone(), state.quota_exhausted)
+    };
     match (provided, expected) {
         (None, _) => error_response(
             StatusCode::UNAUTHORIZED,
@@ -656,6 +860,7 @@ async fn auth(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Re
                 Some("invalid_api_key"),
             )
         }
+        _ if quota_exhausted => insufficient_quota_response(),
         _ => next.run(req).await,
     }
 }
@@ -821,6 +1026,31 @@ async fn admin_latency(State(shared): State<Arc<Shared>>, body: Bytes) -> Respon
     match serde_json::from_slice::<LatencyBody>(&body) {
         Ok(b) => {
             shared.harness.set_latency(Duration::from_millis(b.ms));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_admin(format!("expected {{\"ms\": N}}: {e}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct QuotaBody {
+    exhausted: bool,
+}
+
+async fn admin_quota(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<QuotaBody>(&body) {
+        Ok(b) => {
+            shared.lock().quota_exhausted = b.exhausted;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_admin(format!("expected {{\"exhausted\": bool}}: {e}")),
+    }
+}
+
+async fn admin_retry_wait(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<LatencyBody>(&body) {
+        Ok(b) => {
+            shared.lock().retry_wait = Duration::from_millis(b.ms);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => bad_admin(format!("expected {{\"ms\": N}}: {e}")),

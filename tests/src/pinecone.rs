@@ -16,17 +16,32 @@
 //!   of compact JSON).
 //!
 //! Every call needs an `Api-Key` header (any non-empty value, or exactly the key set with
-//! [`PineconeEmulator::set_api_key`]), else 401. `X-Pinecone-Api-Version` is recorded in the
-//! request log ([`RequestRecord::api_version`]).
+//! [`PineconeEmulator::set_api_key`]), else 401, and an `X-Pinecone-Api-Version` header naming
+//! one of [`API_VERSIONS`], else 400 (recorded in the request log,
+//! [`RequestRecord::api_version`]). A request whose URL (path and query) is longer than 8 KB
+//! answers 414, as the proxies in front of the real service do
+//! ([`PineconeEmulator::set_max_url_bytes`]). Every answer carries an `x-request-id`.
 //!
 //! Errors use the data plane's gRPC-style shape `{"code": N, "message": "…", "details": []}`
 //! with N the gRPC code of the status (400 → 3 INVALID_ARGUMENT, 401 → 16 UNAUTHENTICATED,
 //! 404 → 5, 429 → 8 RESOURCE_EXHAUSTED, 500 → 13 INTERNAL, 503 → 14 UNAVAILABLE; others → 2).
 //! A 429 message starts with `TOO_MANY_REQUESTS`.
 //!
-//! Rate limit ([`PineconeEmulator::set_rate_limit`]): a token bucket per namespace on
-//! `/vectors/update` only (like the real per-namespace write limit), holding at most one
-//! second's worth of tokens; an update over it answers 429 and changes nothing.
+//! Rate limits: updates ([`PineconeEmulator::set_rate_limit`], off by default) take a token
+//! of a bucket per namespace (like the real per-namespace write limit); fetches
+//! ([`PineconeEmulator::set_fetch_rate_limit`], on by default at [`DEFAULT_FETCH_RATE`] per
+//! second) a token of one bucket for the whole index. A bucket holds at most one second's
+//! worth of tokens; a call over it answers 429 `TOO_MANY_REQUESTS` with `Retry-After: 1` and
+//! changes nothing.
+//!
+//! Eventual consistency ([`PineconeEmulator::set_consistency_delay`], 0 by default): a change
+//! made by `/vectors/update` becomes visible to `/vectors/fetch` only after the delay; until
+//! then a fetch returns the vector as it was before. Updates themselves apply to the latest
+//! state, in order, like the real service's write path. [`PineconeEmulator::metadata`] and the
+//! admin API show the latest state; [`PineconeEmulator::visible_metadata`] what a fetch sees.
+//!
+//! Key rejection windows ([`PineconeEmulator::reject_keys_for`], `/_admin/reject_keys`): every
+//! API call answers 401, as for a revoked key, until the window ends or is cleared.
 //!
 //! # Admin API (no auth, not logged, never faulted)
 //!
@@ -37,6 +52,10 @@
 //!   "values", "metadata"}}}` (every vector, metadata always present).
 //! - `POST /_admin/faults` with a [`FaultSpec`] → 201; `DELETE /_admin/faults` → 204.
 //! - `POST /_admin/rate_limit` with `{"per_second": 100}` or `{"per_second": null}` → 204.
+//! - `POST /_admin/fetch_rate_limit`, same body, for fetches → 204.
+//! - `POST /_admin/consistency` with `{"delay_ms": N}` → 204.
+//! - `POST /_admin/reject_keys` with `{"seconds": N}` or `{"seconds": null}` (until cleared)
+//!   → 204; `DELETE /_admin/reject_keys` → 204.
 //! - `POST /_admin/outage` with `{"on": bool}` → 204; `POST /_admin/latency` with `{"ms": N}`.
 //! - `GET /_admin/requests` → `[RequestRecord…]`; `DELETE /_admin/requests` → 204.
 //! - `GET /_admin/updates` → `[UpdateRecord…]`.
@@ -44,7 +63,7 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -52,7 +71,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, Request, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -60,10 +79,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 pub use crate::common::{Fault, FaultSpec, RequestRecord};
-use crate::common::{Harness, Server, harness_layer, parse_query};
+use crate::common::{Harness, Server, harness_layer, key_rejection_routes, parse_query};
 
 /// Most ids one fetch accepts.
 pub const MAX_FETCH_IDS: usize = 1000;
+/// The `X-Pinecone-Api-Version` values accepted: the released data-plane versions, from the
+/// one the fleet pins (`2025-10`) and the one the pinned Python SDK sends (`2026-07`) back.
+pub const API_VERSIONS: &[&str] = &[
+    "2024-07", "2024-10", "2025-01", "2025-04", "2025-10", "2026-07",
+];
+/// Fetches per second of the whole index before 429, by default (the real limit is about 100).
+pub const DEFAULT_FETCH_RATE: u32 = 100;
+/// Longest URL (path and query) answered; proxies commonly refuse request lines past 8 KB.
+pub const DEFAULT_MAX_URL_BYTES: usize = 8 * 1024;
 /// Largest metadata of one vector, in bytes of compact JSON.
 pub const MAX_METADATA_BYTES: usize = 40 * 1024;
 
@@ -97,6 +125,13 @@ struct RateLimiter {
 }
 
 impl RateLimiter {
+    fn new(per_second: u32) -> Self {
+        Self {
+            per_second: f64::from(per_second.max(1)),
+            buckets: HashMap::new(),
+        }
+    }
+
     fn allow(&mut self, namespace: &str) -> bool {
         let now = Instant::now();
         let cap = self.per_second;
@@ -116,15 +151,42 @@ impl RateLimiter {
     }
 }
 
-#[derive(Default)]
+/// The state of one vector before a change fetches cannot see yet.
+struct Hidden {
+    visible_at: Instant,
+    before: Option<StoredVector>,
+}
+
 struct PineconeState {
+    /// The latest state: what updates apply to.
     namespaces: BTreeMap<String, BTreeMap<String, StoredVector>>,
+    /// Changes not yet visible to fetches, oldest first, by namespace and id.
+    hidden: HashMap<(String, String), VecDeque<Hidden>>,
+    consistency_delay: Duration,
     updates: Vec<UpdateRecord>,
     rate: Option<RateLimiter>,
+    fetch_rate: Option<RateLimiter>,
+    max_url_bytes: Option<usize>,
     api_key: Option<String>,
 }
 
+impl Default for PineconeState {
+    fn default() -> Self {
+        Self {
+            namespaces: BTreeMap::new(),
+            hidden: HashMap::new(),
+            consistency_delay: Duration::ZERO,
+            updates: Vec::new(),
+            rate: None,
+            fetch_rate: Some(RateLimiter::new(DEFAULT_FETCH_RATE)),
+            max_url_bytes: Some(DEFAULT_MAX_URL_BYTES),
+            api_key: None,
+        }
+    }
+}
+
 impl PineconeState {
+    /// Replaces a whole vector, visible at once (the seeding of tests).
     fn upsert(
         &mut self,
         namespace: &str,
@@ -132,10 +194,47 @@ impl PineconeState {
         values: Vec<f32>,
         metadata: Map<String, Value>,
     ) {
+        self.hidden.remove(&(namespace.to_owned(), id.to_owned()));
         self.namespaces
             .entry(namespace.to_owned())
             .or_default()
             .insert(id.to_owned(), StoredVector { values, metadata });
+    }
+
+    /// Stores the new state of an existing vector written by `/vectors/update`; fetches see
+    /// it after the consistency delay.
+    fn write(&mut self, namespace: &str, id: &str, new: StoredVector) {
+        let ns = self.namespaces.entry(namespace.to_owned()).or_default();
+        let before = ns.insert(id.to_owned(), new);
+        if !self.consistency_delay.is_zero() {
+            self.hidden
+                .entry((namespace.to_owned(), id.to_owned()))
+                .or_default()
+                .push_back(Hidden {
+                    visible_at: Instant::now() + self.consistency_delay,
+                    before,
+                });
+        }
+    }
+
+    /// The vector as a fetch sees it now: the state before the oldest change not yet visible.
+    fn visible(&mut self, namespace: &str, id: &str) -> Option<StoredVector> {
+        let key = (namespace.to_owned(), id.to_owned());
+        if let Some(queue) = self.hidden.get_mut(&key) {
+            let now = Instant::now();
+            while queue.front().is_some_and(|h| h.visible_at <= now) {
+                queue.pop_front();
+            }
+            match queue.front() {
+                Some(oldest) => return oldest.before.clone(),
+                None => {
+                    self.hidden.remove(&key);
+                }
+            }
+        }
+        self.namespaces
+            .get(namespace)
+            .and_then(|ns| ns.get(id).cloned())
     }
 }
 
@@ -200,8 +299,9 @@ impl PineconeEmulator {
     }
 
     pub fn delete(&self, namespace: &str, id: &str) -> bool {
-        self.shared
-            .lock()
+        let mut state = self.shared.lock();
+        state.hidden.remove(&(namespace.to_owned(), id.to_owned()));
+        state
             .namespaces
             .get_mut(namespace)
             .is_some_and(|ns| ns.remove(id).is_some())
@@ -215,8 +315,60 @@ impl PineconeEmulator {
             .and_then(|ns| ns.get(id).cloned())
     }
 
+    /// The latest metadata (every accepted update applied).
     pub fn metadata(&self, namespace: &str, id: &str) -> Option<Map<String, Value>> {
         self.vector(namespace, id).map(|v| v.metadata)
+    }
+
+    /// The metadata a fetch would return now (under a consistency delay, possibly older than
+    /// [`Self::metadata`]).
+    pub fn visible_metadata(&self, namespace: &str, id: &str) -> Option<Map<String, Value>> {
+        self.shared
+            .lock()
+            .visible(namespace, id)
+            .map(|v| v.metadata)
+    }
+
+    /// Changes made by `/vectors/update` become visible to fetches only `delay` later
+    /// (default 0: at once). The real index is eventually consistent.
+    pub fn set_consistency_delay(&self, delay: Duration) {
+        let mut state = self.shared.lock();
+        state.consistency_delay = delay;
+        if delay.is_zero() {
+            state.hidden.clear();
+        }
+    }
+
+    /// `Some(n)`: about n fetches per second for the whole index, more answer 429 (default
+    /// [`DEFAULT_FETCH_RATE`]). `None`: unlimited.
+    pub fn set_fetch_rate_limit(&self, per_second: Option<u32>) {
+        self.shared.lock().fetch_rate = per_second.map(RateLimiter::new);
+    }
+
+    /// `Some(n)`: a URL (path and query) over n bytes answers 414 (default
+    /// [`DEFAULT_MAX_URL_BYTES`]). `None`: no limit.
+    pub fn set_max_url_bytes(&self, max: Option<usize>) {
+        self.shared.lock().max_url_bytes = max;
+    }
+
+    /// Every API call answers 401 for `window` (a revoked key), then keys are accepted again.
+    pub fn reject_keys_for(&self, window: Duration) {
+        self.shared.harness.reject_keys(Some(window));
+    }
+
+    /// Every API call answers 401 until [`Self::accept_keys`].
+    pub fn reject_keys(&self) {
+        self.shared.harness.reject_keys(None);
+    }
+
+    /// Ends a key rejection window.
+    pub fn accept_keys(&self) {
+        self.shared.harness.accept_keys();
+    }
+
+    /// Whether a key rejection window is open now.
+    pub fn keys_rejected(&self) -> bool {
+        self.shared.harness.keys_rejected()
     }
 
     /// Every vector's metadata in the namespace, by id (for whole-state comparisons).
@@ -236,10 +388,7 @@ impl PineconeEmulator {
     /// `Some(n)`: at most about n updates per second per namespace (token bucket, burst n);
     /// more answer 429. `None` (default): unlimited.
     pub fn set_rate_limit(&self, per_second: Option<u32>) {
-        self.shared.lock().rate = per_second.map(|n| RateLimiter {
-            per_second: f64::from(n.max(1)),
-            buckets: HashMap::new(),
-        });
+        self.shared.lock().rate = per_second.map(RateLimiter::new);
     }
 
     /// Accepted (200) update calls so far, including those for absent ids.
@@ -319,6 +468,15 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
+/// A 429 of one of the emulator's own rate limits, with `Retry-After: 1`.
+fn rate_limited(message: &str) -> Response {
+    let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 fn pinecone_fault_body(status: StatusCode) -> Response {
     let message = match status.as_u16() {
         429 => "TOO_MANY_REQUESTS: Request failed. You've reached the max request rate \
@@ -343,6 +501,8 @@ fn router(shared: Arc<Shared>) -> Router {
             post(admin_add_fault).delete(admin_clear_faults),
         )
         .route("/_admin/rate_limit", post(admin_rate_limit))
+        .route("/_admin/fetch_rate_limit", post(admin_fetch_rate_limit))
+        .route("/_admin/consistency", post(admin_consistency))
         .route("/_admin/outage", post(admin_outage))
         .route("/_admin/latency", post(admin_latency))
         .route(
@@ -353,12 +513,52 @@ fn router(shared: Arc<Shared>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::disable());
     let harness = shared.harness.clone();
     api.merge(admin)
+        .merge(key_rejection_routes(harness.clone()))
         .fallback(unknown_url)
         .with_state(shared)
         .layer(from_fn_with_state(harness, harness_layer))
+        // Outermost: on every answer, faults included.
+        .layer(axum::middleware::from_fn(request_id))
 }
 
+/// `x-request-id` on every API answer, as the real service sends it.
+async fn request_id(req: Request, next: Next) -> Response {
+    let admin = req.uri().path().starts_with(crate::common::ADMIN_PREFIX);
+    let mut response = next.run(req).await;
+    if !admin && !response.headers().contains_key("x-request-id") {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+    }
+    response
+}
+
+/// The gateway in front of the API: URL length, then the key, then the API version.
 async fn auth(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let url_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let max_url = shared.lock().max_url_bytes;
+    if max_url.is_some_and(|max| url_len > max) {
+        return (
+            StatusCode::URI_TOO_LONG,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html>\r\n<head><title>414 Request-URI Too Large</title></head>\r\n<body>\r\n\
+             <center><h1>414 Request-URI Too Large</h1></center>\r\n</body>\r\n</html>\r\n",
+        )
+            .into_response();
+    }
+    if shared.harness.keys_rejected() {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "Invalid API Key (emulated key rejection)",
+        );
+    }
+    let version = req
+        .headers()
+        .get("x-pinecone-api-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .map(str::to_owned);
     let provided = req
         .headers()
         .get("api-key")
@@ -372,7 +572,17 @@ async fn auth(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Re
         (Some(key), Some(expected)) if key != expected => {
             error_response(StatusCode::UNAUTHORIZED, "Invalid API Key")
         }
-        _ => next.run(req).await,
+        _ => match version {
+            Some(v) if API_VERSIONS.contains(&v.as_str()) => next.run(req).await,
+            Some(v) => bad_request(&format!(
+                "Unsupported API version '{v}' in X-Pinecone-Api-Version. Supported versions: {}",
+                API_VERSIONS.join(", ")
+            )),
+            None => bad_request(&format!(
+                "Missing X-Pinecone-Api-Version header. Supported versions: {}",
+                API_VERSIONS.join(", ")
+            )),
+        },
     }
 }
 
@@ -429,13 +639,20 @@ async fn fetch(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> 
             ids.len()
         ));
     }
-    let state = shared.lock();
+    let mut state = shared.lock();
+    if let Some(rate) = state.fetch_rate.as_mut() {
+        if !rate.allow("") {
+            let limit = rate.per_second;
+            return rate_limited(&format!(
+                "TOO_MANY_REQUESTS: Request failed. You've reached the max fetch rate of \
+                 {limit} per second for this index (emulated)."
+            ));
+        }
+    }
     let mut vectors = Map::new();
-    if let Some(ns) = state.namespaces.get(&namespace) {
-        for id in &ids {
-            if let Some(v) = ns.get(id) {
-                vectors.insert(id.clone(), vector_json(id, v, false));
-            }
+    for id in &ids {
+        if let Some(v) = state.visible(&namespace, id) {
+            vectors.insert(id.clone(), vector_json(id, &v, false));
         }
     }
     axum::Json(json!({
@@ -512,14 +729,11 @@ async fn update(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let mut state = shared.lock();
     if let Some(rate) = state.rate.as_mut() {
         if !rate.allow(namespace) {
-            return error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!(
-                    "TOO_MANY_REQUESTS: Request failed. You've reached the max update rate \
+            return rate_limited(&format!(
+                "TOO_MANY_REQUESTS: Request failed. You've reached the max update rate \
                      of {} per second for namespace '{namespace}' (emulated).",
-                    rate.per_second
-                ),
-            );
+                rate.per_second
+            ));
         }
     }
     let existing = state
@@ -547,7 +761,9 @@ async fn update(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             ));
         }
         changed = new != old;
-        state.upsert(namespace, id, new.values, new.metadata);
+        if changed {
+            state.write(namespace, id, new);
+        }
     }
     let unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -654,14 +870,39 @@ struct RateLimitBody {
 async fn admin_rate_limit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     match serde_json::from_slice::<RateLimitBody>(&body) {
         Ok(b) => {
-            let mut state = shared.lock();
-            state.rate = b.per_second.map(|n| RateLimiter {
-                per_second: f64::from(n.max(1)),
-                buckets: HashMap::new(),
-            });
+            shared.lock().rate = b.per_second.map(RateLimiter::new);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => bad_admin(format!("expected {{\"per_second\": N|null}}: {e}")),
+    }
+}
+
+async fn admin_fetch_rate_limit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<RateLimitBody>(&body) {
+        Ok(b) => {
+            shared.lock().fetch_rate = b.per_second.map(RateLimiter::new);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_admin(format!("expected {{\"per_second\": N|null}}: {e}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct ConsistencyBody {
+    delay_ms: u64,
+}
+
+async fn admin_consistency(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<ConsistencyBody>(&body) {
+        Ok(b) => {
+            let mut state = shared.lock();
+            state.consistency_delay = Duration::from_millis(b.delay_ms);
+            if b.delay_ms == 0 {
+                state.hidden.clear();
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_admin(format!("expected {{\"delay_ms\": N}}: {e}")),
     }
 }
 

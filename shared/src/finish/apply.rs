@@ -714,7 +714,7 @@ async fn download_optional(
 ) -> Result<Option<DownloadedFile>, FinishError> {
     match services.openai.download_file(file_id).await {
         Ok(f) => Ok(Some(f)),
-        Err(e) if !e.is_transient() => {
+        Err(e) if e.error_class() == crate::error_class::ErrorClass::Permanent => {
             warn!(file_id, error = %e, "{what} cannot be read");
             Ok(None)
         }

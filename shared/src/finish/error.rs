@@ -1,11 +1,12 @@
 //! What can stop a batch from finishing, classified for the worker: retry later (transient),
-//! dead-letter (permanent), or a stop it asked for.
+//! wait for the deployment to be fixed, dead-letter (permanent), or a stop it asked for.
 
 use std::time::Duration;
 
-use crate::error_class::{DeploymentCause, ErrorClass};
-use crate::openai::client::OpenAiError;
-use crate::pinecone::client::PineconeError;
+use crate::error_class::ErrorClass;
+use crate::http::CallError as _;
+use crate::openai::OpenAiError;
+use crate::pinecone::PineconeError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,26 +36,18 @@ impl FinishError {
     /// dead-letter.
     pub fn class(&self) -> ErrorClass {
         match self {
-            FinishError::OpenAi(e) if e.status() == Some(401) || e.status() == Some(403) => {
-                ErrorClass::Deployment(DeploymentCause::OpenAiKey)
-            }
-            FinishError::Pinecone(e) if e.status() == Some(401) || e.status() == Some(403) => {
-                ErrorClass::Deployment(DeploymentCause::PineconeKey)
-            }
+            FinishError::BatchUnknown(_) | FinishError::BadSummary { .. } => ErrorClass::Permanent,
+            FinishError::OpenAi(e) => e.error_class(),
+            FinishError::Pinecone(e) => e.error_class(),
             FinishError::Store(e) => e.class(),
-            e if e.is_transient() => ErrorClass::Transient,
-            _ => ErrorClass::Permanent,
+            FinishError::Io { .. } | FinishError::Stopped { .. } => ErrorClass::Transient,
         }
     }
 
+    /// Worth handling again later: transient, or an error of the deployment (which says nothing
+    /// about the batch and must never dead-letter it). Only permanent errors are not.
     pub fn is_transient(&self) -> bool {
-        match self {
-            FinishError::BatchUnknown(_) | FinishError::BadSummary { .. } => false,
-            FinishError::OpenAi(e) => e.is_transient(),
-            FinishError::Pinecone(e) => e.is_transient(),
-            FinishError::Store(e) => e.is_transient(),
-            FinishError::Io { .. } | FinishError::Stopped { .. } => true,
-        }
+        self.class().is_retryable()
     }
 
     /// A bounded name for metrics and the dead-letter `reason` attribute.
@@ -62,19 +55,8 @@ impl FinishError {
         match self {
             FinishError::BatchUnknown(_) => "batch_unknown",
             FinishError::BadSummary { .. } => "bad_summary",
-            FinishError::OpenAi(e) if e.is_not_found() => "openai_batch_not_found",
-            FinishError::OpenAi(e) => match e.class() {
-                "unauthorized" => "openai_unauthorized",
-                "rate_limited" => "openai_rate_limited",
-                "server_error" => "openai_server_error",
-                "truncated" => "openai_truncated_download",
-                _ => "openai_error",
-            },
-            FinishError::Pinecone(e) => match e.class() {
-                "rate_limited" => "pinecone_rate_limited",
-                "unauthorized" => "pinecone_unauthorized",
-                _ => "pinecone_error",
-            },
+            FinishError::OpenAi(e) => e.reason(),
+            FinishError::Pinecone(e) => e.reason(),
             FinishError::Store(StoreError::Decode(_)) => "bad_item",
             FinishError::Store(_) => "dynamodb_error",
             FinishError::Io { .. } => "io_error",
@@ -88,6 +70,102 @@ impl FinishError {
             FinishError::OpenAi(e) => e.retry_after(),
             FinishError::Pinecone(e) => e.retry_after(),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error_class::DeploymentCause;
+    use crate::http::AnswerMeta;
+    use crate::openai::{ApiErrorDetail, Endpoint};
+    use crate::pinecone::Op;
+
+    fn openai(endpoint: Endpoint, status: u16, code: Option<&str>) -> FinishError {
+        FinishError::OpenAi(OpenAiError::Api {
+            endpoint,
+            detail: Box::new(ApiErrorDetail {
+                code: code.map(str::to_owned),
+                ..ApiErrorDetail::default()
+            }),
+            answer: AnswerMeta::status(status),
+        })
+    }
+
+    fn pinecone(status: u16) -> FinishError {
+        FinishError::Pinecone(PineconeError::Api {
+            op: Op::Update,
+            message: String::new(),
+            answer: AnswerMeta::status(status),
+        })
+    }
+
+    #[test]
+    fn classes_are_the_clients_own() {
+        use ErrorClass::{Deployment, Permanent, Transient};
+        let rows = [
+            (
+                openai(Endpoint::GetBatch, 401, None),
+                Deployment(DeploymentCause::OpenAiKey),
+                "openai_unauthorized",
+            ),
+            (
+                openai(Endpoint::CancelBatch, 403, None),
+                Deployment(DeploymentCause::OpenAiKey),
+                "openai_unauthorized",
+            ),
+            (
+                openai(Endpoint::DownloadFile, 403, None),
+                Transient,
+                "openai_error",
+            ),
+            (
+                openai(Endpoint::GetBatch, 429, Some("insufficient_quota")),
+                Deployment(DeploymentCause::OpenAiQuota),
+                "openai_insufficient_quota",
+            ),
+            (
+                openai(Endpoint::GetBatch, 429, None),
+                Transient,
+                "openai_rate_limited",
+            ),
+            (
+                openai(Endpoint::GetBatch, 404, None),
+                Permanent,
+                "openai_batch_not_found",
+            ),
+            (
+                pinecone(401),
+                Deployment(DeploymentCause::PineconeKey),
+                "pinecone_unauthorized",
+            ),
+            (
+                pinecone(403),
+                Deployment(DeploymentCause::PineconeKey),
+                "pinecone_unauthorized",
+            ),
+            (pinecone(429), Transient, "pinecone_rate_limited"),
+            (pinecone(400), Permanent, "pinecone_error"),
+            (
+                FinishError::BatchUnknown("b".into()),
+                Permanent,
+                "batch_unknown",
+            ),
+            (
+                FinishError::Stopped {
+                    writes: 3,
+                    why: "lease lost",
+                },
+                Transient,
+                "stopped",
+            ),
+        ];
+        for (error, class, reason) in rows {
+            assert_eq!(error.class(), class, "{error}");
+            assert_eq!(error.reason(), reason, "{error}");
+            // Only permanent errors may dead-letter.
+            assert_eq!(error.is_transient(), class != Permanent, "{error}");
         }
     }
 }

@@ -110,10 +110,17 @@ pub struct BatchError {
     pub line: Option<u64>,
 }
 
+/// `errors` of a batch object. The API may send `"errors": null` (decoded as `None` on
+/// [`BatchObject::errors`]) and `"errors": {"data": null}` (decoded as no errors).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchErrors {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub data: Vec<BatchError>,
+}
+
+/// A list that may be sent as `null`.
+fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Unix-second timestamps are `Option<i64>`: null until the batch reaches that stage.
@@ -181,5 +188,39 @@ mod tests {
         .unwrap();
         assert_eq!(b.errors.unwrap().data[0].line, Some(3));
         assert_eq!(b.expires_at, Some(1_700_086_400));
+    }
+
+    #[test]
+    fn null_errors_and_null_error_data_decode() {
+        let b: BatchObject =
+            serde_json::from_str(r#"{"id":"b","status":"failed","errors":null}"#).unwrap();
+        assert_eq!(b.errors, None);
+        let b: BatchObject = serde_json::from_str(
+            r#"{"id":"b","status":"failed","errors":{"object":"list","data":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(b.errors, Some(BatchErrors::default()));
+        let b: BatchObject =
+            serde_json::from_str(r#"{"id":"b","status":"failed","errors":{}}"#).unwrap();
+        assert_eq!(b.errors, Some(BatchErrors::default()));
+        // A wrong type is still an error.
+        assert!(
+            serde_json::from_str::<BatchObject>(
+                r#"{"id":"b","status":"failed","errors":{"data":3}}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_completed_batch_without_output_decodes() {
+        let b: BatchObject = serde_json::from_str(
+            r#"{"id":"batch_1","object":"batch","endpoint":"/v1/chat/completions","model":"gpt-4.1-mini","errors":null,"input_file_id":"file-in","completion_window":"24h","status":"completed","output_file_id":null,"error_file_id":"file-err","created_at":1700000000,"in_progress_at":1700000060,"expires_at":1700086400,"finalizing_at":1700000120,"completed_at":1700000180,"failed_at":null,"expired_at":null,"cancelling_at":null,"cancelled_at":null,"request_counts":{"total":3,"completed":0,"failed":3},"usage":{"input_tokens":0,"input_tokens_details":{"cached_tokens":0},"output_tokens":0,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":0},"metadata":{"pipeline":"labels"}}"#,
+        )
+        .unwrap();
+        assert_eq!(b.status, OpenAiStatus::Completed);
+        assert_eq!(b.output_file_id, None);
+        assert_eq!(b.error_file_id.as_deref(), Some("file-err"));
+        assert_eq!(b.request_counts.map(|c| c.failed), Some(3));
     }
 }

@@ -1,7 +1,9 @@
-//! The OpenAI Batch API: the batch object and the HTTP client.
+//! The OpenAI Batch API: the batch object, the HTTP client and its errors.
 
 pub mod batch;
 pub mod client;
+pub mod error;
 
 pub use batch::{BatchObject, OpenAiStatus};
-pub use client::{ApiErrorDetail, DownloadedFile, OpenAiClient, OpenAiConfig, OpenAiError};
+pub use client::{DownloadedFile, OpenAiClient, OpenAiConfig};
+pub use error::{ApiErrorDetail, Endpoint, OpenAiError};

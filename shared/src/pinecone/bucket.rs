@@ -1,4 +1,5 @@
-//! A token bucket that paces writes below Pinecone's per-namespace update limit.
+//! A token bucket: paces Pinecone updates and fetches below their limits, and every client's
+//! calls while its deployment is rejected ([`crate::http::DeploymentPacer`]).
 //!
 //! Pacing on our side avoids most 429s, which would otherwise cost a backoff sleep each and
 //! slow the whole batch down more than steady pacing does.

@@ -9,18 +9,18 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{StatusCode, Url};
+use reqwest::{RequestBuilder, Url};
 use secrecy::SecretString;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::bucket::TokenBucket;
+pub use super::error::{Op, PineconeError};
 use super::merge::{Metadata, MetadataChange, merge_metadata};
-use crate::retry::{
-    self, Attempt, RetryEvent, RetryPolicy, TransportKind, body_excerpt, error_chain,
-    fmt_retry_after, is_retryable_status, read_body_capped, status_class, status_is_transient,
-};
-use crate::secret::{scrub, sensitive_header};
+use crate::http::{CallError as _, Http, JSON_BODY_CAP, Service, error_chain};
+use crate::retry::RetryPolicy;
+use crate::secret::sensitive_header;
 
 /// The namespace of word vectors (data-model.md).
 pub const DEFAULT_NAMESPACE: &str = "words";
@@ -30,7 +30,17 @@ pub const API_VERSION: &str = "2025-10";
 /// Pinecone's own cap on ids per fetch.
 pub const MAX_FETCH_IDS: usize = 1000;
 
-const ERROR_BODY_CAP: usize = 16 * 1024;
+/// Cap of a fetch answer per id asked: a vector's values (3,072 dimensions at about 12 bytes
+/// each) and its metadata (at most 40 KB) fit with room to spare.
+const FETCH_BODY_CAP_PER_ID: usize = 128 * 1024;
+
+/// How the client appears in logs and metrics.
+const SERVICE: Service = Service {
+    name: "Pinecone",
+    requests_metric: "fleet_pinecone_requests_total",
+    retries_metric: "fleet_pinecone_retries_total",
+    call_label: "op",
+};
 
 #[derive(Debug, Clone)]
 pub struct PineconeConfig {
@@ -57,6 +67,9 @@ pub struct PineconeConfig {
     pub fetch_max_query_bytes: usize,
     /// Fetches in flight at once.
     pub fetch_concurrency: usize,
+    /// Pace of fetches from this client. Pinecone allows about 100 per second per index,
+    /// shared by every replica; the default leaves room for a second one.
+    pub fetches_per_second: f64,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
@@ -74,69 +87,10 @@ impl PineconeConfig {
             fetch_max_ids: 100,
             fetch_max_query_bytes: 6_000,
             fetch_concurrency: 4,
+            fetches_per_second: 50.0,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
-        }
-    }
-}
-
-/// Everything that can go wrong calling Pinecone, after the client's own retries. Never holds
-/// the API key.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PineconeError {
-    #[error("Pinecone {op}: HTTP {status}: {message}{}", fmt_retry_after(*retry_after))]
-    Api {
-        op: &'static str,
-        status: u16,
-        message: String,
-        retry_after: Option<Duration>,
-    },
-    #[error("Pinecone {op}: {kind} error: {message}")]
-    Transport {
-        op: &'static str,
-        kind: TransportKind,
-        message: String,
-    },
-    #[error("Pinecone {op}: undecodable response: {message}")]
-    Decode { op: &'static str, message: String },
-    #[error("Pinecone client configuration: {0}")]
-    Config(String),
-}
-
-impl PineconeError {
-    /// Transient: throttling, server errors, timeouts, broken connections. Permanent: auth,
-    /// bad requests (a null value, metadata over 40 KB), undecodable answers, configuration.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Api { status, .. } => status_is_transient(*status),
-            Self::Transport { .. } => true,
-            Self::Decode { .. } | Self::Config(_) => false,
-        }
-    }
-
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Self::Api { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Api { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
-
-    /// A short, bounded label for metrics and dead-letter attributes.
-    pub fn class(&self) -> &'static str {
-        match self {
-            Self::Api { status, .. } => status_class(*status),
-            Self::Transport { kind, .. } => kind.as_str(),
-            Self::Decode { .. } => "decode",
-            Self::Config(_) => "config",
         }
     }
 }
@@ -157,22 +111,22 @@ pub struct PineconeReport {
     pub missing_ids: Vec<String>,
 }
 
-/// The Pinecone data-plane client for one namespace. Clones share the connection pool and the
-/// update pacing, so every clone in a process counts against the same rate.
+/// The Pinecone data-plane client for one namespace. Clones share the connection pool, the
+/// update and fetch pacing and the pacing of calls while the key is rejected, so every clone in
+/// a process counts against the same rates.
 #[derive(Clone)]
 pub struct PineconeClient {
-    http: reqwest::Client,
+    http: Http,
     fetch_url: Url,
     update_url: Url,
-    api_key: SecretString,
     namespace: String,
     request_timeout: Duration,
-    retry: RetryPolicy,
     update_concurrency: usize,
     fetch_max_ids: usize,
     fetch_max_query_bytes: usize,
     fetch_concurrency: usize,
     bucket: Arc<TokenBucket>,
+    fetch_bucket: Arc<TokenBucket>,
 }
 
 impl fmt::Debug for PineconeClient {
@@ -182,8 +136,9 @@ impl fmt::Debug for PineconeClient {
             .field("api_key", &"[REDACTED]")
             .field("namespace", &self.namespace)
             .field("updates_per_second", &self.bucket.rate())
+            .field("fetches_per_second", &self.fetch_bucket.rate())
             .field("update_concurrency", &self.update_concurrency)
-            .field("retry", &self.retry)
+            .field("http", &self.http)
             .finish_non_exhaustive()
     }
 }
@@ -239,7 +194,7 @@ impl PineconeClient {
             HeaderValue::from_str(&config.api_version)
                 .map_err(|_| PineconeError::Config("invalid API version".into()))?,
         );
-        let http = reqwest::Client::builder()
+        let client = reqwest::Client::builder()
             .default_headers(headers)
             .user_agent(concat!("fleet/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
@@ -247,23 +202,28 @@ impl PineconeClient {
             .map_err(|e| PineconeError::Config(error_chain(&e)))?;
 
         Ok(Self {
-            http,
+            http: Http::new(SERVICE, client, config.api_key, config.retry),
             fetch_url: endpoint(&["vectors", "fetch"]),
             update_url: endpoint(&["vectors", "update"]),
-            api_key: config.api_key,
             namespace: config.namespace,
             request_timeout: config.request_timeout,
-            retry: config.retry,
             update_concurrency: config.update_concurrency.max(1),
             fetch_max_ids: config.fetch_max_ids.clamp(1, MAX_FETCH_IDS),
             fetch_max_query_bytes: config.fetch_max_query_bytes,
             fetch_concurrency: config.fetch_concurrency.max(1),
             bucket: Arc::new(TokenBucket::for_rate(config.updates_per_second)),
+            fetch_bucket: Arc::new(TokenBucket::for_rate(config.fetches_per_second)),
         })
     }
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// Whether calls are paced because Pinecone rejected the key and no call has succeeded
+    /// since.
+    pub fn is_paced(&self) -> bool {
+        self.http.pacer().is_pacing()
     }
 
     /// Current metadata of the given vectors, by id. Ids absent from the index are absent
@@ -387,22 +347,17 @@ impl PineconeClient {
         ids: &[&str],
         rate_limited: &AtomicU64,
     ) -> Result<HashMap<String, Metadata>, PineconeError> {
-        const OP: &str = "fetch";
         let mut query: Vec<(&str, &str)> = ids.iter().map(|id| ("ids", *id)).collect();
         query.push(("namespace", self.namespace.as_str()));
-        let response: FetchResponse = retry::retry(
-            &self.retry,
-            |_| {
-                let request = self
-                    .http
-                    .get(self.fetch_url.clone())
-                    .query(&query)
-                    .timeout(self.request_timeout);
-                self.attempt(OP, request, rate_limited)
-            },
-            |event, error| on_retry(OP, event, error),
-        )
-        .await?;
+        let cap = ids
+            .len()
+            .saturating_add(1)
+            .saturating_mul(FETCH_BODY_CAP_PER_ID);
+        let response: FetchResponse = self
+            .paced_call(Op::Fetch, &self.fetch_bucket, cap, rate_limited, || {
+                self.http.client().get(self.fetch_url.clone()).query(&query)
+            })
+            .await?;
         Ok(response
             .vectors
             .into_iter()
@@ -416,115 +371,50 @@ impl PineconeClient {
         set_metadata: &Metadata,
         rate_limited: &AtomicU64,
     ) -> Result<(), PineconeError> {
-        const OP: &str = "update";
         let body = json!({
             "id": id,
             "setMetadata": set_metadata,
             "namespace": self.namespace,
         });
-        let _: Value = retry::retry(
-            &self.retry,
-            |_| {
-                let body = &body;
-                async move {
-                    // Every try counts against the rate, retries included.
-                    self.bucket.acquire().await;
-                    let request = self
-                        .http
-                        .post(self.update_url.clone())
-                        .json(body)
-                        .timeout(self.request_timeout);
-                    self.attempt(OP, request, rate_limited).await
-                }
-            },
-            |event, error| on_retry(OP, event, error),
-        )
-        .await?;
+        let _: Value = self
+            .paced_call(
+                Op::Update,
+                &self.bucket,
+                JSON_BODY_CAP,
+                rate_limited,
+                || self.http.client().post(self.update_url.clone()).json(&body),
+            )
+            .await?;
         Ok(())
     }
 
-    async fn attempt<T: serde::de::DeserializeOwned>(
+    /// One call whose every try (retries included) takes a token of `bucket` first, and whose
+    /// 429 answers are counted.
+    async fn paced_call<T: DeserializeOwned>(
         &self,
-        op: &'static str,
-        request: reqwest::RequestBuilder,
+        op: Op,
+        bucket: &TokenBucket,
+        cap: usize,
         rate_limited: &AtomicU64,
-    ) -> Attempt<T, PineconeError> {
-        let response = match request.send().await {
-            Ok(r) => r,
-            // Fetch URLs are kilobytes of ids: keep them out of the message.
-            Err(e) => return transport_attempt(op, e.without_url()),
-        };
-        let status = response.status();
-        if status.is_success() {
-            let body = match response.bytes().await {
-                Ok(b) => b,
-                Err(e) => return transport_attempt(op, e.without_url()),
-            };
-            return match serde_json::from_slice::<T>(&body) {
-                Ok(value) => {
-                    count_request(op, "ok");
-                    Attempt::Done(value)
+        request: impl Fn() -> RequestBuilder,
+    ) -> Result<T, PineconeError> {
+        self.http
+            .call(op, |_| {
+                let request = request().timeout(self.request_timeout);
+                async move {
+                    bucket.acquire().await;
+                    let out: Result<T, PineconeError> =
+                        self.http.send_json_as(op, request, cap).await;
+                    if let Err(e) = &out {
+                        if e.status() == Some(429) {
+                            rate_limited.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("fleet_pinecone_rate_limited_total").increment(1);
+                        }
+                    }
+                    out
                 }
-                Err(e) => {
-                    count_request(op, "decode");
-                    Attempt::Fail(PineconeError::Decode {
-                        op,
-                        message: format!(
-                            "{e}: {}",
-                            scrub(&body_excerpt(&body, 200), &self.api_key)
-                        ),
-                    })
-                }
-            };
-        }
-
-        let retry_after = retry::retry_after(response.headers());
-        let body = read_body_capped(response, ERROR_BODY_CAP)
+            })
             .await
-            .unwrap_or_default();
-        let class = status_class(status.as_u16());
-        count_request(op, class);
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            rate_limited.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("fleet_pinecone_rate_limited_total").increment(1);
-        }
-        let error = PineconeError::Api {
-            op,
-            status: status.as_u16(),
-            message: scrub(&error_message(&body), &self.api_key),
-            retry_after,
-        };
-        if is_retryable_status(status) {
-            Attempt::Retry {
-                error,
-                reason: class,
-                retry_after,
-            }
-        } else {
-            Attempt::Fail(error)
-        }
-    }
-}
-
-/// The data plane answers `{"code": N, "message": "…", "details": []}`; the control plane
-/// `{"error": {"code": "…", "message": "…"}}`; a gateway may send anything.
-fn error_message(body: &[u8]) -> String {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return body_excerpt(body, 300);
-    };
-    let inner = value
-        .get("error")
-        .filter(|e| e.is_object())
-        .unwrap_or(&value);
-    let message = inner.get("message").and_then(Value::as_str);
-    let code = inner.get("code").filter(|c| !c.is_null()).map(|c| match c {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    });
-    match (message, code) {
-        (Some(m), Some(c)) => format!("{m} [code {c}]"),
-        (Some(m), None) => m.to_owned(),
-        _ => body_excerpt(body, 300),
     }
 }
 
@@ -569,42 +459,10 @@ fn encoded_len(s: &str) -> usize {
         .sum()
 }
 
-fn transport_attempt<T>(op: &'static str, error: reqwest::Error) -> Attempt<T, PineconeError> {
-    let kind = TransportKind::of(&error);
-    count_request(op, kind.as_str());
-    Attempt::Retry {
-        error: PineconeError::Transport {
-            op,
-            kind,
-            message: error_chain(&error),
-        },
-        reason: kind.as_str(),
-        retry_after: None,
-    }
-}
-
-fn count_request(op: &'static str, outcome: &'static str) {
-    metrics::counter!("fleet_pinecone_requests_total", "op" => op, "outcome" => outcome)
-        .increment(1);
-}
-
 fn count_outcome(outcome: &'static str, n: u64) {
     if n > 0 {
         metrics::counter!("fleet_pinecone_updates_total", "outcome" => outcome).increment(n);
     }
-}
-
-fn on_retry(op: &'static str, event: &RetryEvent, error: &PineconeError) {
-    metrics::counter!("fleet_pinecone_retries_total", "reason" => event.reason).increment(1);
-    tracing::warn!(
-        op,
-        reason = event.reason,
-        attempt = event.attempt,
-        delay_ms = u64::try_from(event.delay.as_millis()).unwrap_or(u64::MAX),
-        from_retry_after = event.from_retry_after,
-        error = %error,
-        "Pinecone call failed; retrying"
-    );
 }
 
 #[cfg(test)]
@@ -644,49 +502,6 @@ mod tests {
         let chunks = chunk_ids(&ids[..3], 100, 10);
         assert_eq!(chunks.len(), 3);
         assert!(chunk_ids(&[], 100, 6_000).is_empty());
-    }
-
-    #[test]
-    fn error_bodies_of_both_planes() {
-        assert_eq!(
-            error_message(br#"{"code":8,"message":"TOO_MANY_REQUESTS: slow down","details":[]}"#),
-            "TOO_MANY_REQUESTS: slow down [code 8]"
-        );
-        assert_eq!(
-            error_message(br#"{"error":{"code":"UNAUTHENTICATED","message":"Invalid API Key"}}"#),
-            "Invalid API Key [code UNAUTHENTICATED]"
-        );
-        assert_eq!(error_message(b"<html>oops</html>"), "<html>oops</html>");
-    }
-
-    #[test]
-    fn classification() {
-        let api = |status| PineconeError::Api {
-            op: "update",
-            status,
-            message: String::new(),
-            retry_after: None,
-        };
-        assert!(api(429).is_transient());
-        assert!(api(503).is_transient());
-        assert!(!api(400).is_transient());
-        assert!(!api(401).is_transient());
-        assert_eq!(api(429).class(), "rate_limited");
-        assert!(
-            PineconeError::Transport {
-                op: "fetch",
-                kind: TransportKind::Connect,
-                message: String::new()
-            }
-            .is_transient()
-        );
-        assert!(
-            !PineconeError::Decode {
-                op: "fetch",
-                message: String::new()
-            }
-            .is_transient()
-        );
     }
 
     #[test]
@@ -739,13 +554,5 @@ mod tests {
                 .expect("no calls")
                 .is_empty()
         );
-    }
-
-    #[test]
-    fn error_text_is_scrubbed() {
-        let secret = SecretString::from(KEY);
-        let body = format!(r#"{{"code":16,"message":"Invalid API Key {KEY}","details":[]}}"#);
-        let message = scrub(&error_message(body.as_bytes()), &secret);
-        assert!(!message.contains("SECRET"));
     }
 }

@@ -28,6 +28,9 @@ struct Args {
     /// Accept only this API key (default: any non-empty key).
     #[arg(long, env = "OPENAI_EMULATOR_API_KEY")]
     api_key: Option<String>,
+    /// Wait announced by 429 and 503 answers without one of their own, in milliseconds.
+    #[arg(long, env = "OPENAI_EMULATOR_RETRY_WAIT_MS")]
+    retry_wait_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -48,6 +51,9 @@ async fn main() -> anyhow::Result<()> {
         emulator.set_latency(Duration::from_millis(ms));
     }
     emulator.set_api_key(args.api_key);
+    if let Some(ms) = args.retry_wait_ms {
+        emulator.set_retry_wait(Duration::from_millis(ms));
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", emulator.url())?;

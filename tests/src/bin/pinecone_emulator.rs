@@ -30,6 +30,17 @@ struct Args {
     /// Accept only this API key (default: any non-empty key).
     #[arg(long, env = "PINECONE_EMULATOR_API_KEY")]
     api_key: Option<String>,
+    /// Milliseconds before an update becomes visible to fetches (the real index is
+    /// eventually consistent; default 0, at once).
+    #[arg(
+        long,
+        env = "PINECONE_EMULATOR_CONSISTENCY_DELAY_MS",
+        default_value_t = 0
+    )]
+    consistency_delay_ms: u64,
+    /// Fetches per second for the whole index before answering 429 (0: unlimited).
+    #[arg(long, env = "PINECONE_EMULATOR_FETCH_RATE_LIMIT", default_value_t = fleet_tests::pinecone::DEFAULT_FETCH_RATE)]
+    fetch_rate_limit: u32,
 }
 
 #[tokio::main]
@@ -41,6 +52,8 @@ async fn main() -> anyhow::Result<()> {
         emulator.set_latency(Duration::from_millis(ms));
     }
     emulator.set_rate_limit(args.rate_limit);
+    emulator.set_consistency_delay(Duration::from_millis(args.consistency_delay_ms));
+    emulator.set_fetch_rate_limit(Some(args.fetch_rate_limit).filter(|n| *n > 0));
     emulator.set_api_key(args.api_key);
     {
         let mut out = std::io::stdout().lock();

@@ -65,6 +65,13 @@ impl Ctx {
     }
 }
 
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 async fn error_of(resp: reqwest::Response) -> Value {
     let v: Value = resp.json().await.expect("error json");
     let e = &v["error"];
@@ -340,7 +347,7 @@ async fn file_content_is_exact() {
 }
 
 #[tokio::test]
-async fn status_faults_429_with_and_without_retry_after_and_5xx() {
+async fn status_faults_429_with_and_without_explicit_retry_after_and_5xx() {
     let ctx = Ctx::new().await;
     ctx.emu.add_batch(BatchSpec::new("b", "f"));
     ctx.emu.fail_next(FaultSpec::rate_limited(Some(7)));
@@ -351,18 +358,16 @@ async fn status_faults_429_with_and_without_retry_after_and_5xx() {
 
     let resp = ctx.get("/batches/b").await;
     assert_eq!(resp.status(), Rs::TOO_MANY_REQUESTS);
-    assert_eq!(
-        resp.headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()),
-        Some("7")
-    );
+    assert_eq!(header(&resp, "retry-after").as_deref(), Some("7"));
+    assert_eq!(header(&resp, "retry-after-ms").as_deref(), Some("7000"));
     let v = error_of(resp).await;
     assert_eq!(v["error"]["code"], json!("rate_limit_exceeded"));
 
+    // Without one of its own, a 429 announces the emulator's retry wait (default 50 ms).
     let resp = ctx.get("/batches/b").await;
     assert_eq!(resp.status(), Rs::TOO_MANY_REQUESTS);
-    assert!(resp.headers().get("retry-after").is_none());
+    assert_eq!(header(&resp, "retry-after").as_deref(), Some("1"));
+    assert_eq!(header(&resp, "retry-after-ms").as_deref(), Some("50"));
 
     let resp = ctx.get("/batches/b").await;
     assert_eq!(resp.status(), Rs::INTERNAL_SERVER_ERROR);
@@ -372,9 +377,12 @@ async fn status_faults_429_with_and_without_retry_after_and_5xx() {
     assert_eq!(resp.status(), Rs::BAD_GATEWAY);
     assert!(resp.text().await.expect("text").contains("502 Bad Gateway"));
 
+    ctx.emu.set_retry_wait(Duration::from_millis(2500));
     for _ in 0..2 {
         let resp = ctx.get("/batches/b").await;
         assert_eq!(resp.status(), Rs::SERVICE_UNAVAILABLE);
+        assert_eq!(header(&resp, "retry-after").as_deref(), Some("3"));
+        assert_eq!(header(&resp, "retry-after-ms").as_deref(), Some("2500"));
         error_of(resp).await;
     }
     assert_eq!(ctx.get("/batches/b").await.status(), Rs::OK);
@@ -701,4 +709,210 @@ async fn shutdown_and_drop_stop_the_server() {
     drop(emu);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let ctx = Ctx::new().await;
+    ctx.emu.add_batch(BatchSpec::new("b", "f"));
+    ctx.emu.add_file("f", "x\n");
+    ctx.emu.fail_next(FaultSpec::status(502));
+    let mut ids = std::collections::BTreeSet::new();
+    for path in [
+        "/batches/b",
+        "/batches/b",
+        "/batches/nope",
+        "/files/f/content",
+        "/nowhere",
+    ] {
+        let resp = ctx.get(path).await;
+        let id = header(&resp, "x-request-id").expect("x-request-id");
+        assert!(id.starts_with("req_") && id.len() == 36, "{id}");
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), 5, "one id per answer");
+    let resp = ctx
+        .http
+        .get(format!("{}/v1/batches/b", ctx.emu.url()))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), Rs::UNAUTHORIZED);
+    assert!(header(&resp, "x-request-id").is_some());
+    // The admin API is not the emulated API.
+    let resp = ctx
+        .http
+        .get(format!("{}/_admin/requests", ctx.emu.url()))
+        .send()
+        .await
+        .expect("send");
+    assert!(header(&resp, "x-request-id").is_none());
+}
+
+#[tokio::test]
+async fn the_batch_object_has_every_field_of_the_real_one() {
+    let ctx = Ctx::new().await;
+    ctx.emu
+        .add_batch(BatchSpec::new("b", "f").with_output_file("o"));
+    let v = ctx.batch("b").await;
+    let keys: std::collections::BTreeSet<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for field in [
+        "id",
+        "object",
+        "endpoint",
+        "errors",
+        "input_file_id",
+        "completion_window",
+        "status",
+        "output_file_id",
+        "error_file_id",
+        "created_at",
+        "in_progress_at",
+        "expires_at",
+        "finalizing_at",
+        "completed_at",
+        "failed_at",
+        "expired_at",
+        "cancelling_at",
+        "cancelled_at",
+        "request_counts",
+        "metadata",
+        "model",
+        "usage",
+    ] {
+        assert!(keys.contains(field), "missing {field}: {v}");
+    }
+    assert_eq!(v["model"], json!("gpt-4.1-mini"));
+    assert_eq!(
+        v["usage"],
+        json!({"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0},
+               "output_tokens": 0, "output_tokens_details": {"reasoning_tokens": 0},
+               "total_tokens": 0})
+    );
+    assert_eq!(v["errors"], Value::Null);
+
+    let mut spec = BatchSpec::new("n", "f").with_steps([("in_progress", 1), ("failed", 1)]);
+    spec.errors_data_null = true;
+    spec.usage = Some(Usage {
+        input_tokens: 7,
+        output_tokens: 3,
+    });
+    spec.model = None;
+    ctx.emu.add_batch(spec);
+    let v = ctx.batch("n").await;
+    assert_eq!(v["errors"], Value::Null, "not terminal yet");
+    assert_eq!(v["usage"]["total_tokens"], json!(10));
+    assert_eq!(v["model"], Value::Null);
+    let v = ctx.batch("n").await;
+    assert_eq!(v["status"], json!("failed"));
+    assert_eq!(v["errors"], json!({"object": "list", "data": null}));
+}
+
+#[tokio::test]
+async fn a_completed_batch_without_output_has_only_an_error_file() {
+    let ctx = Ctx::new().await;
+    ctx.emu
+        .add_batch(BatchSpec::completed_without_output("b", "in", "err", 3));
+    let v = ctx.batch("b").await;
+    assert_eq!(v["status"], json!("completed"));
+    assert_eq!(v["output_file_id"], Value::Null);
+    assert_eq!(v["error_file_id"], json!("err"));
+    assert_eq!(
+        v["request_counts"],
+        json!({"total": 3, "completed": 0, "failed": 3})
+    );
+}
+
+#[tokio::test]
+async fn key_rejection_windows_answer_401_then_accept_again() {
+    let ctx = Ctx::new().await;
+    ctx.emu.add_batch(BatchSpec::new("b", "f"));
+    ctx.emu.reject_keys_for(Duration::from_millis(300));
+    assert!(ctx.emu.keys_rejected());
+    let resp = ctx.get("/batches/b").await;
+    assert_eq!(resp.status(), Rs::UNAUTHORIZED);
+    assert_eq!(
+        error_of(resp).await["error"]["code"],
+        json!("invalid_api_key")
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(!ctx.emu.keys_rejected());
+    assert_eq!(ctx.get("/batches/b").await.status(), Rs::OK);
+
+    // Until cleared, over the admin API too.
+    let resp = ctx.admin_post("/_admin/reject_keys", "{}").await;
+    assert_eq!(resp.status(), Rs::NO_CONTENT);
+    assert_eq!(ctx.get("/batches/b").await.status(), Rs::UNAUTHORIZED);
+    assert_eq!(ctx.get("/files/f/content").await.status(), Rs::UNAUTHORIZED);
+    let resp = ctx
+        .http
+        .delete(format!("{}/_admin/reject_keys", ctx.emu.url()))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), Rs::NO_CONTENT);
+    assert_eq!(ctx.get("/batches/b").await.status(), Rs::OK);
+    let resp = ctx
+        .admin_post("/_admin/reject_keys", r#"{"seconds": 0.2}"#)
+        .await;
+    assert_eq!(resp.status(), Rs::NO_CONTENT);
+    assert_eq!(ctx.get("/batches/b").await.status(), Rs::UNAUTHORIZED);
+    let resp = ctx
+        .admin_post("/_admin/reject_keys", r#"{"seconds": -1}"#)
+        .await;
+    assert_eq!(resp.status(), Rs::BAD_REQUEST);
+    let resp = ctx
+        .admin_post("/_admin/reject_keys", r#"{"seconds": "soon"}"#)
+        .await;
+    assert_eq!(resp.status(), Rs::BAD_REQUEST);
+    ctx.emu.reject_keys();
+    ctx.emu.accept_keys();
+    assert_eq!(ctx.get("/batches/b").await.status(), Rs::OK);
+}
+
+#[tokio::test]
+async fn exhausted_quota_answers_429_insufficient_quota() {
+    let ctx = Ctx::new().await;
+    ctx.emu.add_batch(BatchSpec::new("b", "f"));
+    ctx.emu.set_quota_exhausted(true);
+    let resp = ctx.get("/batches/b").await;
+    assert_eq!(resp.status(), Rs::TOO_MANY_REQUESTS);
+    assert!(header(&resp, "retry-after-ms").is_some());
+    let v = error_of(resp).await;
+    assert_eq!(v["error"]["code"], json!("insufficient_quota"));
+    assert_eq!(v["error"]["type"], json!("insufficient_quota"));
+    let resp = ctx
+        .admin_post("/_admin/quota", r#"{"exhausted": false}"#)
+        .await;
+    assert_eq!(resp.status(), Rs::NO_CONTENT);
+    assert_eq!(ctx.get("/batches/b").await.status(), Rs::OK);
+    assert_eq!(
+        ctx.admin_post("/_admin/quota", "{}").await.status(),
+        Rs::BAD_REQUEST
+    );
+
+    // As a one-shot fault.
+    ctx.emu.fail_next(insufficient_quota().times(2));
+    for _ in 0..2 {
+        let resp = ctx.get("/batches/b").await;
+        assert_eq!(resp.status(), Rs::TOO_MANY_REQUESTS);
+        assert_eq!(
+            error_of(resp).await["error"]["code"],
+            json!("insufficient_quota")
+        );
+    }
+    assert_eq!(ctx.get("/batches/b").await.status(), Rs::OK);
+    let resp = ctx
+        .admin_post("/_admin/retry_wait", r#"{"ms": 1200}"#)
+        .await;
+    assert_eq!(resp.status(), Rs::NO_CONTENT);
+    ctx.emu.fail_next(FaultSpec::rate_limited(None));
+    let resp = ctx.get("/batches/b").await;
+    assert_eq!(header(&resp, "retry-after-ms").as_deref(), Some("1200"));
+    assert_eq!(header(&resp, "retry-after").as_deref(), Some("2"));
 }

@@ -148,6 +148,7 @@ async fn fetch_decodes_ids_and_omits_absent_ones() {
         .http
         .get(raw)
         .header("Api-Key", "k")
+        .header("X-Pinecone-Api-Version", "2025-10")
         .send()
         .await
         .expect("send")
@@ -165,6 +166,7 @@ async fn fetch_decodes_ids_and_omits_absent_ones() {
         .http
         .get(url)
         .header("Api-Key", "k")
+        .header("X-Pinecone-Api-Version", "2025-10")
         .send()
         .await
         .expect("send")
@@ -178,6 +180,8 @@ async fn fetch_decodes_ids_and_omits_absent_ones() {
 #[tokio::test]
 async fn fetch_limits() {
     let ctx = Ctx::new().await;
+    // The id count limit, apart from the URL length limit.
+    ctx.emu.set_max_url_bytes(None);
     let ids: Vec<String> = (0..1001).map(|i| format!("id{i}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let resp = ctx.fetch(&refs, NS).await;
@@ -190,6 +194,7 @@ async fn fetch_limits() {
         .http
         .get(bad)
         .header("Api-Key", "k")
+        .header("X-Pinecone-Api-Version", "2025-10")
         .send()
         .await
         .expect("send");
@@ -496,4 +501,223 @@ async fn delay_and_truncate_apply_to_pinecone_too() {
     let url = ctx.emu.base_url();
     ctx.emu.shutdown().await;
     assert!(ctx.http.get(url).send().await.is_err());
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn the_api_version_is_required_and_checked() {
+    let ctx = Ctx::new().await;
+    let url = format!("{}/vectors/fetch?ids=a&namespace=words", ctx.emu.base_url());
+    let send = |version: Option<&'static str>| {
+        let mut req = ctx.http.get(&url).header("Api-Key", "k");
+        if let Some(v) = version {
+            req = req.header("X-Pinecone-Api-Version", v);
+        }
+        req.send()
+    };
+    let resp = send(None).await.expect("send");
+    assert_eq!(resp.status(), Rs::BAD_REQUEST);
+    let v = error_of(resp).await;
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("X-Pinecone-Api-Version")),
+        "{v}"
+    );
+    let resp = send(Some("2023-01")).await.expect("send");
+    assert_eq!(resp.status(), Rs::BAD_REQUEST);
+    assert!(
+        error_of(resp).await["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2023-01"))
+    );
+    for version in API_VERSIONS {
+        assert_eq!(send(Some(version)).await.expect("send").status(), Rs::OK);
+    }
+    let body = json!({"id": W1, "setMetadata": {"x": "y"}, "namespace": NS});
+    let resp = ctx
+        .http
+        .post(format!("{}/vectors/update", ctx.emu.base_url()))
+        .header("Api-Key", "k")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), Rs::BAD_REQUEST);
+    assert_eq!(ctx.emu.update_count(), 0);
+}
+
+#[tokio::test]
+async fn urls_over_8_kb_answer_414() {
+    let ctx = Ctx::new().await;
+    // 90 word ids: 90 × 97 bytes of query, over 8 KB.
+    let ids: Vec<String> = (0..90)
+        .map(|i| format!("{}{i:03}", &W1[..W1.len() - 3]))
+        .collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let resp = ctx.fetch(&refs, NS).await;
+    assert_eq!(resp.status(), Rs::URI_TOO_LONG);
+    assert!(resp.text().await.expect("text").contains("414"));
+    assert_eq!(ctx.fetch(&refs[..80], NS).await.status(), Rs::OK);
+    assert_eq!(
+        ctx.emu
+            .requests()
+            .iter()
+            .map(|r| r.status)
+            .collect::<Vec<_>>(),
+        vec![414, 200]
+    );
+    ctx.emu.set_max_url_bytes(Some(100));
+    assert_eq!(ctx.fetch(&[W1, W2], NS).await.status(), Rs::URI_TOO_LONG);
+}
+
+#[tokio::test]
+async fn fetches_are_rate_limited_per_index() {
+    let ctx = Ctx::new().await;
+    ctx.emu.set_fetch_rate_limit(Some(5));
+    let mut statuses = Vec::new();
+    for ns in [
+        "words", "other", "words", "other", "words", "other", "words",
+    ] {
+        let resp = ctx.fetch(&[W1], ns).await;
+        statuses.push(resp.status());
+        if resp.status() == Rs::TOO_MANY_REQUESTS {
+            assert_eq!(header(&resp, "retry-after").as_deref(), Some("1"));
+            let v = error_of(resp).await;
+            assert_eq!(v["code"], json!(8));
+            assert!(
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("TOO_MANY_REQUESTS"))
+            );
+        }
+    }
+    // One bucket for the whole index, whatever the namespace: a burst of 5, then 429.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == Rs::OK).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[5], Rs::TOO_MANY_REQUESTS);
+    // Updates are not fetches.
+    let resp = ctx
+        .update(json!({"id": W1, "setMetadata": {"a": "b"}, "namespace": NS}))
+        .await;
+    assert_eq!(resp.status(), Rs::OK);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(ctx.fetch(&[W1], NS).await.status(), Rs::OK, "refilled");
+    ctx.emu.set_fetch_rate_limit(None);
+    for _ in 0..20 {
+        assert_eq!(ctx.fetch(&[W1], NS).await.status(), Rs::OK);
+    }
+    let resp = ctx
+        .admin_post("/_admin/fetch_rate_limit", json!({"per_second": 1}))
+        .await;
+    assert_eq!(resp.status(), Rs::NO_CONTENT);
+    assert_eq!(ctx.fetch(&[W1], NS).await.status(), Rs::OK);
+    assert_eq!(ctx.fetch(&[W1], NS).await.status(), Rs::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn the_default_fetch_limit_is_about_100_per_second() {
+    let ctx = Ctx::new().await;
+    let mut ok = 0;
+    for _ in 0..130 {
+        if ctx.fetch(&[W1], NS).await.status() == Rs::OK {
+            ok += 1;
+        }
+    }
+    // A full bucket of 100, plus what refills while the 130 calls run.
+    assert!((100..130).contains(&ok), "{ok}");
+}
+
+#[tokio::test]
+async fn updates_become_visible_to_fetches_after_the_consistency_delay() {
+    let ctx = Ctx::new().await;
+    ctx.emu.set_consistency_delay(Duration::from_millis(400));
+    let labels = |v: &Value| v["vectors"][W1]["metadata"]["valid_labels"].clone();
+    let resp = ctx
+        .update(json!({"id": W1, "setMetadata": {"valid_labels": ["A"]}, "namespace": NS}))
+        .await;
+    assert_eq!(resp.status(), Rs::OK);
+    // The latest state has it; a fetch does not see it yet.
+    assert_eq!(
+        ctx.emu.metadata(NS, W1).expect("w1")["valid_labels"],
+        json!(["A"])
+    );
+    let v: Value = ctx.fetch(&[W1], NS).await.json().await.expect("json");
+    assert_eq!(labels(&v), json!(["MERCHANT_NAME"]), "stale read");
+    assert_eq!(
+        ctx.emu.visible_metadata(NS, W1).expect("w1")["valid_labels"],
+        json!(["MERCHANT_NAME"])
+    );
+    // A second write 200 ms later applies to the latest state, and shows 400 ms after it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = ctx
+        .update(json!({"id": W1, "setMetadata": {"text": "ACME CO"}, "namespace": NS}))
+        .await;
+    assert_eq!(resp.status(), Rs::OK);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let v: Value = ctx.fetch(&[W1], NS).await.json().await.expect("json");
+    assert_eq!(labels(&v), json!(["A"]), "the first write is visible");
+    assert_eq!(v["vectors"][W1]["metadata"]["text"], json!("ACME"));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let v: Value = ctx.fetch(&[W1], NS).await.json().await.expect("json");
+    assert_eq!(v["vectors"][W1]["metadata"]["text"], json!("ACME CO"));
+    assert_eq!(labels(&v), json!(["A"]));
+
+    // Off again over the admin API: every write is visible at once.
+    let resp = ctx
+        .admin_post("/_admin/consistency", json!({"delay_ms": 0}))
+        .await;
+    assert_eq!(resp.status(), Rs::NO_CONTENT);
+    let resp = ctx
+        .update(json!({"id": W2, "setMetadata": {"valid_labels": ["B"]}, "namespace": NS}))
+        .await;
+    assert_eq!(resp.status(), Rs::OK);
+    let v: Value = ctx.fetch(&[W2], NS).await.json().await.expect("json");
+    assert_eq!(v["vectors"][W2]["metadata"]["valid_labels"], json!(["B"]));
+    assert_eq!(
+        ctx.admin_post("/_admin/consistency", json!({"delay": 1}))
+            .await
+            .status(),
+        Rs::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn key_rejection_windows_and_request_ids() {
+    let ctx = Ctx::new().await;
+    let resp = ctx.fetch(&[W1], NS).await;
+    let first = header(&resp, "x-request-id").expect("x-request-id");
+    let resp = ctx.fetch(&[W1], NS).await;
+    assert_ne!(header(&resp, "x-request-id"), Some(first));
+
+    ctx.emu.reject_keys_for(Duration::from_millis(300));
+    let resp = ctx.fetch(&[W1], NS).await;
+    assert_eq!(resp.status(), Rs::UNAUTHORIZED);
+    assert!(header(&resp, "x-request-id").is_some());
+    assert_eq!(error_of(resp).await["code"], json!(16));
+    let resp = ctx
+        .update(json!({"id": W1, "setMetadata": {"a": "b"}, "namespace": NS}))
+        .await;
+    assert_eq!(resp.status(), Rs::UNAUTHORIZED);
+    assert_eq!(ctx.emu.update_count(), 0);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(ctx.fetch(&[W1], NS).await.status(), Rs::OK);
+
+    let resp = ctx
+        .admin_post("/_admin/reject_keys", json!({"seconds": null}))
+        .await;
+    assert_eq!(resp.status(), Rs::NO_CONTENT);
+    assert!(ctx.emu.keys_rejected());
+    assert_eq!(ctx.fetch(&[W1], NS).await.status(), Rs::UNAUTHORIZED);
+    ctx.emu.accept_keys();
+    assert_eq!(ctx.fetch(&[W1], NS).await.status(), Rs::OK);
 }

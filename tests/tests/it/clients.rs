@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use fleet_shared::error_class::{DeploymentCause, ErrorClass};
+use fleet_shared::http::CallError as _;
 use fleet_shared::openai::{OpenAiClient, OpenAiConfig, OpenAiError, OpenAiStatus};
 use fleet_shared::pinecone::{MetadataChange, PineconeClient, PineconeConfig, PineconeError};
 use fleet_shared::retry::RetryPolicy;
@@ -107,7 +109,7 @@ async fn openai_long_retry_after_is_returned_not_slept() {
     assert!(err.is_transient());
     assert_eq!(err.status(), Some(429));
     assert_eq!(err.retry_after(), Some(Duration::from_secs(600)));
-    assert_eq!(err.class(), "rate_limited");
+    assert_eq!(err.label(), "rate_limited");
     assert_eq!(emu.count("GET", "/v1/batches/"), 1);
 }
 
@@ -147,7 +149,7 @@ async fn openai_404_is_permanent_and_not_retried() {
     let err = client.get_batch("batch_unknown").await.expect_err("404");
     assert!(err.is_not_found());
     assert!(!err.is_transient());
-    assert_eq!(err.class(), "not_found");
+    assert_eq!(err.label(), "not_found");
     assert!(err.to_string().contains("No batch found"), "{err}");
     assert!(
         matches!(&err, OpenAiError::Api { detail, .. } if detail.error_type.as_deref() == Some("invalid_request_error"))
@@ -165,8 +167,11 @@ async fn openai_key_never_in_errors_or_debug() {
 
     let err = client.get_batch("batch_1").await.expect_err("wrong key");
     assert_eq!(err.status(), Some(401));
-    assert!(!err.is_transient());
-    assert_eq!(err.class(), "unauthorized");
+    assert_eq!(
+        err.error_class(),
+        ErrorClass::Deployment(DeploymentCause::OpenAiKey)
+    );
+    assert_eq!(err.label(), "unauthorized");
     assert_no_key(&format!("{err} {err:?}"));
 
     // A proxy that echoes the header back: scrubbed.
@@ -310,7 +315,7 @@ async fn openai_download_truncated_every_time_is_transient() {
         .await
         .expect_err("always cut");
     assert!(err.is_transient());
-    assert_eq!(err.class(), "truncated");
+    assert_eq!(err.label(), "truncated");
     match &err {
         OpenAiError::TruncatedDownload {
             attempts,
@@ -571,7 +576,336 @@ async fn pinecone_permanent_errors_and_key_redaction() {
     emu.set_api_key(Some("pcsk_right".into()));
     let err: PineconeError = client.fetch_metadata(&[id]).await.expect_err("401");
     assert_eq!(err.status(), Some(401));
-    assert!(!err.is_transient());
+    assert_eq!(
+        err.error_class(),
+        ErrorClass::Deployment(DeploymentCause::PineconeKey)
+    );
     assert!(err.to_string().contains("Invalid API Key"), "{err}");
     assert_no_key(&format!("{err} {err:?}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors of the deployment, pacing, progress, and the emulators' real-service behaviours
+
+#[tokio::test]
+async fn openai_key_rejection_window_is_paced_then_accepted_again() {
+    let emu = OpenAiEmulator::start().await.expect("emulator");
+    emu.add_batch(BatchSpec::new("batch_1", "file-in").with_steps([("in_progress", 1)]));
+    let client = openai(&emu, None);
+    emu.reject_keys_for(Duration::from_millis(2_600));
+
+    let err = client.get_batch("batch_1").await.expect_err("rejected");
+    assert_eq!(
+        err.error_class(),
+        ErrorClass::Deployment(DeploymentCause::OpenAiKey)
+    );
+    assert_eq!(emu.count("GET", "/v1/batches/"), 1, "never retried hot");
+    assert!(client.is_paced());
+
+    // Calls from every clone go out at most about twice a second while rejected.
+    let started = Instant::now();
+    let clone = client.clone();
+    let calls = (0..4).map(|_| clone.get_batch("batch_1"));
+    for out in futures::future::join_all(calls).await {
+        assert!(out.is_err());
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1_400),
+        "4 paced calls in {elapsed:?}"
+    );
+    assert_eq!(emu.count("GET", "/v1/batches/"), 5);
+
+    // Once the window has passed, the next call succeeds and the pacing ends.
+    while emu.keys_rejected() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = client.get_batch("batch_1").await.expect("accepted again");
+    assert_eq!(b.status, OpenAiStatus::InProgress);
+    assert!(!client.is_paced());
+    let started = Instant::now();
+    let calls = (0..5).map(|_| client.get_batch("batch_1"));
+    for out in futures::future::join_all(calls).await {
+        out.expect("accepted");
+    }
+    assert!(started.elapsed() < Duration::from_millis(400), "no pacing");
+}
+
+#[tokio::test]
+async fn openai_insufficient_quota_is_of_the_deployment_and_never_retried_hot() {
+    let emu = OpenAiEmulator::start().await.expect("emulator");
+    emu.add_batch(BatchSpec::new("batch_1", "file-in"));
+    emu.set_quota_exhausted(true);
+    let client = openai(&emu, None);
+
+    let err = client.get_batch("batch_1").await.expect_err("quota");
+    assert_eq!(err.status(), Some(429));
+    assert_eq!(
+        err.error_class(),
+        ErrorClass::Deployment(DeploymentCause::OpenAiQuota)
+    );
+    assert_eq!(err.label(), "insufficient_quota");
+    assert_eq!(err.reason(), "openai_insufficient_quota");
+    assert_eq!(emu.count("GET", "/v1/batches/"), 1, "no retry loop");
+    assert!(client.is_paced());
+
+    // A plain rate limit is still retried, and its success ends the pacing.
+    emu.set_quota_exhausted(false);
+    emu.fail_next(FaultSpec::rate_limited(None));
+    client.get_batch("batch_1").await.expect("retried");
+    assert!(!client.is_paced());
+    // The one-shot fault too.
+    emu.fail_next(fleet_tests::openai::insufficient_quota());
+    let err = client.get_batch("batch_1").await.expect_err("quota");
+    assert!(matches!(
+        err.error_class(),
+        ErrorClass::Deployment(DeploymentCause::OpenAiQuota)
+    ));
+}
+
+#[tokio::test]
+async fn openai_retry_after_ms_is_preferred_to_retry_after() {
+    let emu = OpenAiEmulator::start().await.expect("emulator");
+    emu.add_batch(BatchSpec::new("batch_1", "file-in"));
+    // Announced as `retry-after-ms: 300` and `Retry-After: 1`.
+    emu.set_retry_wait(Duration::from_millis(300));
+    emu.fail_next(FaultSpec::rate_limited(None).on_path("/v1/batches/"));
+    let client = openai(&emu, None);
+
+    let started = Instant::now();
+    client.get_batch("batch_1").await.expect("retried");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "the backoff alone waits at most 50 ms: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(900),
+        "Retry-After (1 s) was not used: {waited:?}"
+    );
+
+    // And a 503 whose wait is too long to sleep inline returns it, in milliseconds.
+    emu.set_retry_wait(Duration::from_millis(7_250));
+    emu.fail_next(FaultSpec::status(503));
+    let err = client.get_batch("batch_1").await.expect_err("too long");
+    assert_eq!(err.retry_after(), Some(Duration::from_millis(7_250)));
+}
+
+#[tokio::test]
+async fn openai_errors_keep_the_request_id() {
+    let emu = OpenAiEmulator::start().await.expect("emulator");
+    let client = openai(&emu, None);
+    let err = client.get_batch("batch_unknown").await.expect_err("404");
+    let id = err.request_id().expect("request id").to_owned();
+    assert!(id.starts_with("req_"), "{id}");
+    assert!(err.to_string().contains(&id), "{err}");
+    let logged: Vec<_> = emu.requests();
+    assert_eq!(logged.len(), 1);
+
+    emu.fail_next(FaultSpec::status(200).with_body("not json"));
+    emu.add_batch(BatchSpec::new("batch_1", "file-in"));
+    let err = client.get_batch("batch_1").await.expect_err("undecodable");
+    assert!(matches!(err, OpenAiError::Decode { .. }), "{err:?}");
+    assert!(err.to_string().contains("[request req_"), "{err}");
+}
+
+#[tokio::test]
+async fn openai_batches_with_null_error_data_or_without_output_decode() {
+    let emu = OpenAiEmulator::start().await.expect("emulator");
+    let mut spec = BatchSpec::new("batch_1", "file-in").with_steps([("failed", 1)]);
+    spec.errors_data_null = true;
+    emu.add_batch(spec);
+    emu.add_batch(BatchSpec::completed_without_output(
+        "batch_2", "file-in", "file-err", 4,
+    ));
+    let client = openai(&emu, None);
+
+    let b = client.get_batch("batch_1").await.expect("errors.data null");
+    assert_eq!(b.status, OpenAiStatus::Failed);
+    assert_eq!(b.errors.map(|e| e.data.len()), Some(0));
+    let b = client.get_batch("batch_2").await.expect("no output");
+    assert_eq!(b.status, OpenAiStatus::Completed);
+    assert_eq!(b.output_file_id, None);
+    assert_eq!(b.error_file_id.as_deref(), Some("file-err"));
+}
+
+#[tokio::test]
+async fn openai_403_on_a_file_is_transient_and_on_a_batch_of_the_deployment() {
+    let emu = OpenAiEmulator::start().await.expect("emulator");
+    emu.add_batch(BatchSpec::new("batch_1", "file-in"));
+    emu.add_file("file-in", "x\n");
+    let client = openai(&emu, None);
+
+    emu.fail_next(FaultSpec::status(403).on_path("/v1/files/"));
+    let err = client.download_file("file-in").await.expect_err("403");
+    assert_eq!(err.error_class(), ErrorClass::Transient);
+    assert_eq!(emu.count("GET", "/v1/files/"), 1, "not retried hot");
+    assert!(!client.is_paced());
+
+    emu.fail_next(FaultSpec::status(403).on_path("/v1/batches/"));
+    let err = client.cancel_batch("batch_1").await.expect_err("403");
+    assert_eq!(
+        err.error_class(),
+        ErrorClass::Deployment(DeploymentCause::OpenAiKey)
+    );
+}
+
+#[tokio::test]
+async fn successful_calls_and_long_downloads_are_progress() {
+    let emu = OpenAiEmulator::start().await.expect("emulator");
+    emu.add_batch(BatchSpec::new("batch_1", "file-in"));
+    let content = ndjson(60_000); // ~3 MB
+    emu.add_file("file-out", content.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = openai(&emu, Some(dir.path()));
+    let progress = fleet_shared::progress::Progress::new();
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = progress.scope(client.get_batch("batch_unknown")).await;
+    assert!(
+        progress.idle_for() >= Duration::from_millis(200),
+        "a 404 is no progress"
+    );
+    progress
+        .scope(client.get_batch("batch_1"))
+        .await
+        .expect("get");
+    assert!(progress.idle_for() < Duration::from_millis(100));
+
+    // A slow download (the emulator adds 300 ms before it) ticks as its MiBs arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    emu.set_latency(Duration::from_millis(300));
+    let ticks = std::sync::Mutex::new(Vec::new());
+    let watch = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            ticks.lock().unwrap().push(progress.idle_for());
+        }
+    };
+    let file = tokio::select! {
+        f = progress.scope(client.download_file("file-out")) => f.expect("download"),
+        () = watch => unreachable!(),
+    };
+    assert_eq!(file.len(), content.len() as u64);
+    assert!(progress.idle_for() < Duration::from_millis(100));
+    // Before the first byte, idle time grew past the latency.
+    assert!(
+        ticks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|d| *d >= Duration::from_millis(250)),
+        "the wait for the answer is not progress"
+    );
+}
+
+#[tokio::test]
+async fn pinecone_key_rejection_window_is_of_the_deployment_and_paced() {
+    let emu = PineconeEmulator::start().await.expect("emulator");
+    let id = word_id(4, 1);
+    emu.upsert(NS, &id, vec![0.0], Map::new());
+    let client = pinecone(&emu);
+    emu.reject_keys_for(Duration::from_millis(1_800));
+
+    let err = client
+        .fetch_metadata(std::slice::from_ref(&id))
+        .await
+        .expect_err("401");
+    assert_eq!(
+        err.error_class(),
+        ErrorClass::Deployment(DeploymentCause::PineconeKey)
+    );
+    assert_eq!(err.reason(), "pinecone_unauthorized");
+    assert!(client.is_paced());
+    let started = Instant::now();
+    for _ in 0..3 {
+        let _ = client.fetch_metadata(std::slice::from_ref(&id)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900), "paced");
+    assert_eq!(emu.count("GET", "/vectors/fetch"), 4, "never retried hot");
+
+    while emu.keys_rejected() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = client
+        .apply_merges(vec![(id.clone(), MetadataChange::valid("DATE"))])
+        .await
+        .expect("accepted again");
+    assert_eq!(report.updated, 1);
+    assert!(!client.is_paced());
+}
+
+#[tokio::test]
+async fn pinecone_fetch_rate_limit_is_retried_after_its_retry_after() {
+    let emu = PineconeEmulator::start().await.expect("emulator");
+    emu.set_fetch_rate_limit(Some(2));
+    let ids: Vec<String> = (1..=100).map(|i| word_id(i, 7)).collect();
+    for id in &ids {
+        emu.upsert(NS, id, vec![0.0], Map::new());
+    }
+    let client = pinecone(&emu);
+    let started = Instant::now();
+    // 100 ids, 61 per fetch: 2 fetches fit the burst, then one more after Retry-After.
+    let got = client.fetch_metadata(&ids).await.expect("fetch");
+    assert_eq!(got.len(), 100);
+    let got = client.fetch_metadata(&ids[..10]).await.expect("fetch");
+    assert_eq!(got.len(), 10);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let statuses: Vec<u16> = emu.requests().iter().map(|r| r.status).collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&200));
+}
+
+#[tokio::test]
+async fn pinecone_client_fetches_stay_under_the_url_limit_and_a_longer_url_is_permanent() {
+    let emu = PineconeEmulator::start().await.expect("emulator");
+    let ids: Vec<String> = (1..=500).map(|i| word_id(i, 3)).collect();
+    for id in &ids {
+        emu.upsert(NS, id, vec![0.0], Map::new());
+    }
+    // The default budget: every fetch URL stays under the emulator's 8 KB.
+    let client = pinecone(&emu);
+    assert_eq!(client.fetch_metadata(&ids).await.expect("fetch").len(), 500);
+    assert!(emu.requests().iter().all(|r| r.status == 200));
+
+    // A client configured past it gets a 414: permanent, not retried.
+    let mut config = PineconeConfig::new(emu.base_url(), SecretString::from(PINECONE_KEY));
+    config.fetch_max_query_bytes = 20_000;
+    config.retry = quick_retry();
+    let client = PineconeClient::new(config).expect("client");
+    emu.clear_requests();
+    let err = client.fetch_metadata(&ids).await.expect_err("414");
+    assert_eq!(err.status(), Some(414));
+    assert_eq!(err.error_class(), ErrorClass::Permanent);
+    assert!(emu.requests().iter().all(|r| r.status == 414));
+}
+
+#[tokio::test]
+async fn pinecone_eventual_consistency_is_visible_to_the_client() {
+    let emu = PineconeEmulator::start().await.expect("emulator");
+    let id = word_id(5, 1);
+    emu.upsert(NS, &id, vec![0.0], meta(json!({"valid_labels": ["DATE"]})));
+    emu.set_consistency_delay(Duration::from_millis(500));
+    let client = pinecone(&emu);
+
+    client
+        .apply_merges(vec![(id.clone(), MetadataChange::valid("TIME"))])
+        .await
+        .expect("apply");
+    // The write landed; a fetch right after does not see it.
+    assert_eq!(
+        emu.metadata(NS, &id).expect("v")["valid_labels"],
+        json!(["DATE", "TIME"])
+    );
+    let seen = client
+        .fetch_metadata(std::slice::from_ref(&id))
+        .await
+        .expect("fetch");
+    assert_eq!(seen[&id]["valid_labels"], json!(["DATE"]));
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    let seen = client
+        .fetch_metadata(std::slice::from_ref(&id))
+        .await
+        .expect("fetch");
+    assert_eq!(seen[&id]["valid_labels"], json!(["DATE", "TIME"]));
 }
