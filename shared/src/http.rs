@@ -266,7 +266,12 @@ impl Http {
 
     /// Sends one request and reads the answer's head: a 2xx answer is returned for the caller
     /// to read; an error status becomes [`Failure::Status`] with its capped body.
+    /// Behind a closed lease fence ([`crate::fence`]) nothing is sent.
     pub async fn send(&self, request: RequestBuilder) -> Result<Response, Failure> {
+        crate::fence::check().map_err(|e| Failure::Transport {
+            kind: TransportKind::Fenced,
+            message: e.to_string(),
+        })?;
         let response = request.send().await.map_err(Failure::transport)?;
         if response.status().is_success() {
             return Ok(response);
@@ -498,6 +503,8 @@ pub enum TransportKind {
     Connect,
     /// The answer's body broke off or could not be read.
     Body,
+    /// Not sent: the handling's lease may belong to another worker by now.
+    Fenced,
     Other,
 }
 
@@ -519,6 +526,7 @@ impl TransportKind {
         match self {
             Self::Timeout => "timeout",
             Self::Connect => "connect",
+            Self::Fenced => "fenced",
             Self::Body => "body",
             Self::Other => "transport",
         }

@@ -197,7 +197,7 @@ async fn an_apply_ten_times_longer_than_the_deadline_completes_without_being_aba
         let mut b = batch_now(
             320,
             Shape {
-                receipts: 12,
+                receipts: 8,
                 ..small_shape()
             },
         );
@@ -209,14 +209,14 @@ async fn an_apply_ten_times_longer_than_the_deadline_completes_without_being_aba
     let world = World::new().await;
     world.seed(&b).await;
     world.enqueue(&b.summary.batch_id).await;
-    // Every Pinecone call takes 1.5 s; the handling may go 2 s without progress.
-    world.pinecone.set_latency(Duration::from_millis(1500));
+    // One vector update a second; the handling may go 2 s without progress.
     let log = SqsLog::default();
     let started = Instant::now();
     world
         .run_until_idle(
             &[
                 ("MESSAGE_DEADLINE_SECONDS", "2"),
+                ("PINECONE_UPDATES_PER_SECOND", "1"),
                 ("VISIBILITY_TIMEOUT_SECONDS", "10"),
             ],
             log.client(&world.env.clients.sqs),
