@@ -268,14 +268,43 @@ fn spawn_handler(
         let _guard = guard;
         let started = std::time::Instant::now();
         let kept = msg.clone();
-        let handling = std::panic::AssertUnwindSafe(handler::handle(ctx.clone(), msg, abandon));
-        if let Err(panic) = handling.catch_unwind().await {
-            let text = panic
+        if let Err(panic) = caught(handler::handle(ctx.clone(), msg, abandon)).await {
+            handler::on_panic(&ctx, kept, started, &panic).await;
+        }
+    });
+}
+
+/// Runs a handler, turning a panic into its message: one message's bug must not take the
+/// process (and every other message in flight) down with it.
+async fn caught<T>(handling: impl std::future::Future<Output = T>) -> Result<T, String> {
+    std::panic::AssertUnwindSafe(handling)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".to_owned());
-            handler::on_panic(&ctx, kept, started, &text).await;
-        }
-    });
+                .unwrap_or_else(|| "(no message)".to_owned())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_caught_with_its_message() {
+        assert_eq!(caught(async { 7 }).await, Ok(7));
+        let id = 42;
+        let panicked = caught(async move {
+            if id == 42 {
+                panic!("bad batch {id}");
+            }
+        })
+        .await;
+        assert_eq!(panicked, Err("bad batch 42".to_owned()));
+        let panicked = caught(async { std::panic::panic_any(5u8) }).await;
+        assert_eq!(panicked, Err("(no message)".to_owned()));
+    }
 }

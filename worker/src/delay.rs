@@ -98,9 +98,16 @@ pub fn not_before_text(not_before: Option<i64>) -> Option<String> {
         .map(fleet_shared::model::time::rfc3339)
 }
 
+/// When a message with `not_before` is due: never later than `longest` seconds from now (no
+/// wait the fleet schedules is longer; a far-future value written by hand would otherwise hop
+/// every 15 minutes for ever).
+pub fn clamp_due(now: i64, not_before: i64, longest: u32) -> i64 {
+    not_before.min(now.saturating_add(i64::from(longest)))
+}
+
 /// The next hop of a message that is not due yet, or `None` when it is due.
 pub fn remaining_hop(now: i64, not_before: i64) -> Option<u32> {
-    let remaining = not_before - now;
+    let remaining = not_before.saturating_sub(now);
     (remaining > HOP_SLACK_SECONDS).then(|| {
         u32::try_from(remaining.min(i64::from(SQS_MAX_DELAY_SECONDS)))
             .unwrap_or(SQS_MAX_DELAY_SECONDS)
@@ -320,5 +327,14 @@ mod tests {
         assert_eq!(lease_recheck_delay(1_000, 10_001), 11);
         assert_eq!(lease_recheck_delay(1_000, 500), 1);
         assert_eq!(lease_recheck_delay(0, 10_000_000), 900);
+    }
+
+    #[test]
+    fn a_far_future_not_before_is_clamped_to_the_longest_wait() {
+        assert_eq!(clamp_due(NOW, NOW + 600, 900), NOW + 600);
+        assert_eq!(clamp_due(NOW, NOW + 10 * 86_400, 900), NOW + 900);
+        assert_eq!(clamp_due(NOW, i64::MAX, 3600), NOW + 3600);
+        assert_eq!(remaining_hop(NOW, clamp_due(NOW, i64::MAX, 900)), Some(900));
+        assert_eq!(remaining_hop(NOW, i64::MIN), None, "long past: due");
     }
 }

@@ -137,8 +137,7 @@ async fn hop(
         .recheck
         .max_seconds
         .max(ctx.settings.retry.max_seconds);
-    let latest = now.saturating_add(i64::from(longest));
-    let due = due.timestamp().min(latest);
+    let due = delay::clamp_due(now, due.timestamp(), longest);
     let Some(hop) = remaining_hop(now, due) else {
         return Ok(None);
     };

@@ -867,6 +867,26 @@ async fn the_binary_exports_counters_of_what_it_did_and_exits_0_on_sigterm() {
     assert_eq!(get(&worker.url("/healthz")).await.0, 200);
     assert_eq!(get(&worker.url("/readyz")).await.0, 200);
     assert_eq!(world.dead_letters().await.len(), 3);
+    // The worker marks what it dead-letters, so the producer leaves it alone.
+    let mark = world
+        .env
+        .store
+        .fleet_state("unknown-batch")
+        .await
+        .unwrap()
+        .dead_letter
+        .expect("marked dead-lettered");
+    assert_eq!(mark.reason, "batch_unknown");
+    assert!(
+        world
+            .env
+            .store
+            .fleet_state(&good.summary.batch_id)
+            .await
+            .unwrap()
+            .dead_letter
+            .is_none()
+    );
 
     // Every line of a message's handling carries its ids (JSON logs, the span's fields),
     // including the lines the library logs while applying.
