@@ -613,7 +613,7 @@ def pinecone_checks(run: Run, url: str) -> None:
         expect(set(got.vectors) == {"word-1", "word-2", "word-3"}, f"{set(got.vectors)}")
         expect(got.vectors["word-1"].metadata["valid_labels"] == ["MERCHANT_NAME"], "metadata")
         expect(got.vectors["word-2"].values == [0.75, 0.0, -1.0], "values")
-        expect(got.namespace == NS, got.namespace)
+        expect(got.namespace == NS, f"namespace {got.namespace!r}")
         info = got.response_info
         expect(info is not None and bool(info.raw_headers.get("x-request-id")), "request id")
         for version in (FLEET_PINECONE_VERSION, "2026-07"):
