@@ -93,26 +93,34 @@ def wrong_type(value: Any) -> Any:
 
 @dataclass
 class Mutation:
+    """One way to break an answer: `path` (keys and list indexes from the root) removed, or
+    replaced by `value`; an empty path replaces the whole answer."""
+
     description: str
-    data: Any
+    path: list[Any]
+    remove: bool = False
+    value: Any = None
+
+    def apply(self, data: Any) -> Any:
+        if not self.path:
+            return self.value
+        out = copy.deepcopy(data)
+        node = out
+        for part in self.path[:-1]:
+            node = node[part]
+        if self.remove:
+            del node[self.path[-1]]
+        else:
+            node[self.path[-1]] = self.value
+        return out
 
 
-def without(data: Any, path: list[Any]) -> Any:
-    out = copy.deepcopy(data)
-    node = out
-    for part in path[:-1]:
-        node = node[part]
-    del node[path[-1]]
-    return out
+def removal(path: list[Any]) -> Mutation:
+    return Mutation(f"{show(path)} removed", path, remove=True)
 
 
-def replaced(data: Any, path: list[Any], value: Any) -> Any:
-    out = copy.deepcopy(data)
-    node = out
-    for part in path[:-1]:
-        node = node[part]
-    node[path[-1]] = value
-    return out
+def retyping(path: list[Any], value: Any) -> Mutation:
+    return Mutation(f"{show(path) or 'the answer'} of a wrong type", path, value=wrong_type(value))
 
 
 def show(path: list[Any]) -> str:
@@ -138,7 +146,7 @@ class Validator:
 
     def mutations(self, data: Any) -> Iterator[Mutation]:
         """The whole answer of a wrong type, then every field the models name."""
-        yield Mutation("the answer of a wrong type", ("root", wrong_type(data)))
+        yield retyping([], data)
         yield from self._fields(data)
 
     def _fields(self, data: Any) -> Iterator[Mutation]:
@@ -195,8 +203,8 @@ class ModelValidator(Validator):
                 continue
             here = path + [key]
             if info.is_required() or tuple(str(p) for p in here) in always:
-                yield Mutation(f"{show(here)} removed", without_root(here))
-            yield Mutation(f"{show(here)} of a wrong type", replace_root(here, data[key]))
+                yield removal(here)
+            yield retyping(here, data[key])
             value = data[key]
             for sub in _models_in(info.annotation):
                 if isinstance(value, dict) and _fits(sub, value):
@@ -218,22 +226,6 @@ def _fits(model: type[pydantic.BaseModel], value: Any) -> bool:
     except pydantic.ValidationError:
         return False
 
-
-
-def without_root(path: list[Any]) -> Any:
-    return ("remove", path)
-
-
-def replace_root(path: list[Any], value: Any) -> Any:
-    return ("replace", path, wrong_type(value))
-
-
-def apply(data: Any, mutation: Any) -> Any:
-    if mutation[0] == "root":
-        return mutation[1]
-    if mutation[0] == "remove":
-        return without(data, mutation[1])
-    return replaced(data, mutation[1], mutation[2])
 
 
 class StructValidator(Validator):
@@ -263,8 +255,8 @@ class StructValidator(Validator):
                 continue
             here = path + [key]
             if f.required or tuple(str(p) for p in here) in always:
-                yield Mutation(f"{show(here)} removed", without_root(here))
-            yield Mutation(f"{show(here)} of a wrong type", replace_root(here, data[key]))
+                yield removal(here)
+            yield retyping(here, data[key])
             yield from self._nested(f.type, data[key], here, always)
 
     def _nested(self, t, value, path, always) -> Iterator[Mutation]:
@@ -350,9 +342,9 @@ class Run:
     failed: int = 0
     samples: list[Sample] = field(default_factory=list)
 
-    def check(self, name: str, fn: Callable[[], None]) -> None:
+    def check(self, name: str, fn: Callable[[], str | None]) -> None:
         try:
-            fn()
+            note = fn()
         except Exception as e:  # noqa: BLE001 - every failure is reported, none stops the run
             self.failed += 1
             print(f"FAIL {name}: {type(e).__name__}: {e}")
@@ -360,7 +352,7 @@ class Run:
                 traceback.print_exc(limit=3)
         else:
             self.passed += 1
-            print(f"ok   {name}")
+            print(f"ok   {name}" + (f" ({note})" if note else ""))
 
     def valid(self, validator: Validator, data: Any, where: str) -> None:
         """Validates an answer and keeps it for the self-check."""
@@ -740,19 +732,19 @@ def self_check(run: Run) -> None:
     """Breaks a copy of every answer seen, one field at a time, and expects a rejection."""
     for sample in run.samples:
 
-        def one(sample: Sample = sample) -> None:
+        def one(sample: Sample = sample) -> str:
             sample.validator.validate(sample.data)
             mutations = list(sample.validator.mutations(sample.data))
             expect(len(mutations) > 0, "nothing to break")
             accepted = []
             for m in mutations:
                 try:
-                    sample.validator.validate(apply(sample.data, m.data))
+                    sample.validator.validate(m.apply(sample.data))
                 except Rejected:
                     continue
                 accepted.append(m.description)
             expect(not accepted, f"accepted broken copies: {', '.join(accepted)}")
-            print(f"     {len(mutations)} broken copies rejected")
+            return f"{len(mutations)} broken copies rejected"
 
         run.check(f"self-check: {sample.validator.name} of {sample.where}", one)
 
