@@ -988,3 +988,30 @@ async fn a_completed_batch_without_output_resets_every_pending_target_and_counts
         "no verdict, no vector change"
     );
 }
+
+#[tokio::test]
+async fn pinecone_an_unknown_api_version_is_refused_and_errors_keep_the_request_id() {
+    let emu = PineconeEmulator::start().await.expect("emulator");
+    let id = word_id(6, 1);
+    emu.upsert(NS, &id, vec![0.0], Map::new());
+    let mut config = PineconeConfig::new(emu.base_url(), SecretString::from(PINECONE_KEY));
+    config.api_version = "1999-01".into();
+    config.retry = quick_retry();
+    let client = PineconeClient::new(config).expect("client");
+    let err = client
+        .fetch_metadata(std::slice::from_ref(&id))
+        .await
+        .expect_err("unknown version");
+    assert_eq!(err.status(), Some(400));
+    assert_eq!(err.error_class(), ErrorClass::Permanent);
+    assert!(err.to_string().contains("1999-01"), "{err}");
+    let request_id = err.request_id().expect("x-request-id kept");
+    assert!(err.to_string().contains(request_id), "{err}");
+    assert_eq!(emu.count("GET", "/vectors/fetch"), 1, "not retried");
+    // The pinned version is accepted.
+    let got = pinecone(&emu)
+        .fetch_metadata(std::slice::from_ref(&id))
+        .await
+        .expect("2025-10");
+    assert_eq!(got.len(), 1);
+}
