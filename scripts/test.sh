@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs and starts moto_server, builds
-# the workspace once (dev profile), runs all Rust tests, the offline deploy check and a small
-# end-to-end run of the local fleet. Stops what it started.
+# the workspace once (dev profile), runs all Rust tests, the contract tests of the emulators
+# against the official SDKs, the offline deploy check and a small end-to-end run of the local
+# fleet. Stops what it started.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -26,6 +27,20 @@ cargo build --workspace --all-targets --locked
 
 step "Rust tests"
 cargo test --workspace --locked
+
+step "contract tests of the emulators against the official SDKs (tests/contract)"
+# The pinned SDKs go into their own venv once (again only when requirements.txt changes), so
+# later runs need no registry.
+contract_venv=.local/contract-venv
+contract_req=tests/contract/requirements.txt
+contract_want="$(sha256sum "$contract_req" | cut -d' ' -f1)"
+if [ ! -x "$contract_venv/bin/python" ] || [ "$(cat "$contract_venv/.requirements.sha256" 2>/dev/null)" != "$contract_want" ]; then
+  python3 -m venv "$contract_venv"
+  "$contract_venv/bin/pip" install --quiet --disable-pip-version-check -r "$contract_req"
+  echo "$contract_want" > "$contract_venv/.requirements.sha256"
+fi
+cargo run --quiet --locked -p fleet-tests --bin contract-check -- \
+  --python "$contract_venv/bin/python" -- --self-check
 
 if [ -x deploy/check.sh ]; then
   step "offline deploy check"

@@ -909,3 +909,109 @@ async fn pinecone_eventual_consistency_is_visible_to_the_client() {
         .expect("fetch");
     assert_eq!(seen[&id]["valid_labels"], json!(["DATE", "TIME"]));
 }
+
+/// openai-batch.md: a `completed` batch whose requests all failed has no output file, only an
+/// error file, and every target is reset. (The apply already does it; this pins it down
+/// against the emulator's batch of that shape.)
+#[tokio::test]
+async fn a_completed_batch_without_output_resets_every_pending_target_and_counts_the_failures() {
+    use fleet_shared::model::{BatchStatus, ValidationStatus};
+    use fleet_tests::openai::fixtures::{failed_status_line, ndjson};
+    use fleet_tests::scenario::{self, Shape};
+
+    let f = crate::fleet::Fleet::new().await;
+    let shape = Shape {
+        receipts: 4,
+        targets_per_receipt: 5,
+        ..Shape::default()
+    };
+    let mut b = scenario::batch(&mut scenario::Rng::new(7), 0, &shape);
+    let failed: Vec<String> = b
+        .summary
+        .receipt_refs
+        .iter()
+        .map(|r| failed_status_line(&r.custom_id(), 500))
+        .collect();
+    let mut spec = BatchSpec::completed_without_output(
+        b.spec.id.clone(),
+        b.spec.input_file_id.clone(),
+        "file-all-failed",
+        failed.len() as u64,
+    );
+    spec.created_at = b.spec.created_at;
+    b.spec = spec;
+    b.files.push(("file-all-failed".into(), ndjson(&failed)));
+    f.seed(&b).await;
+    let before = f.snapshot().await;
+
+    let summary = f
+        .services
+        .load_summary(&b.summary.batch_id)
+        .await
+        .expect("summary");
+    let batch = f.services.check(&summary).await.expect("check");
+    assert_eq!(batch.output_file_id, None);
+    let report = f
+        .services
+        .apply(
+            &summary,
+            &batch,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .expect("apply");
+    assert_eq!(report.summary_status, Some(BatchStatus::Completed));
+    assert_eq!(report.plan.error_lines.failed, failed.len() as u64);
+    assert_eq!(report.plan.output_lines.total, 0);
+
+    let pending = b
+        .labels
+        .iter()
+        .filter(|l| b.targets.contains(&l.key) && l.validation_status == ValidationStatus::Pending)
+        .count() as u64;
+    assert!(pending > 0);
+    assert_eq!(report.plan.targets.resets, pending, "every pending target");
+    assert_eq!(report.resets.applied, pending);
+    let after = f.snapshot().await;
+    for key in &b.targets {
+        let item = &after.items[&(key.pk(), key.sk())];
+        let seeded = b.labels.iter().find(|l| &l.key == key).expect("seeded");
+        let expected = if seeded.validation_status == ValidationStatus::Pending {
+            "NONE"
+        } else {
+            seeded.validation_status.as_str()
+        };
+        assert_eq!(item["validation_status"], json!({"S": expected}), "{key}");
+    }
+    assert_eq!(
+        after.vectors, before.vectors,
+        "no verdict, no vector change"
+    );
+}
+
+#[tokio::test]
+async fn pinecone_an_unknown_api_version_is_refused_and_errors_keep_the_request_id() {
+    let emu = PineconeEmulator::start().await.expect("emulator");
+    let id = word_id(6, 1);
+    emu.upsert(NS, &id, vec![0.0], Map::new());
+    let mut config = PineconeConfig::new(emu.base_url(), SecretString::from(PINECONE_KEY));
+    config.api_version = "1999-01".into();
+    config.retry = quick_retry();
+    let client = PineconeClient::new(config).expect("client");
+    let err = client
+        .fetch_metadata(std::slice::from_ref(&id))
+        .await
+        .expect_err("unknown version");
+    assert_eq!(err.status(), Some(400));
+    assert_eq!(err.error_class(), ErrorClass::Permanent);
+    assert!(err.to_string().contains("1999-01"), "{err}");
+    let request_id = err.request_id().expect("x-request-id kept");
+    assert!(err.to_string().contains(request_id), "{err}");
+    assert_eq!(emu.count("GET", "/vectors/fetch"), 1, "not retried");
+    // The pinned version is accepted.
+    let got = pinecone(&emu)
+        .fetch_metadata(std::slice::from_ref(&id))
+        .await
+        .expect("2025-10");
+    assert_eq!(got.len(), 1);
+}
