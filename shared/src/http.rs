@@ -574,6 +574,55 @@ pub async fn read_body_capped(
     Ok((out, true))
 }
 
+/// Outside input quoted in a message or a log line: at most [`EXCERPT_CHARS`] characters,
+/// escaped (a bad id can carry megabytes, control characters or fake log lines).
+pub fn quote(text: &str) -> String {
+    let mut out: String = text.chars().take(EXCERPT_CHARS).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    format!("{out:?}")
+}
+
+/// A service's base URL from configuration: `https://`, or `http://` only for a loopback
+/// address (an emulator on this machine): an API key must never travel in clear over a
+/// network.
+pub fn service_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text.trim()).map_err(|e| e.to_string())?;
+    if url.cannot_be_a_base() {
+        return Err(format!("{url} is not a base URL"));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(format!(
+            "{url}: http:// is accepted only for loopback addresses (127.0.0.0/8, ::1, localhost); use https://"
+        )),
+        other => Err(format!("{url}: scheme {other} is not http(s)")),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    use std::net::IpAddr;
+    match url
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+    {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        Some(host) => host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// The reqwest client both services use: their headers, our user agent, and no redirects (a
+/// redirect would carry the `Authorization` / `Api-Key` header to another host).
+pub fn client_builder(headers: reqwest::header::HeaderMap) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .user_agent(concat!("fleet/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+}
+
 /// A short, single-line excerpt of a body (an HTML error page), for error messages.
 pub fn body_excerpt(body: &[u8], max_chars: usize) -> String {
     let text = String::from_utf8_lossy(body);
@@ -920,5 +969,66 @@ mod tests {
     fn debug_output_names_no_secret() {
         let text = format!("{:?}", http(RetryPolicy::none()));
         assert!(!text.contains("sk-probe"), "{text}");
+    }
+
+    #[test]
+    fn outside_input_is_quoted_short_and_escaped() {
+        assert_eq!(quote("batch_1"), "\"batch_1\"");
+        let huge = "x".repeat(5_000_000);
+        let q = quote(&huge);
+        assert!(q.chars().count() <= EXCERPT_CHARS + 3, "{}", q.len());
+        assert!(q.ends_with("…\""));
+        assert_eq!(quote("a\nlevel=ERROR fake"), "\"a\\nlevel=ERROR fake\"");
+    }
+
+    #[test]
+    fn clear_text_only_to_loopback() {
+        for ok in [
+            "https://api.openai.com/v1",
+            "http://127.0.0.1:8080/v1",
+            "http://127.9.9.9",
+            "http://localhost:9000",
+            "http://[::1]:5000",
+        ] {
+            assert!(service_url(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("http://api.openai.com/v1", "loopback"),
+            ("http://10.0.0.5/v1", "loopback"),
+            ("http://localhost.evil.com/", "loopback"),
+            ("ftp://127.0.0.1/", "scheme"),
+            ("mailto:someone@example.com", "base URL"),
+            ("not a url", "relative URL"),
+        ] {
+            let e = service_url(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        use axum::response::Redirect;
+        let app = axum::Router::new()
+            .route(
+                "/start",
+                axum::routing::get(|| async { Redirect::temporary("/elsewhere") }),
+            )
+            .route("/elsewhere", axum::routing::get(|| async { "followed" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = client_builder(reqwest::header::HeaderMap::new())
+            .build()
+            .unwrap();
+        let answer = client
+            .get(format!("http://{addr}/start"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status().as_u16(),
+            307,
+            "the redirect itself, not its target"
+        );
     }
 }

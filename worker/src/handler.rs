@@ -167,9 +167,10 @@ async fn on_failure(ctx: &Context, delivery: &Delivery, failure: Failure) -> Out
 }
 
 /// An error of the deployment: the batch waits out a back-off that grows with the deferrals in
-/// a row, as a fresh copy of its message (same chain), so no receive count climbs towards the
-/// redrive policy while, say, a key is being rotated. Without a parsed body (or if the copy
-/// cannot be sent) the message itself is left with the back-off.
+/// a row, as a fresh copy of its message (same chain token), so no receive count climbs towards
+/// the redrive policy while, say, a key is being rotated. Without a parsed body (or if the copy
+/// cannot be sent: the queue itself may be what is missing) the message itself is left with the
+/// back-off.
 async fn defer(
     ctx: &Context,
     delivery: &Delivery,
@@ -191,25 +192,27 @@ async fn defer(
     let deferrals = parsed.deferrals.saturating_add(1);
     let wait = ctx.backoff(deferrals, retry_after);
     let schedule = delay::schedule(clock::now_secs(), wait);
+    // The copy keeps the link's token (the chain is where it was: a tokenless message gets
+    // the one it started, if it got that far) and needs no write to our own table, which may be
+    // the very thing that is failing. Should the delete below fail, the two copies share one
+    // token, and only one of them passes the chain on at the next check.
     let next = BatchMessage {
         deferrals,
         not_before: delay::not_before_text(schedule.not_before),
+        chain: delivery.chain().or_else(|| parsed.chain.clone()),
         ..parsed.clone()
     };
-    if delivery.chain().is_none() {
-        // Failed before the chain was joined (our own table refused): keep the message's link.
-        if let Some(token) = &parsed.chain {
-            delivery.continue_chain(token.clone());
+    match delivery.send(&next, schedule.delay_seconds).await {
+        Ok(()) => {
+            delivery.delete().await;
+            tracing::warn!(
+                cause,
+                error,
+                deferrals,
+                retry_in_seconds = wait,
+                "error of the deployment; the batch waits and is never dead-lettered for it"
+            );
         }
-    }
-    match crate::process::pass_on(ctx, delivery, next, schedule.delay_seconds, wait).await {
-        Ok(_) => tracing::warn!(
-            cause,
-            error,
-            deferrals,
-            retry_in_seconds = wait,
-            "error of the deployment; the batch waits and is never dead-lettered for it"
-        ),
         Err(e) => {
             let seconds = ctx.backoff(delivery.msg.receive_count, retry_after);
             delivery.leave_for(seconds).await;

@@ -143,13 +143,8 @@ impl fmt::Debug for OpenAiClient {
 
 impl OpenAiClient {
     pub fn new(config: OpenAiConfig) -> Result<Self, OpenAiError> {
-        let mut base = Url::parse(config.base_url.trim())
+        let mut base = crate::http::service_url(&config.base_url)
             .map_err(|e| OpenAiError::Config(format!("base URL: {e}")))?;
-        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            return Err(OpenAiError::Config(format!(
-                "base URL must be http(s): {base}"
-            )));
-        }
         // `…/v1/` and `…/v1` both mean the same base; segments are appended to it.
         if base.path().ends_with('/') {
             let trimmed = base.path().trim_end_matches('/').to_owned();
@@ -172,9 +167,7 @@ impl OpenAiClient {
             }
         }
 
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .user_agent(concat!("fleet/", env!("CARGO_PKG_VERSION")))
+        let client = crate::http::client_builder(headers)
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.download_idle_timeout)
             .build()
@@ -202,15 +195,18 @@ impl OpenAiClient {
     /// `GET /batches/{id}`. A 404 is permanent for that batch.
     pub async fn get_batch(&self, batch_id: &str) -> Result<BatchObject, OpenAiError> {
         let url = self.url(&["batches", batch_id]);
-        self.json_call(Endpoint::GetBatch, Method::GET, url).await
+        let batch = self.json_call(Endpoint::GetBatch, Method::GET, url).await?;
+        same_batch(Endpoint::GetBatch, batch_id, batch)
     }
 
     /// `POST /batches/{id}/cancel`. The batch moves to `cancelling`; a batch already terminal
     /// answers an error status (a permanent error: read the batch again to see how it ended).
     pub async fn cancel_batch(&self, batch_id: &str) -> Result<BatchObject, OpenAiError> {
         let url = self.url(&["batches", batch_id, "cancel"]);
-        self.json_call(Endpoint::CancelBatch, Method::POST, url)
-            .await
+        let batch = self
+            .json_call(Endpoint::CancelBatch, Method::POST, url)
+            .await?;
+        same_batch(Endpoint::CancelBatch, batch_id, batch)
     }
 
     /// `GET /files/{id}/content`, streamed to a temporary file in the configured directory.
@@ -357,6 +353,27 @@ impl OpenAiClient {
     }
 }
 
+/// The batch object must be the one asked for: an answer about another batch (a misrouted or
+/// cached response) would otherwise be applied to ours.
+fn same_batch(
+    endpoint: Endpoint,
+    asked: &str,
+    batch: BatchObject,
+) -> Result<BatchObject, OpenAiError> {
+    if batch.id == asked {
+        Ok(batch)
+    } else {
+        Err(OpenAiError::Decode {
+            endpoint,
+            message: format!(
+                "asked for batch {}, the answer is about batch {}",
+                crate::http::quote(asked),
+                crate::http::quote(&batch.id)
+            ),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,5 +448,16 @@ mod tests {
         );
         assert!(matches!(err, OpenAiError::Transport { .. }), "{err:?}");
         assert!(!format!("{err} {err:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn the_batch_object_must_be_the_one_asked_for() {
+        let batch: BatchObject = serde_json::from_str(
+            r#"{"id":"batch_other","status":"completed","input_file_id":"f","created_at":1}"#,
+        )
+        .unwrap();
+        let err = same_batch(Endpoint::GetBatch, "batch_mine", batch.clone()).unwrap_err();
+        assert!(err.to_string().contains("\"batch_other\""), "{err}");
+        assert!(same_batch(Endpoint::GetBatch, "batch_other", batch).is_ok());
     }
 }

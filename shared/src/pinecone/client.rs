@@ -163,13 +163,8 @@ impl PineconeClient {
         } else {
             format!("https://{host}")
         };
-        let base =
-            Url::parse(&host).map_err(|e| PineconeError::Config(format!("index host: {e}")))?;
-        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            return Err(PineconeError::Config(format!(
-                "index host must be http(s): {base}"
-            )));
-        }
+        let base = crate::http::service_url(&host)
+            .map_err(|e| PineconeError::Config(format!("index host: {e}")))?;
         let endpoint = |path: &[&str]| {
             let mut url = base.clone();
             url.set_query(None);
@@ -194,9 +189,7 @@ impl PineconeClient {
             HeaderValue::from_str(&config.api_version)
                 .map_err(|_| PineconeError::Config("invalid API version".into()))?,
         );
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .user_agent(concat!("fleet/", env!("CARGO_PKG_VERSION")))
+        let client = crate::http::client_builder(headers)
             .connect_timeout(config.connect_timeout)
             .build()
             .map_err(|e| PineconeError::Config(error_chain(&e)))?;

@@ -391,3 +391,45 @@ async fn a_holder_frozen_past_its_lease_writes_nothing_after_another_worker_fini
     );
     assert!(world.dead_letters().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_missing_table_keeps_the_message_waiting_without_copies_or_dead_letters() {
+    let world = World::new().await;
+    let b = finished_now(350);
+    world.seed(&b).await;
+    world.enqueue(&b.summary.batch_id).await;
+    let stop = CancellationToken::new();
+    // The worker is pointed at a table that does not exist (a typo in the deployment).
+    let settings = world.settings(false, &[("DYNAMODB_TABLE_NAME", "no-such-table")]);
+    let log = SqsLog::default();
+    let mut deps = world.deps(&settings, log.client(&world.env.clients.sqs));
+    deps.store =
+        fleet_shared::store::Store::new(world.env.clients.dynamodb.clone(), "no-such-table");
+    deps.service = worker::service::build_services(&settings, deps.store.clone()).unwrap();
+    let running = tokio::spawn(worker::run(settings, deps, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(
+        world.dead_letters().await.is_empty(),
+        "nothing dead-lettered"
+    );
+    let depth = queue_depth(&world.env.clients.sqs, &world.env.queues.work_url)
+        .await
+        .unwrap();
+    assert_eq!(depth.total(), 1, "one waiting copy, no pile-up: {depth:?}");
+    let deferrals: Vec<u32> = log
+        .sends_to(&world.env.queues.work_url)
+        .iter()
+        .map(|(m, _)| m.deferrals)
+        .collect();
+    assert!(deferrals.len() >= 2, "retried with back-off: {deferrals:?}");
+    assert!(
+        deferrals.windows(2).all(|w| w[1] == w[0] + 1),
+        "the back-off grows with the deferrals in a row: {deferrals:?}"
+    );
+    assert_eq!(
+        world.summary_status(&b.summary.batch_id).await,
+        BatchStatus::Pending
+    );
+}
