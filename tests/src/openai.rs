@@ -48,6 +48,7 @@
 pub mod fixtures;
 #[cfg(test)]
 mod tests;
+pub mod webhook; // signed batch-end webhooks: the four `webhook` lines below hook it in
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -393,6 +394,7 @@ struct OpenAiState {
 struct Shared {
     state: Mutex<OpenAiState>,
     harness: Arc<Harness>,
+    webhooks: webhook::Webhooks,
 }
 
 impl Shared {
@@ -418,6 +420,7 @@ impl OpenAiEmulator {
         let shared = Arc::new(Shared {
             state: Mutex::new(OpenAiState::default()),
             harness: harness.clone(),
+            webhooks: webhook::Webhooks::default(),
         });
         let server = Server::bind(addr, router(shared.clone())).await?;
         tracing::info!(addr = %server.addr(), "openai emulator listening");
@@ -606,6 +609,7 @@ fn router(shared: Arc<Shared>) -> Router {
             "/_admin/faults",
             post(admin_add_fault).delete(admin_clear_faults),
         )
+        .merge(webhook::admin_routes())
         .route("/_admin/outage", post(admin_outage))
         .route("/_admin/latency", post(admin_latency))
         .route(
@@ -684,6 +688,7 @@ async fn get_batch(State(shared): State<Arc<Shared>>, Path(id): Path<String>) ->
         return no_batch(&id);
     };
     let status = batch.poll();
+    shared.webhooks.observe(&id, &status);
     axum::Json(batch.object(&status)).into_response()
 }
 
