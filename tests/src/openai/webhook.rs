@@ -199,8 +199,10 @@ struct Target {
 struct Inner {
     target: Option<Target>,
     first_get: HashMap<String, Instant>,
-    /// Batches whose end event was sent (or that `end_after` already looked at).
+    /// Batches whose end event was sent.
     done: HashSet<String>,
+    /// Batches `end_after` already tried to end (each is tried once).
+    timed: HashSet<String>,
     deliveries: Arc<Mutex<Vec<WebhookDelivery>>>,
 }
 
@@ -263,11 +265,13 @@ impl Webhooks {
             .first_get
             .iter()
             .filter(|(id, first)| {
-                !inner.done.contains(*id) && now.duration_since(**first) >= spread(end_after, id)
+                !inner.done.contains(*id)
+                    && !inner.timed.contains(*id)
+                    && now.duration_since(**first) >= spread(end_after, id)
             })
             .map(|(id, _)| id.clone())
             .collect();
-        inner.done.extend(due.iter().cloned());
+        inner.timed.extend(due.iter().cloned());
         due
     }
 }
@@ -275,12 +279,9 @@ impl Webhooks {
 /// `base × (1 + h/1000)` for a hash `h` of the id in 0..1000: the same batch always gets the
 /// same time, and a set of batches spreads over `[base, 2 × base)`.
 fn spread(base: Duration, id: &str) -> Duration {
-    let h = id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
-        % 1000;
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) % 1000;
     base + base.mul_f64(h as f64 / 1000.0)
 }
 
@@ -454,7 +455,11 @@ struct ConfigBody {
 async fn admin_set(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let body: ConfigBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => return bad_admin(format!("expected {{\"url\", \"secret\", \"end_after_ms\"}}: {e}")),
+        Err(e) => {
+            return bad_admin(format!(
+                "expected {{\"url\", \"secret\", \"end_after_ms\"}}: {e}"
+            ));
+        }
     };
     let config = WebhookConfig {
         url: body.url,
@@ -533,7 +538,9 @@ mod tests {
     #[test]
     fn end_after_spreads_batches_over_one_to_two_times() {
         let base = Duration::from_secs(2);
-        let times: Vec<Duration> = (0..50).map(|i| spread(base, &format!("batch_{i}"))).collect();
+        let times: Vec<Duration> = (0..50)
+            .map(|i| spread(base, &format!("batch_{i}")))
+            .collect();
         assert!(times.iter().all(|t| *t >= base && *t < base * 2));
         assert_eq!(spread(base, "batch_7"), spread(base, "batch_7"));
         let distinct: HashSet<Duration> = times.into_iter().collect();
