@@ -119,6 +119,8 @@ export PINECONE_INDEX_HOST="$pinecone_url" PINECONE_API_KEY=pc-local-demo
 export LOG_FORMAT=text RUST_LOG="${RUST_LOG:-warn}"
 # With webhooks, scheduled checks are only the safety net: they can be far apart.
 export RECHECK_MIN_SECONDS=10 RECHECK_MAX_SECONDS=30 VISIBILITY_TIMEOUT_SECONDS=30 MAX_IN_FLIGHT=8
+# A Ctrl-C drains the workers quickly (cleanup KILLs whatever is left after 10 s).
+export SHUTDOWN_GRACE_SECONDS=5
 
 say "producer tick 1"
 "$bindir/producer" enqueue
