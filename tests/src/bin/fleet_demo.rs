@@ -242,7 +242,10 @@ impl WebhookCounts {
 
     fn parse(page: &str) -> Self {
         let mut by_outcome = BTreeMap::new();
-        for line in page.lines().filter(|l| l.starts_with("fleet_webhooks_total{")) {
+        for line in page
+            .lines()
+            .filter(|l| l.starts_with("fleet_webhooks_total{"))
+        {
             let Some((series, value)) = line.rsplit_once(' ') else {
                 continue;
             };

@@ -1038,6 +1038,11 @@ async fn the_emulator_signs_its_batch_end_webhooks_like_openai_and_sends_each_on
     ));
     // Never ends by itself: end_after leaves it alone.
     openai.add_batch(spec("batch_running", &[("in_progress", 1)]));
+    // Cancelled through the API: ends at the GET after the cancel.
+    openai.add_batch(spec(
+        "batch_cancelled",
+        &[("in_progress", 100), ("completed", 1)],
+    ));
     let client = reqwest::Client::new();
     let get = |id: &'static str| {
         let (client, url) = (
@@ -1057,6 +1062,18 @@ async fn the_emulator_signs_its_batch_end_webhooks_like_openai_and_sends_each_on
             v["status"].as_str().unwrap_or_default().to_owned()
         }
     };
+    assert_eq!(get("batch_cancelled").await, "in_progress");
+    let cancel = client
+        .post(format!(
+            "{}/batches/batch_cancelled/cancel",
+            openai.base_url()
+        ))
+        .bearer_auth("sk-test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 200);
+    assert_eq!(get("batch_cancelled").await, "cancelled");
     assert_eq!(get("batch_timed").await, "in_progress");
     assert_eq!(get("batch_running").await, "in_progress");
     assert_eq!(get("batch_fails").await, "validating");
@@ -1075,11 +1092,11 @@ async fn the_emulator_signs_its_batch_end_webhooks_like_openai_and_sends_each_on
         .iter()
         .filter(|d| d.succeeded())
         .count()
-        < 3
+        < 4
     {
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "three events expected: {:?}",
+            "four events expected: {:?}",
             openai.webhook_deliveries()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1091,8 +1108,8 @@ async fn the_emulator_signs_its_batch_end_webhooks_like_openai_and_sends_each_on
     let deliveries = openai.webhook_deliveries();
     assert_eq!(
         deliveries.len(),
-        4,
-        "three events, the first attempt refused: {deliveries:?}"
+        5,
+        "four events, the first attempt refused: {deliveries:?}"
     );
     let mut types: Vec<(String, String)> = deliveries
         .iter()
@@ -1103,6 +1120,7 @@ async fn the_emulator_signs_its_batch_end_webhooks_like_openai_and_sends_each_on
     assert_eq!(
         types,
         [
+            ("batch_cancelled".to_owned(), "batch.cancelled".to_owned()),
             ("batch_expires".to_owned(), "batch.expired".to_owned()),
             ("batch_fails".to_owned(), "batch.failed".to_owned()),
             ("batch_timed".to_owned(), "batch.completed".to_owned()),
@@ -1125,7 +1143,7 @@ async fn the_emulator_signs_its_batch_end_webhooks_like_openai_and_sends_each_on
     // Every request verifies with the receiver's own verifier (an independent implementation).
     let key = SigningKey::parse(&secret).unwrap();
     let requests = seen.lock().unwrap().clone();
-    assert_eq!(requests.len(), 4);
+    assert_eq!(requests.len(), 5);
     for (headers, body) in &requests {
         let text = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
         let signed = SignedHeaders {
