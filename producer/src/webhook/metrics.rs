@@ -7,8 +7,9 @@
 use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
-/// Deliveries by event type (`batch.completed`, … , `other`, `unverified` before the signature
-/// is checked) and outcome (`enqueued`, `duplicate`, `ignored_type`, `unknown_batch`,
+/// Deliveries by event type (`batch.completed`, `batch.failed`, `batch.expired`,
+/// `batch.cancelled`, `other`; `unknown` when the delivery was refused before its type was
+/// known) and outcome (`enqueued`, `duplicate`, `ignored_type`, `unknown_batch`,
 /// `not_pending`, `dead_lettered`, `missing_header`, `bad_timestamp`, `stale_timestamp`,
 /// `bad_signature`, `too_large`, `bad_body`, `bad_json`, `bad_event`, `error`).
 pub const WEBHOOKS_TOTAL: &str = "fleet_webhooks_total";
@@ -80,16 +81,14 @@ mod tests {
         let m = Metrics::default();
         m.count("batch.completed", "enqueued");
         m.count("batch.completed", "enqueued");
-        m.count("unverified", "bad_signature");
+        m.count("unknown", "bad_signature");
         m.observe("ok", 0.003);
         let page = m.render();
         assert!(
             page.contains(r#"fleet_webhooks_total{type="batch.completed",outcome="enqueued"} 2"#),
             "{page}"
         );
-        assert!(
-            page.contains(r#"fleet_webhooks_total{type="unverified",outcome="bad_signature"} 1"#)
-        );
+        assert!(page.contains(r#"fleet_webhooks_total{type="unknown",outcome="bad_signature"} 1"#));
         assert!(
             page.contains(r#"fleet_webhook_handling_seconds_bucket{class="ok",le="0.005"} 1"#),
             "{page}"

@@ -817,6 +817,20 @@ async fn other_types_and_batches_not_ours_to_check_get_2xx_and_enqueue_nothing()
     }
     let output = server.stop(Duration::from_secs(10)).await;
     assert_secret_absent(&secret, &output);
+    // How long each answer took (moto: each DynamoDB or SQS call is a local HTTP round-trip).
+    for line in output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        if line["event"] == "webhook" {
+            println!(
+                "answered {} {} in {:.1} ms",
+                line["status"],
+                line["outcome"],
+                line["elapsed_ms"].as_f64().unwrap_or(-1.0)
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
