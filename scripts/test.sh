@@ -9,13 +9,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 # Every process started from here inherits this mark; the tests' own child processes (started
-# with a cleared environment) are recognised by running a binary of this checkout's target/.
+# with a cleared environment) are recognised by running a binary of this checkout's target dir.
 export FLEET_TEST_RUN="test-sh-$$-$(date +%s%N)"
 
 # Prints "pid command" of each process that carries the mark or runs a binary under
-# $root/target/, except this shell, its ancestors and the pids given as arguments.
+# the cargo target dir, except this shell, its ancestors and the pids given as arguments.
 our_processes() {
-  python3 - "$root/target/" "$FLEET_TEST_RUN" "$$" "$@" <<'PYEOF'
+  python3 - "$(realpath -m "${CARGO_TARGET_DIR:-$root/target}")/" "$FLEET_TEST_RUN" "$$" "$@" <<'PYEOF'
 import os, sys
 target, mark, shell, *ignore = sys.argv[1:]
 skip = set(ignore) | {shell}
