@@ -144,5 +144,32 @@ copy=$(fresh_copy deployment-alert-missing)
 replace "$copy/k8s/base/prometheusrule.yaml" '- alert: FleetDeploymentErrors' '- alert: FleetSetupBroken'
 expect_rejected deployment-alert-missing "crosscheck" "crosscheck" 'FleetDeploymentErrors' "$copy"
 
+# 7. A rule added to the webhook receiver's NetworkPolicy that lets every pod and address in.
+copy=$(fresh_copy webhook-networkpolicy-open)
+replace "$copy/k8s/base/webhook-networkpolicy.yaml" $'  ingress:\n    - from:' \
+  $'  ingress:\n    - ports:\n        - port: 8080\n          protocol: TCP\n    - from:'
+expect_rejected webhook-networkpolicy-open "kubernetes-validate,crosscheck" "crosscheck" \
+  "without 'from'" "$copy"
+
+# 8. The webhook signing secret written into the manifest.
+copy=$(fresh_copy webhook-secret-literal)
+replace "$copy/k8s/base/webhook-deployment.yaml" \
+  $'              valueFrom:\n                secretKeyRef:\n                  name: fleet-openai-webhook\n                  key: signing-secret' \
+  $'              value: whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD'
+expect_rejected webhook-secret-literal "kubernetes-validate,crosscheck" "crosscheck" \
+  'OPENAI_WEBHOOK_SECRET is not taken from a Secret' "$copy"
+
+# 9. The webhook Ingress without TLS.
+copy=$(fresh_copy webhook-ingress-without-tls)
+drop_block "$copy/k8s/base/webhook-ingress.yaml" '  tls:'
+replace "$copy/k8s/overlays/example/kustomization.yaml" $'      - op: replace\n        path: /spec/tls/0/hosts/0\n        value: fleet-webhooks.example.org\n' ''
+expect_rejected webhook-ingress-without-tls "kubernetes-validate,crosscheck" "crosscheck" \
+  'without TLS' "$copy"
+
+# 10. A single webhook receiver (its PDB then blocks every drain).
+copy=$(fresh_copy webhook-single-replica)
+replace "$copy/k8s/base/webhook-deployment.yaml" '  replicas: 2' '  replicas: 1'
+expect_rejected webhook-single-replica "crosscheck" "crosscheck" 'replicas is 1|minAvailable' "$copy"
+
 echo "broken-copies: $PASSED passed, $FAILED failed"
 [[ $FAILED -eq 0 ]]

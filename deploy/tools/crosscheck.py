@@ -42,10 +42,17 @@ KNOWN_METRICS = {
     "fleet_producer_last_success_timestamp_seconds",
     "fleet_producer_queue_messages",
     "fleet_deployment_errors_total",
+    "fleet_webhooks_total",
+    "fleet_webhook_handling_seconds",
 }
 KNOWN_LABEL_VALUES = {
-    "outcome": {"applied", "rechecked", "dead_lettered", "retried", "abandoned"},
-    "class": {"transient", "permanent"},
+    "outcome": {"applied", "rechecked", "dead_lettered", "retried", "abandoned",
+                "deferred", "already_done", "lease_busy", "stopped", "superseded", "panicked",
+                # fleet_webhooks_total (producer/src/webhook)
+                "enqueued", "duplicate", "ignored_type", "unknown_batch", "not_pending",
+                "missing_header", "bad_timestamp", "stale_timestamp", "bad_signature",
+                "too_large", "bad_body", "bad_json", "bad_event", "error"},
+    "class": {"transient", "permanent", "deployment"},
     "result": {"listed", "enqueued", "skipped", "skipped_dead_lettered", "failed", "bad_item"},
     "cause": {"openai_key", "openai_quota", "pinecone_key", "aws_access", "aws_missing_resource"},
     "queue": {"work", "dead_letter"},
@@ -59,7 +66,15 @@ REQUIRED_ALERTS = {
     "FleetWorkerHeartbeatMissing": "no worker heartbeat",
     "FleetDeploymentErrors": "errors of the deployment (issue 9)",
     "FleetBatchesDeadLettered": "batches dead-lettered by workers (issue 9)",
+    "FleetWebhookSignaturesFailing": "webhook deliveries fail verification",
 }
+
+# The two long-running workloads, by Deployment name.
+WORKER = "fleet-worker"
+WEBHOOK = "fleet-webhook"
+WEBHOOK_PATH = "/openai/webhook"
+# producer/src/webhook/mod.rs SHUTDOWN_GRACE: requests in progress after SIGTERM.
+WEBHOOK_SHUTDOWN_GRACE_SECONDS = 10
 
 # Exactly the AWS actions each binary calls, per resource (least privilege).
 EXPECTED_ACTIONS = {
@@ -191,6 +206,10 @@ def k8s_index(docs: list[dict]) -> dict[tuple[str, str], dict]:
     return {(d["kind"], d["metadata"]["name"]): d for d in docs}
 
 
+def deployment(docs: list[dict], name: str) -> dict | None:
+    return next((d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name), None)
+
+
 def pod_specs(docs: list[dict]):
     """(workload, pod template) of every Deployment and CronJob."""
     for d in docs:
@@ -255,9 +274,12 @@ def as_int(value, what: str, errors: list[str]) -> int | None:
 def check_selectors_ports(docs, idx) -> list[str]:
     errs: list[str] = []
     deps = [d for d in docs if d["kind"] == "Deployment"]
-    if len(deps) != 1:
-        return [f"expected one Deployment, found {len(deps)}"]
-    dep = deps[0]
+    unknown = sorted(d["metadata"]["name"] for d in deps if d["metadata"]["name"] not in (WORKER, WEBHOOK))
+    if unknown:
+        errs.append(f"Deployments other than {WORKER} and {WEBHOOK}: {unknown}")
+    dep = deployment(docs, WORKER)
+    if dep is None:
+        return errs + [f"no Deployment {WORKER}"]
     tpl_labels = dep["spec"]["template"]["metadata"].get("labels", {})
     if not matches(dep["spec"]["selector"], tpl_labels):
         errs.append("Deployment selector does not match its pod template labels")
@@ -297,11 +319,12 @@ def check_selectors_ports(docs, idx) -> list[str]:
             if ep.get("path", "/metrics") != "/metrics":
                 errs.append(f"ServiceMonitor path {ep.get('path')!r} is not /metrics")
     pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
-    if not pdbs:
-        errs.append("no PodDisruptionBudget")
+    if not any(matches(p["spec"]["selector"], tpl_labels) for p in pdbs):
+        errs.append("no PodDisruptionBudget selects the worker pods")
+    all_pods = [d["spec"]["template"]["metadata"].get("labels", {}) for d in deps]
     for p in pdbs:
-        if not matches(p["spec"]["selector"], tpl_labels):
-            errs.append(f"PodDisruptionBudget {p['metadata']['name']} does not select the worker pods")
+        if not any(matches(p["spec"]["selector"], labels) for labels in all_pods):
+            errs.append(f"PodDisruptionBudget {p['metadata']['name']} selects no Deployment's pods")
     for so in (d for d in docs if d["kind"] == "ScaledObject"):
         ref = so["spec"]["scaleTargetRef"]
         if ref.get("kind", "Deployment") != "Deployment" or ref["name"] != dep["metadata"]["name"]:
@@ -318,12 +341,132 @@ def check_selectors_ports(docs, idx) -> list[str]:
         nps = [n for n in docs if n["kind"] == "NetworkPolicy" and matches(n["spec"]["podSelector"], labels)]
         if not nps:
             errs.append(f"{w['kind']} {w['metadata']['name']}: no NetworkPolicy selects its pods")
-        if w["kind"] == "Deployment":
+        if w["kind"] == "Deployment" and w["metadata"]["name"] == WORKER:
             for n in nps:
                 allowed = {p.get("port") for r in n["spec"].get("ingress", []) for p in r.get("ports", [])}
                 if allowed and addr_port not in allowed and "metrics" not in allowed:
                     errs.append(f"NetworkPolicy {n['metadata']['name']} blocks the metrics port {addr_port}")
     return errs
+
+
+def port_number(container: dict, port) -> int | None:
+    """A container port given by name or number."""
+    for p in container.get("ports", []):
+        if port in (p.get("name"), p["containerPort"]):
+            return p["containerPort"]
+    return None
+
+
+def check_webhook(docs, idx) -> tuple[list[str], str]:
+    """The OpenAI webhook receiver (producer webhook-server, issue 12)."""
+    errs: list[str] = []
+    dep = deployment(docs, WEBHOOK)
+    if dep is None:
+        return [f"no Deployment {WEBHOOK}"], ""
+    tpl = dep["spec"]["template"]
+    labels = tpl["metadata"].get("labels", {})
+    if not matches(dep["spec"]["selector"], labels):
+        errs.append(f"{WEBHOOK}: selector does not match its pod template labels")
+    replicas = dep["spec"].get("replicas", 1)
+    if replicas < 2:
+        errs.append(f"{WEBHOOK}: replicas is {replicas}; two or more keep OpenAI's deliveries answered during a drain")
+    c = tpl["spec"]["containers"][0]
+    if binary_of(c) != "producer" or (c.get("args") or [None])[0] != "webhook-server":
+        errs.append(f"{WEBHOOK}: container runs {c.get('command')} {c.get('args')}, not producer webhook-server")
+    env, problems = container_env(c, idx)
+    errs.extend(problems)
+    addr = env.get("WEBHOOK_ADDR") or "0.0.0.0:8080"
+    addr_port = int(addr.rsplit(":", 1)[1])
+    if port_number(c, "http") != addr_port:
+        errs.append(f"{WEBHOOK}: container port 'http' is {port_number(c, 'http')}, WEBHOOK_ADDR listens on {addr_port}")
+    for probe in ("livenessProbe", "readinessProbe"):
+        port = ((c.get(probe) or {}).get("httpGet") or {}).get("port")
+        if port_number(c, port) != addr_port:
+            errs.append(f"{WEBHOOK}: {probe} port {port!r} is not the WEBHOOK_ADDR port {addr_port}")
+    secret = [e for e in c.get("env", []) if e["name"] == "OPENAI_WEBHOOK_SECRET"]
+    if not secret or "secretKeyRef" not in (secret[0].get("valueFrom") or {}) or "value" in secret[0]:
+        errs.append(f"{WEBHOOK}: OPENAI_WEBHOOK_SECRET is not taken from a Secret (secretKeyRef)")
+    if "OPENAI_WEBHOOK_SECRET" in {k for src in c.get("envFrom", []) if "configMapRef" in src
+                                   for k in (idx.get(("ConfigMap", src["configMapRef"]["name"])) or {}).get("data", {})}:
+        errs.append(f"{WEBHOOK}: OPENAI_WEBHOOK_SECRET is in a ConfigMap")
+    tg = tpl["spec"].get("terminationGracePeriodSeconds", 30)
+    if not tg > WEBHOOK_SHUTDOWN_GRACE_SECONDS:
+        errs.append(f"{WEBHOOK}: terminationGracePeriodSeconds {tg} is not above the receiver's "
+                    f"{WEBHOOK_SHUTDOWN_GRACE_SECONDS} s for requests in progress")
+    # Service and Ingress.
+    services = [s for s in docs if s["kind"] == "Service"
+                and matches({"matchLabels": s["spec"].get("selector", {})}, labels)]
+    if not services:
+        errs.append(f"no Service selects the {WEBHOOK} pods")
+    for s in services:
+        for p in s["spec"]["ports"]:
+            if port_number(c, p.get("targetPort", p["port"])) != addr_port:
+                errs.append(f"Service {s['metadata']['name']} port {p.get('name')} does not reach WEBHOOK_ADDR")
+    ingresses = [d for d in docs if d["kind"] == "Ingress"]
+    hosts = []
+    routed = False
+    for ing in ingresses:
+        name = ing["metadata"]["name"]
+        tls_hosts = {h for t in ing["spec"].get("tls", []) or [] if t.get("secretName") for h in t.get("hosts", [])}
+        for rule in ing["spec"].get("rules", []):
+            for path in (rule.get("http") or {}).get("paths", []):
+                svc = ((path.get("backend") or {}).get("service") or {})
+                target = next((s for s in services if s["metadata"]["name"] == svc.get("name")), None)
+                if target is None:
+                    continue
+                routed = True
+                hosts.append(rule.get("host"))
+                port = svc.get("port") or {}
+                if not any(port.get("name") == p.get("name") or port.get("number") == p["port"]
+                           for p in target["spec"]["ports"]):
+                    errs.append(f"Ingress {name}: backend port {port} is not a port of Service {svc.get('name')}")
+                if path.get("path") != WEBHOOK_PATH or path.get("pathType") != "Exact":
+                    errs.append(f"Ingress {name}: routes {path.get('path')!r} ({path.get('pathType')}) to the "
+                                f"receiver; only {WEBHOOK_PATH} (Exact) should be public")
+                if not rule.get("host"):
+                    errs.append(f"Ingress {name}: a rule without host")
+                elif rule["host"] not in tls_hosts:
+                    errs.append(f"Ingress {name}: host {rule['host']} is served without TLS (no tls entry with a secretName)")
+    if not routed:
+        errs.append(f"no Ingress routes {WEBHOOK_PATH} to the {WEBHOOK} Service")
+    # Disruptions: a PDB that lets one go while another answers.
+    pdbs = [p for p in docs if p["kind"] == "PodDisruptionBudget" and matches(p["spec"]["selector"], labels)]
+    if not pdbs:
+        errs.append(f"no PodDisruptionBudget selects the {WEBHOOK} pods")
+    for p in pdbs:
+        ma = p["spec"].get("minAvailable")
+        if ma is not None and not (isinstance(ma, int) and 1 <= ma < replicas):
+            errs.append(f"PodDisruptionBudget {p['metadata']['name']}: minAvailable {ma!r} must be within "
+                        f"1..replicas-1 ({replicas - 1}), or drains block or take every receiver")
+    # Network: only the ingress controller (and Prometheus, for /metrics) in.
+    nps = [n for n in docs if n["kind"] == "NetworkPolicy" and matches(n["spec"]["podSelector"], labels)]
+    if len(nps) != 1:
+        errs.append(f"{len(nps)} NetworkPolicies select the {WEBHOOK} pods; expected exactly its own")
+    for n in nps:
+        name = n["metadata"]["name"]
+        if "Ingress" not in n["spec"].get("policyTypes", []):
+            errs.append(f"NetworkPolicy {name}: does not restrict ingress")
+        rules = n["spec"].get("ingress", []) or []
+        controller = False
+        for r in rules:
+            peers = r.get("from") or []
+            if not peers:
+                errs.append(f"NetworkPolicy {name}: an ingress rule without 'from' lets every pod and address in")
+            for peer in peers:
+                ns = peer.get("namespaceSelector") or {}
+                pods = peer.get("podSelector") or {}
+                if "ipBlock" in peer or not ns or not pods:
+                    errs.append(f"NetworkPolicy {name}: peer {peer} is not one namespace's labelled pods")
+                if "ingress" in json.dumps([ns, pods]):
+                    controller = True
+            ports = {p.get("port") for p in r.get("ports", []) or []}
+            if ports != {addr_port} and ports != {"http"}:
+                errs.append(f"NetworkPolicy {name}: an ingress rule allows ports {sorted(map(str, ports))}, not only {addr_port}")
+        if not controller:
+            errs.append(f"NetworkPolicy {name}: no ingress rule names the ingress controller")
+    detail = (f"{replicas} replicas, port {addr_port}, public hosts {sorted(h for h in hosts if h)}, "
+              f"{len(pdbs)} PDB, {len(nps)} NetworkPolicy")
+    return errs, detail
 
 
 def check_security(docs) -> list[str]:
@@ -353,7 +496,12 @@ def check_security(docs) -> list[str]:
                 errs.append(f"{cw}: seccompProfile is {seccomp!r}, not RuntimeDefault")
             if sc.get("runAsNonRoot") is False or sc.get("runAsUser") == 0:
                 errs.append(f"{cw}: runs as root")
-        if w["kind"] == "Deployment":
+        if w["kind"] == "Deployment" and w["metadata"]["name"] == WEBHOOK:
+            c = spec["containers"][0]
+            for probe in ("livenessProbe", "readinessProbe"):
+                if ((c.get(probe) or {}).get("httpGet") or {}).get("path") != "/healthz":
+                    errs.append(f"{who}: {probe} is not GET /healthz")
+        elif w["kind"] == "Deployment":
             c = spec["containers"][0]
             if ((c.get("livenessProbe") or {}).get("httpGet") or {}).get("path") != "/healthz":
                 errs.append(f"{who}: livenessProbe is not GET /healthz")
@@ -441,8 +589,10 @@ def check_queue_and_names(docs, idx, worker_env, common_env, cfn, params, namesp
     # Roles and service accounts.
     role_names = {k: resolve(res[k]["Properties"].get("RoleName"), params) for k in EXPECTED_ACTIONS if k in res}
     sa_param = {"WorkerRole": "WorkerServiceAccountName", "ProducerRole": "ProducerServiceAccountName"}
-    workloads = {"WorkerRole": [d for d in docs if d["kind"] == "Deployment"],
-                 "ProducerRole": [d for d in docs if d["kind"] == "CronJob"]}
+    # The webhook receiver is the producer binary: it runs with the producer's role.
+    workloads = {"WorkerRole": [d for d in [deployment(docs, WORKER)] if d],
+                 "ProducerRole": [d for d in docs if d["kind"] == "CronJob"]
+                 + [d for d in [deployment(docs, WEBHOOK)] if d]}
     for role, param in sa_param.items():
         want_sa = params.get(param)
         for w in workloads[role]:
@@ -488,7 +638,9 @@ def check_queue_and_names(docs, idx, worker_env, common_env, cfn, params, namesp
 
 def check_timing(docs, worker_env, cfn, params) -> tuple[list[str], str]:
     errs: list[str] = []
-    dep = next(d for d in docs if d["kind"] == "Deployment")
+    dep = deployment(docs, WORKER)
+    if dep is None:
+        return [f"no Deployment {WORKER}"], ""
     tg = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
     sg = as_int(worker_env.get("SHUTDOWN_GRACE_SECONDS", "25"), "SHUTDOWN_GRACE_SECONDS", errs)
     vw = as_int(worker_env.get("VISIBILITY_TIMEOUT_SECONDS", "120"), "VISIBILITY_TIMEOUT_SECONDS", errs)
@@ -864,8 +1016,8 @@ def main() -> int:
     namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] not in ("Namespace",)}
     namespace = namespaces.pop() if len(namespaces) == 1 else None
 
-    dep = next(d for d in docs if d["kind"] == "Deployment")
-    worker_env, _ = container_env(dep["spec"]["template"]["spec"]["containers"][0], idx)
+    dep = deployment(docs, WORKER)
+    worker_env, _ = container_env(dep["spec"]["template"]["spec"]["containers"][0], idx) if dep else ({}, [])
     common = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("fleet-common")), None)
     common_env = (common or {}).get("data") or {}
 
@@ -877,6 +1029,8 @@ def main() -> int:
              check_keda(docs, idx, worker_env))
     errs, detail = check_queue_and_names(docs, idx, worker_env, common_env, cfn, params, namespace)
     c.report("KEDA queue and settings name the CloudFormation queues, table, roles and namespace", errs, detail)
+    errs, detail = check_webhook(docs, idx)
+    c.report("webhook receiver: replicas, probes, secret, Service, Ingress with TLS, PDB, NetworkPolicy", errs, detail)
     errs, detail = check_timing(docs, worker_env, cfn, params)
     c.report("grace period < terminationGracePeriodSeconds < visibility timeout; CronJob timing", errs, detail)
     errs, detail = check_env(docs, idx, a.repo_root, interface)

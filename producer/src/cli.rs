@@ -70,6 +70,15 @@ pub enum Command {
     ReplayDlq(ReplayArgs),
     /// Batches by status, queue depths and the age of the oldest pending batch.
     Status(StatusArgs),
+    /// Receive OpenAI webhooks: a signed batch.completed (failed, expired, cancelled) event of
+    /// a pending batch enqueues its check at once.
+    ///
+    /// Serves POST /openai/webhook, GET /healthz and GET /metrics on WEBHOOK_ADDR until
+    /// SIGTERM or SIGINT, then exits 0. Deliveries are verified with the Standard Webhooks
+    /// signature (OPENAI_WEBHOOK_SECRET); bad signatures and bodies get 400, other event types
+    /// and unknown batches 200 with nothing done. Scheduled checks remain the safety net.
+    #[command(name = "webhook-server")]
+    WebhookServer(WebhookArgs),
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -116,6 +125,22 @@ pub struct ReplayArgs {
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct WebhookArgs {
+    /// Where POST /openai/webhook, /healthz and /metrics listen [env: WEBHOOK_ADDR]
+    /// [default: 0.0.0.0:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub webhook_addr: Option<String>,
+    /// The endpoint's signing secret from OpenAI, whsec_… (secret: prefer the variable, a flag
+    /// shows in the process list) [env: OPENAI_WEBHOOK_SECRET] (required)
+    #[arg(long, value_name = "SECRET")]
+    pub openai_webhook_secret: Option<String>,
+    /// How long a batch enqueued by a webhook counts as scheduled, so producer ticks do not
+    /// enqueue it again meanwhile [env: SCHEDULE_HORIZON_SECONDS] [default: 900]
+    #[arg(long, value_name = "SECONDS")]
+    pub schedule_horizon_seconds: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -202,6 +227,32 @@ mod tests {
         assert_eq!(usage_error_exit_code(&err), 0);
         assert!(err.to_string().contains("SCHEDULE_HORIZON_SECONDS"));
         assert!(err.to_string().contains("PUSHGATEWAY_URL"));
+        assert!(help.contains("webhook-server"));
+        let err = Cli::try_parse_from(["producer", "webhook-server", "--help"]).unwrap_err();
+        assert_eq!(usage_error_exit_code(&err), 0);
+        for env in [
+            "WEBHOOK_ADDR",
+            "OPENAI_WEBHOOK_SECRET",
+            "SCHEDULE_HORIZON_SECONDS",
+        ] {
+            assert!(err.to_string().contains(env), "{env} missing from --help");
+        }
+    }
+
+    #[test]
+    fn webhook_server_flags() {
+        let cli = Cli::try_parse_from([
+            "producer",
+            "webhook-server",
+            "--webhook-addr",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let Command::WebhookServer(args) = cli.command else {
+            panic!("not webhook-server")
+        };
+        assert_eq!(args.webhook_addr.as_deref(), Some("127.0.0.1:0"));
+        assert!(args.openai_webhook_secret.is_none());
     }
 
     #[test]

@@ -91,10 +91,7 @@ pub async fn enqueue(
     now: DateTime<Utc>,
 ) -> Result<EnqueueReport, StoreError> {
     let now_ms = now.timestamp_millis();
-    let horizon_ms = i64::try_from(settings.schedule_horizon_seconds)
-        .unwrap_or(i64::MAX / 2_000)
-        .saturating_mul(1000);
-    let until_ms = now_ms.saturating_add(horizon_ms);
+    let until_ms = schedule_until_ms(now_ms, settings.schedule_horizon_seconds);
     let mut report = EnqueueReport {
         started_at: rfc3339(now),
         started_at_unix: now.timestamp(),
@@ -179,10 +176,7 @@ pub async fn enqueue(
         .iter()
         .enumerate()
         .map(|(i, (s, chain))| {
-            let mut message = BatchMessage::new(&s.batch_id);
-            message.openai_batch_id = Some(s.openai_batch_id.clone());
-            message.first_enqueued_at = Some(first_enqueued_at.clone());
-            message.chain = Some(chain.clone());
+            let message = chain_start_message(s, chain, &first_enqueued_at);
             Outgoing {
                 id: format!("b{i}"),
                 body: message.to_body(),
@@ -240,6 +234,28 @@ pub async fn enqueue(
         "tick finished"
     );
     Ok(report)
+}
+
+/// When the "scheduled until" marker written at `now_ms` ends: `horizon_seconds` later.
+pub fn schedule_until_ms(now_ms: i64, horizon_seconds: u64) -> i64 {
+    let horizon_ms = i64::try_from(horizon_seconds)
+        .unwrap_or(i64::MAX / 2_000)
+        .saturating_mul(1000);
+    now_ms.saturating_add(horizon_ms)
+}
+
+/// The first message of a new chain of `summary`'s messages (token `chain`). The tick and the
+/// webhook receiver ([`crate::webhook`]) both start chains, with this same message.
+pub fn chain_start_message(
+    summary: &BatchSummary,
+    chain: &str,
+    first_enqueued_at: &str,
+) -> BatchMessage {
+    let mut message = BatchMessage::new(&summary.batch_id);
+    message.openai_batch_id = Some(summary.openai_batch_id.clone());
+    message.first_enqueued_at = Some(first_enqueued_at.to_owned());
+    message.chain = Some(chain.to_owned());
+    message
 }
 
 /// A depth that cannot be read is a warning: it only feeds metrics and the summary.

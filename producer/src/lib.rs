@@ -1,5 +1,6 @@
-//! The producer: one scheduler tick enqueues pending completion batches; the same binary is
-//! the operators' tool for the dead-letter queue and the fleet's status.
+//! The producer: one scheduler tick enqueues pending completion batches; the same binary
+//! receives OpenAI's batch-end webhooks (enqueueing a finished batch at once) and is the
+//! operators' tool for the dead-letter queue and the fleet's status.
 //!
 //! The binary only parses and validates ([`cli`], [`settings`]) and calls [`run`]; every
 //! command is a library function taking its settings, the [`Services`] and (where time
@@ -13,6 +14,7 @@
 //! - [`push`]: the tick's metrics, rendered and pushed to a Prometheus Pushgateway.
 //! - [`replay`]: `replay-dlq` (send, then delete) and `--bulk` (StartMessageMoveTask).
 //! - [`status`]: batches by status, queue depths, oldest pending batch.
+//! - [`webhook`]: `webhook-server`, the receiver of OpenAI's signed batch-end webhooks.
 
 pub mod cli;
 pub mod enqueue;
@@ -20,6 +22,7 @@ pub mod push;
 pub mod replay;
 pub mod settings;
 pub mod status;
+pub mod webhook;
 
 use std::io::Write;
 
@@ -33,7 +36,7 @@ pub use enqueue::{EnqueueReport, enqueue};
 pub use replay::{BulkError, BulkReport, ReplayReport, replay, replay_bulk};
 pub use settings::{
     AwsSettings, BulkSettings, CommandSettings, EnqueueSettings, ReplayFilter, ReplaySettings,
-    Settings, StatusSettings,
+    Settings, StatusSettings, WebhookSettings,
 };
 pub use status::{StatusReport, status};
 
@@ -89,6 +92,7 @@ fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> std::io::Result<(
 }
 
 /// Runs the command of `settings` with `services`, printing to `out`; returns the exit code.
+/// `webhook-server` runs until SIGTERM or SIGINT.
 pub async fn run_command(
     command: &CommandSettings,
     services: &Services,
@@ -146,6 +150,7 @@ pub async fn run_command(
             }
             Ok(0)
         }
+        CommandSettings::WebhookServer { settings } => Ok(webhook::run(settings, services).await),
     }
 }
 

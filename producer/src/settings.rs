@@ -2,9 +2,13 @@
 //! before anything touches AWS: a bad value stops the run with exit 64 and a message naming
 //! every problem, and tests pass a map instead of setting the process environment.
 
+use std::net::SocketAddr;
+
 use fleet_shared::config::{CommonSettings, ConfigError, ConfigSource, LogFormat, Lookup};
+use fleet_shared::secret::ExposeSecret;
 
 use crate::cli::{Cli, Command};
+use crate::webhook::signature::SigningKey;
 
 /// Default of `SCHEDULE_HORIZON_SECONDS`: SQS's longest delay, and three scheduler ticks.
 pub const DEFAULT_SCHEDULE_HORIZON_SECONDS: u64 = 900;
@@ -15,6 +19,8 @@ pub const MAX_SCHEDULE_HORIZON_SECONDS: u64 = 86_400;
 pub const REPLAY_POLL_WAIT_SECONDS: u32 = 1;
 /// StartMessageMoveTask's limits of MaxNumberOfMessagesPerSecond.
 pub const BULK_RATE_MAX: u32 = 500;
+/// Default of `WEBHOOK_ADDR` (interface.md).
+pub const DEFAULT_WEBHOOK_ADDR: &str = "0.0.0.0:8080";
 
 /// Where AWS is; `None` leaves the choice to the standard chain (profile, IRSA, IMDS).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,6 +97,17 @@ pub struct StatusSettings {
     pub dead_letter_queue_url: Option<String>,
 }
 
+/// `webhook-server`: where to listen, the signing key, and where batches go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSettings {
+    pub queue_url: String,
+    pub addr: SocketAddr,
+    /// From `OPENAI_WEBHOOK_SECRET`; its `Debug` is redacted.
+    pub key: SigningKey,
+    /// The "scheduled until" marker a webhook's new chain writes (as a tick's claim does).
+    pub schedule_horizon_seconds: u64,
+}
+
 /// The command to run with its settings, and whether to print JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandSettings {
@@ -109,6 +126,9 @@ pub enum CommandSettings {
     Status {
         settings: StatusSettings,
         json: bool,
+    },
+    WebhookServer {
+        settings: WebhookSettings,
     },
 }
 
@@ -140,6 +160,14 @@ impl Settings {
                 a.schedule_horizon_seconds.clone(),
             ));
             flags.push(("PUSHGATEWAY_URL", a.pushgateway_url.clone()));
+        }
+        if let Command::WebhookServer(a) = &cli.command {
+            flags.push(("WEBHOOK_ADDR", a.webhook_addr.clone()));
+            flags.push(("OPENAI_WEBHOOK_SECRET", a.openai_webhook_secret.clone()));
+            flags.push((
+                "SCHEDULE_HORIZON_SECONDS",
+                a.schedule_horizon_seconds.clone(),
+            ));
         }
         let mut l = Lookup::new(flags, source);
         let common = CommonSettings::read(&mut l);
@@ -211,6 +239,19 @@ impl Settings {
                 },
                 json: a.json,
             },
+            Command::WebhookServer(_) => CommandSettings::WebhookServer {
+                settings: WebhookSettings {
+                    queue_url: common.queue_url.clone(),
+                    addr: l.socket_addr_or("WEBHOOK_ADDR", DEFAULT_WEBHOOK_ADDR),
+                    key: webhook_key(&mut l),
+                    schedule_horizon_seconds: l.number_in(
+                        "SCHEDULE_HORIZON_SECONDS",
+                        DEFAULT_SCHEDULE_HORIZON_SECONDS,
+                        1,
+                        MAX_SCHEDULE_HORIZON_SECONDS,
+                    ),
+                },
+            },
         };
         l.finish()?;
         Ok(Settings {
@@ -220,6 +261,30 @@ impl Settings {
             aws,
             command,
         })
+    }
+}
+
+/// The signing key of `OPENAI_WEBHOOK_SECRET`; problems are named without the value.
+fn webhook_key(l: &mut Lookup<'_>) -> SigningKey {
+    // Any valid key: the run stops at `finish` when a problem was recorded.
+    let placeholder =
+        || SigningKey::parse("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").expect("valid");
+    if l.optional("OPENAI_WEBHOOK_SECRET").is_none() {
+        l.problem(
+            "OPENAI_WEBHOOK_SECRET is required by webhook-server but not set (the endpoint's \
+             signing secret, whsec_…, from the OpenAI dashboard)",
+        );
+        return placeholder();
+    }
+    let secret = l.secret("OPENAI_WEBHOOK_SECRET");
+    match SigningKey::parse(secret.expose_secret()) {
+        Ok(key) => key,
+        Err(e) => {
+            l.problem(format!(
+                "OPENAI_WEBHOOK_SECRET is not a webhook signing secret: {e}"
+            ));
+            placeholder()
+        }
     }
 }
 
@@ -406,6 +471,87 @@ mod tests {
                     "http://localhost:5055/123/dlq"
                 )
             }
+        );
+    }
+
+    const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+    #[test]
+    fn webhook_server_defaults_and_flags() {
+        let e = env(&[("OPENAI_WEBHOOK_SECRET", WEBHOOK_SECRET)]);
+        let CommandSettings::WebhookServer { settings } =
+            parse(&["webhook-server"], &e).unwrap().command
+        else {
+            panic!("not webhook-server")
+        };
+        assert_eq!(settings.addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(settings.queue_url, "http://localhost:5055/123/work");
+        assert_eq!(settings.schedule_horizon_seconds, 900);
+        assert_eq!(settings.key, SigningKey::parse(WEBHOOK_SECRET).unwrap());
+        let e = env(&[
+            ("OPENAI_WEBHOOK_SECRET", "whsec_wrong"),
+            ("WEBHOOK_ADDR", "0.0.0.0:1"),
+        ]);
+        let CommandSettings::WebhookServer { settings } = parse(
+            &[
+                "webhook-server",
+                "--webhook-addr",
+                "127.0.0.1:0",
+                "--openai-webhook-secret",
+                WEBHOOK_SECRET,
+                "--schedule-horizon-seconds",
+                "60",
+            ],
+            &e,
+        )
+        .unwrap()
+        .command
+        else {
+            panic!("not webhook-server")
+        };
+        assert_eq!(settings.addr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(settings.schedule_horizon_seconds, 60);
+        assert_eq!(settings.key, SigningKey::parse(WEBHOOK_SECRET).unwrap());
+    }
+
+    #[test]
+    fn webhook_server_configuration_problems_are_named_without_the_secret() {
+        let text = problems(&["webhook-server"], &BASE);
+        assert!(
+            text.contains("OPENAI_WEBHOOK_SECRET is required by webhook-server"),
+            "{text}"
+        );
+        for (secret, needle) in [
+            (
+                "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+                "does not start with whsec_",
+            ),
+            (
+                "whsec_C2FVsBQIhrsc*ChlQIMV+b5sSYspob7oD",
+                "not standard base64",
+            ),
+            ("whsec_c2hvcnRrZXk=", "fewer than the 24"),
+        ] {
+            let e = env(&[
+                ("OPENAI_WEBHOOK_SECRET", secret),
+                ("WEBHOOK_ADDR", "nowhere"),
+            ]);
+            let text = problems(&["webhook-server"], &e);
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+            assert!(
+                text.contains("WEBHOOK_ADDR=\"nowhere\" is not an address"),
+                "{text}"
+            );
+            assert!(!text.contains(secret), "the secret leaked: {text}");
+        }
+        let s = parse(
+            &["webhook-server"],
+            &env(&[("OPENAI_WEBHOOK_SECRET", WEBHOOK_SECRET)]),
+        )
+        .unwrap();
+        assert!(
+            !format!("{s:?}").contains("C2FVsBQ"),
+            "Debug of the settings shows the key"
         );
     }
 

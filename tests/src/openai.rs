@@ -72,6 +72,7 @@
 pub mod fixtures;
 #[cfg(test)]
 mod tests;
+pub mod webhook; // signed batch-end webhooks: the four `webhook` lines below hook it in
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -483,6 +484,7 @@ impl Default for OpenAiState {
 struct Shared {
     state: Mutex<OpenAiState>,
     harness: Arc<Harness>,
+    webhooks: webhook::Webhooks,
 }
 
 impl Shared {
@@ -508,6 +510,7 @@ impl OpenAiEmulator {
         let shared = Arc::new(Shared {
             state: Mutex::new(OpenAiState::default()),
             harness: harness.clone(),
+            webhooks: webhook::Webhooks::default(),
         });
         let server = Server::bind(addr, router(shared.clone())).await?;
         tracing::info!(addr = %server.addr(), "openai emulator listening");
@@ -754,6 +757,7 @@ fn router(shared: Arc<Shared>) -> Router {
             "/_admin/faults",
             post(admin_add_fault).delete(admin_clear_faults),
         )
+        .merge(webhook::admin_routes())
         .route("/_admin/outage", post(admin_outage))
         .route("/_admin/latency", post(admin_latency))
         .route("/_admin/quota", post(admin_quota))
@@ -889,6 +893,7 @@ async fn get_batch(State(shared): State<Arc<Shared>>, Path(id): Path<String>) ->
         return no_batch(&id);
     };
     let status = batch.poll();
+    shared.webhooks.observe(&id, &status);
     axum::Json(batch.object(&status)).into_response()
 }
 

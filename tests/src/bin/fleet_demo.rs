@@ -88,6 +88,10 @@ enum Command {
         /// Seconds the run took, to print.
         #[arg(long)]
         elapsed: Option<f64>,
+        /// The webhook server's /metrics URL: adds how many batches finished by webhook (with
+        /// `--check`, at least one must have, and no delivery may have been refused).
+        #[arg(long, value_name = "URL")]
+        webhook_metrics: Option<String>,
     },
 }
 
@@ -160,11 +164,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             table,
             check,
             elapsed,
+            webhook_metrics,
         } => {
             let (count, receipts) = size.batches();
             let batches = scenario::mixed(seed, count, receipts);
             let store = Store::new(clients().await.dynamodb, &table);
-            return summary(&store, &batches, check, elapsed).await;
+            let webhooks = match webhook_metrics {
+                Some(url) => Some(WebhookCounts::fetch(&url).await?),
+                None => None,
+            };
+            return summary(&store, &batches, check, elapsed, webhooks.as_ref()).await;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -202,11 +211,69 @@ async fn seed_vectors(pinecone: &str, batches: &[ScenarioBatch]) -> anyhow::Resu
     Ok(())
 }
 
+/// `fleet_webhooks_total` of the webhook server, summed by outcome.
+struct WebhookCounts {
+    by_outcome: BTreeMap<String, u64>,
+}
+
+/// Outcomes that mean a delivery was refused or failed (400, 503).
+const WEBHOOK_FAILURES: &[&str] = &[
+    "missing_header",
+    "bad_timestamp",
+    "stale_timestamp",
+    "bad_signature",
+    "too_large",
+    "bad_body",
+    "bad_json",
+    "bad_event",
+    "error",
+];
+
+impl WebhookCounts {
+    async fn fetch(url: &str) -> anyhow::Result<Self> {
+        let page = reqwest::get(url)
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("reading the webhook server's metrics at {url}"))?
+            .text()
+            .await?;
+        Ok(Self::parse(&page))
+    }
+
+    fn parse(page: &str) -> Self {
+        let mut by_outcome = BTreeMap::new();
+        for line in page
+            .lines()
+            .filter(|l| l.starts_with("fleet_webhooks_total{"))
+        {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let outcome = series
+                .split_once("outcome=\"")
+                .and_then(|(_, rest)| rest.split('"').next())
+                .unwrap_or("unknown");
+            let n = value.parse::<f64>().unwrap_or(0.0) as u64;
+            *by_outcome.entry(outcome.to_owned()).or_default() += n;
+        }
+        WebhookCounts { by_outcome }
+    }
+
+    fn get(&self, outcome: &str) -> u64 {
+        self.by_outcome.get(outcome).copied().unwrap_or(0)
+    }
+
+    fn failures(&self) -> u64 {
+        WEBHOOK_FAILURES.iter().map(|o| self.get(o)).sum()
+    }
+}
+
 async fn summary(
     store: &Store,
     batches: &[ScenarioBatch],
     check: bool,
     elapsed: Option<f64>,
+    webhooks: Option<&WebhookCounts>,
 ) -> anyhow::Result<ExitCode> {
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     let mut wrong = Vec::new();
@@ -270,9 +337,35 @@ async fn summary(
         "verdict journal rows (CompletionBatchVerdict): {}",
         audit_rows.1
     );
+    if let Some(w) = webhooks {
+        let received: u64 = w.by_outcome.values().sum();
+        let detail = w
+            .by_outcome
+            .iter()
+            .map(|(o, n)| format!("{o} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!("webhooks received: {received} ({detail})");
+        println!(
+            "batches finished by webhook: {} of {} (enqueued the moment OpenAI reported their end; the rest by scheduled checks)",
+            w.get("enqueued"),
+            batches.len()
+        );
+    }
     let pending = labels_by_status.get("PENDING").copied().unwrap_or(0);
     if check {
         let mut problems = wrong;
+        if let Some(w) = webhooks {
+            if w.get("enqueued") == 0 {
+                problems.push("no batch finished by webhook".into());
+            }
+            if w.failures() > 0 {
+                problems.push(format!(
+                    "{} webhook deliveries were refused or failed",
+                    w.failures()
+                ));
+            }
+        }
         if pending > 0 {
             problems.push(format!("{pending} labels are still PENDING"));
         }
@@ -316,4 +409,24 @@ async fn count_audit_rows(store: &Store, batches: &[ScenarioBatch]) -> anyhow::R
         }
     }
     Ok((results, verdicts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_counts_sum_every_type_by_outcome() {
+        let page = "# TYPE fleet_webhooks_total counter\n\
+            fleet_webhooks_total{type=\"batch.completed\",outcome=\"enqueued\"} 40\n\
+            fleet_webhooks_total{type=\"batch.failed\",outcome=\"enqueued\"} 5\n\
+            fleet_webhooks_total{type=\"batch.failed\",outcome=\"not_pending\"} 1\n\
+            fleet_webhooks_total{type=\"unknown\",outcome=\"bad_signature\"} 2\n\
+            fleet_webhook_handling_seconds_count{class=\"ok\"} 46\n";
+        let w = WebhookCounts::parse(page);
+        assert_eq!(w.get("enqueued"), 45);
+        assert_eq!(w.get("not_pending"), 1);
+        assert_eq!(w.failures(), 2);
+        assert_eq!(w.by_outcome.values().sum::<u64>(), 48);
+    }
 }

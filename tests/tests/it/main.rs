@@ -7,4 +7,5 @@ mod fleet;
 mod producer;
 mod store;
 mod support;
+mod webhook;
 mod worker;
