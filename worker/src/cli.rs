@@ -43,7 +43,7 @@ setting_flags! {
     pinecone_api_key => "PINECONE_API_KEY", "Pinecone API key (secret; prefer the variable)";
     pinecone_namespace => "PINECONE_NAMESPACE", "Namespace of word vectors [default: words]";
     pinecone_updates_per_second => "PINECONE_UPDATES_PER_SECOND",
-        "Metadata updates per second from this process [default: 90]";
+        "Ceiling of this process's adaptive pacing of metadata updates, per second [default: 90]";
     metrics_addr => "METRICS_ADDR", "Where /metrics, /healthz and /readyz listen [default: 0.0.0.0:9090]";
     max_in_flight => "MAX_IN_FLIGHT", "Messages handled at once, 1..=1000 [default: 16]";
     visibility_timeout_seconds => "VISIBILITY_TIMEOUT_SECONDS",

@@ -3,6 +3,14 @@
 //!
 //! Pacing on our side avoids most 429s, which would otherwise cost a backoff sleep each and
 //! slow the whole batch down more than steady pacing does.
+//!
+//! Pinecone's limit (about 100 updates/s) is per namespace, shared by however many workers
+//! KEDA runs, so no fixed per-process rate can be right. An [`TokenBucket::adaptive`] bucket
+//! finds its share: it starts low, adds a little rate for every second of answered calls
+//! (additive increase), halves it on a 429 at most once per second (multiplicative decrease),
+//! honours the 429's `Retry-After` by holding every caller back that long, and never exceeds the
+//! configured per-process ceiling. With 1, 3 or 10 processes the namespace's total settles just
+//! under its limit (the simulation in this module's tests shows the figures).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,15 +25,39 @@ use tokio::time::Instant;
 /// its token: the bucket only errs on the slow side.
 #[derive(Debug)]
 pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
+    /// The highest rate: the configured one, or the per-process ceiling of an adaptive bucket.
+    ceiling: f64,
+    /// Burst as a fraction of a second's worth of the current rate (at least one token).
+    burst_seconds: f64,
+    /// `None`: a fixed rate.
+    adapt: Option<Adapt>,
     state: Mutex<State>,
+}
+
+/// How an adaptive bucket moves its rate.
+#[derive(Debug, Clone, Copy)]
+struct Adapt {
+    floor: f64,
+    /// Rate added per second of answered calls, once the first 429 has been seen (before it,
+    /// the rate doubles per second of answered calls: a slow start).
+    increase_per_second: f64,
+    /// At most one decrease per this long (a burst of 429s to calls already in flight is one
+    /// signal, not many).
+    decrease_gap: Duration,
 }
 
 #[derive(Debug)]
 struct State {
+    rate: f64,
     tokens: f64,
     last: Instant,
+    last_decrease: Option<Instant>,
+}
+
+impl State {
+    fn slow_start(&self) -> bool {
+        self.last_decrease.is_none()
+    }
 }
 
 impl TokenBucket {
@@ -36,22 +68,21 @@ impl TokenBucket {
     }
 
     fn new_at(rate: f64, burst: f64, now: Instant) -> Self {
-        let rate = if rate.is_finite() && rate > 0.0 {
-            rate
-        } else {
-            1e-3
-        };
+        let rate = sane_rate(rate);
         let burst = if burst.is_finite() {
             burst.max(1.0)
         } else {
             1.0
         };
         Self {
-            rate,
-            burst,
+            ceiling: rate,
+            burst_seconds: burst / rate,
+            adapt: None,
             state: Mutex::new(State {
+                rate,
                 tokens: burst,
                 last: now,
+                last_decrease: None,
             }),
         }
     }
@@ -63,8 +94,98 @@ impl TokenBucket {
         Self::new(rate, rate / 10.0)
     }
 
+    /// A bucket that finds its share of a limit shared with other processes (see the module
+    /// docs), never above `ceiling` per second. It starts at a tenth of the ceiling (at least
+    /// one per second), doubles per second of answered calls until its first 429, then climbs
+    /// by a ninetieth of the ceiling (1/s for Pinecone's 90) per second of answered calls.
+    pub fn adaptive(ceiling: f64) -> Self {
+        Self::adaptive_at(ceiling, Instant::now())
+    }
+
+    fn adaptive_at(ceiling: f64, now: Instant) -> Self {
+        let ceiling = sane_rate(ceiling);
+        let start = (ceiling / 10.0).max(1.0).min(ceiling);
+        Self {
+            ceiling,
+            burst_seconds: 0.1,
+            adapt: Some(Adapt {
+                floor: (ceiling / 100.0).min(1.0),
+                increase_per_second: (ceiling / 90.0).max(0.1),
+                decrease_gap: Duration::from_secs(1),
+            }),
+            state: Mutex::new(State {
+                rate: start,
+                tokens: 1.0,
+                last: now,
+                last_decrease: None,
+            }),
+        }
+    }
+
+    /// The current rate (the fixed one, or where an adaptive bucket stands now).
     pub fn rate(&self) -> f64 {
-        self.rate
+        self.lock().rate
+    }
+
+    /// The highest rate this bucket may reach.
+    pub fn ceiling(&self) -> f64 {
+        self.ceiling
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Plain data: a panic elsewhere cannot leave it inconsistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A call paced by this bucket was answered: an adaptive bucket climbs a little.
+    pub fn on_success(&self) {
+        self.on_success_at(Instant::now());
+    }
+
+    fn on_success_at(&self, _now: Instant) {
+        let Some(adapt) = self.adapt else { return };
+        let mut state = self.lock();
+        // Per second at the current rate: `rate` more (doubling) in slow start, else
+        // `increase_per_second` more; spread over that second's calls.
+        let per_second = if state.slow_start() {
+            state.rate
+        } else {
+            adapt.increase_per_second
+        };
+        let step = per_second / state.rate.max(1.0);
+        state.rate = (state.rate + step).min(self.ceiling);
+    }
+
+    /// A call was answered 429: an adaptive bucket halves its rate (at most once per gap), and
+    /// every bucket holds callers back for `retry_after` when the server said so.
+    pub fn on_throttled(&self, retry_after: Option<Duration>) {
+        self.on_throttled_at(retry_after, Instant::now());
+    }
+
+    fn on_throttled_at(&self, retry_after: Option<Duration>, now: Instant) {
+        let mut state = self.lock();
+        if let Some(adapt) = self.adapt {
+            let due = state
+                .last_decrease
+                .is_none_or(|t| now.saturating_duration_since(t) >= adapt.decrease_gap);
+            if due {
+                state.rate = (state.rate / 2.0).max(adapt.floor);
+                state.last_decrease = Some(now);
+            }
+        }
+        if let Some(wait) = retry_after {
+            // Settle the balance up to now, then owe at least `wait` worth of tokens.
+            let elapsed = now.saturating_duration_since(state.last).as_secs_f64();
+            let burst = self.burst(state.rate);
+            state.tokens = (state.tokens + elapsed * state.rate).min(burst);
+            state.last = now;
+            let owed = -wait.as_secs_f64() * state.rate;
+            state.tokens = state.tokens.min(owed);
+        }
+    }
+
+    fn burst(&self, rate: f64) -> f64 {
+        (rate * self.burst_seconds).max(1.0)
     }
 
     /// Waits until a token is available and takes it.
@@ -82,17 +203,25 @@ impl TokenBucket {
 
     /// The clock is a parameter so the pacing can be tested without sleeping.
     fn reserve_at(&self, now: Instant) -> Duration {
-        // Plain data: a panic elsewhere cannot leave it inconsistent.
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         let elapsed = now.saturating_duration_since(state.last).as_secs_f64();
-        state.tokens = (state.tokens + elapsed * self.rate).min(self.burst);
+        let burst = self.burst(state.rate);
+        state.tokens = (state.tokens + elapsed * state.rate).min(burst);
         state.last = now;
         state.tokens -= 1.0;
         if state.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-state.tokens / self.rate)
+            Duration::from_secs_f64(-state.tokens / state.rate)
         }
+    }
+}
+
+fn sane_rate(rate: f64) -> f64 {
+    if rate.is_finite() && rate > 0.0 {
+        rate
+    } else {
+        1e-3
     }
 }
 
@@ -174,6 +303,110 @@ mod tests {
         let b = TokenBucket::new(f64::NAN, -3.0);
         assert!(b.rate() > 0.0);
         assert_eq!(b.reserve(), Duration::ZERO);
-        assert!((TokenBucket::for_rate(5.0).burst - 1.0).abs() < f64::EPSILON);
+        let b = TokenBucket::for_rate(5.0);
+        assert!((b.burst(b.rate()) - 1.0).abs() < f64::EPSILON);
+    }
+
+    /// N processes with adaptive buckets (ceiling 90/s each) share a namespace limited to 100
+    /// updates/s (a server-side bucket of one second's worth); each process keeps 8 updates in
+    /// flight, 20 ms each. Returns (updates answered per second, share answered 429).
+    fn shared_limit(processes: usize, seconds: u64) -> (f64, f64) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        const LIMIT: f64 = 100.0;
+        const LATENCY: Duration = Duration::from_millis(20);
+        let t0 = Instant::now();
+        let end = t0 + Duration::from_secs(seconds);
+        let buckets: Vec<TokenBucket> = (0..processes)
+            .map(|_| TokenBucket::adaptive_at(90.0, t0))
+            .collect();
+        let (mut server_tokens, mut server_last) = (LIMIT, t0);
+        let (mut ok, mut throttled) = (0u64, 0u64);
+        // (when the lane is free again, process)
+        let mut lanes: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+        for p in 0..processes {
+            for _ in 0..8 {
+                lanes.push(Reverse((t0, p)));
+            }
+        }
+        while let Some(Reverse((free_at, p))) = lanes.pop() {
+            if free_at >= end {
+                continue;
+            }
+            let sent = free_at + buckets[p].reserve_at(free_at);
+            if sent >= end {
+                continue;
+            }
+            let elapsed = sent.saturating_duration_since(server_last).as_secs_f64();
+            server_tokens = (server_tokens + elapsed * LIMIT).min(LIMIT);
+            server_last = server_last.max(sent);
+            let answered = sent + LATENCY;
+            if server_tokens >= 1.0 {
+                server_tokens -= 1.0;
+                ok += 1;
+                buckets[p].on_success_at(answered);
+            } else {
+                throttled += 1;
+                buckets[p].on_throttled_at(Some(Duration::from_secs(1)), answered);
+            }
+            lanes.push(Reverse((answered, p)));
+        }
+        let total = (ok + throttled) as f64;
+        (
+            ok as f64 / seconds as f64,
+            throttled as f64 / total.max(1.0),
+        )
+    }
+
+    #[test]
+    fn adaptive_buckets_share_the_namespace_limit_at_90_percent_with_few_429s() {
+        for processes in [1, 3, 10] {
+            let (rate, share_429) = shared_limit(processes, 600);
+            println!(
+                "RESULT pacing processes={processes} updates_per_s={rate:.1} limit=100 share_429={:.2}%",
+                share_429 * 100.0
+            );
+            if processes == 1 {
+                // One process is held by its own ceiling (90/s), not by the namespace.
+                assert!(rate >= 0.95 * 90.0, "{processes}: {rate:.1}/s");
+            } else {
+                assert!(rate >= 90.0, "{processes} processes: {rate:.1}/s");
+            }
+            assert!(
+                share_429 <= 0.02,
+                "{processes} processes: {:.2}% 429",
+                share_429 * 100.0
+            );
+        }
+    }
+
+    #[test]
+    fn an_adaptive_bucket_climbs_to_its_ceiling_halves_on_429_and_honours_retry_after() {
+        let t0 = Instant::now();
+        let b = TokenBucket::adaptive_at(90.0, t0);
+        assert!((b.rate() - 9.0).abs() < 1e-9, "starts at a tenth");
+        for _ in 0..10_000 {
+            b.on_success_at(t0);
+        }
+        assert!((b.rate() - 90.0).abs() < 1e-9, "never above the ceiling");
+        let t1 = t0 + Duration::from_secs(5);
+        b.on_throttled_at(Some(Duration::from_secs(2)), t1);
+        assert!((b.rate() - 45.0).abs() < 1e-9);
+        b.on_throttled_at(None, t1 + Duration::from_millis(10));
+        assert!((b.rate() - 45.0).abs() < 1e-9, "one decrease per second");
+        let wait = b.reserve_at(t1);
+        assert!(
+            wait >= Duration::from_secs(2),
+            "Retry-After honoured: {wait:?}"
+        );
+        b.on_throttled_at(None, t1 + Duration::from_secs(2));
+        assert!((b.rate() - 22.5).abs() < 1e-9);
+        let fixed = TokenBucket::new_at(10.0, 1.0, t0);
+        fixed.on_throttled_at(None, t0);
+        fixed.on_success_at(t0);
+        assert!(
+            (fixed.rate() - 10.0).abs() < 1e-9,
+            "a fixed bucket keeps its rate"
+        );
     }
 }

@@ -33,6 +33,9 @@ pub const MAX_FETCH_IDS: usize = 1000;
 /// Cap of a fetch answer per id asked: a vector's values (3,072 dimensions at about 12 bytes
 /// each) and its metadata (at most 40 KB) fit with room to spare.
 const FETCH_BODY_CAP_PER_ID: usize = 128 * 1024;
+/// The rate each adaptive bucket has settled at, by `op` (`update`, `fetch`): a process's share
+/// of Pinecone's namespace and index limits.
+pub const PACED_RATE: &str = "fleet_pinecone_paced_rate_per_second";
 
 /// How the client appears in logs and metrics.
 const SERVICE: Service = Service {
@@ -204,8 +207,9 @@ impl PineconeClient {
             fetch_max_ids: config.fetch_max_ids.clamp(1, MAX_FETCH_IDS),
             fetch_max_query_bytes: config.fetch_max_query_bytes,
             fetch_concurrency: config.fetch_concurrency.max(1),
-            bucket: Arc::new(TokenBucket::for_rate(config.updates_per_second)),
-            fetch_bucket: Arc::new(TokenBucket::for_rate(config.fetches_per_second)),
+            // Both limits are shared with every other worker: each process finds its share.
+            bucket: Arc::new(TokenBucket::adaptive(config.updates_per_second)),
+            fetch_bucket: Arc::new(TokenBucket::adaptive(config.fetches_per_second)),
         })
     }
 
@@ -398,12 +402,17 @@ impl PineconeClient {
                     bucket.acquire().await;
                     let out: Result<T, PineconeError> =
                         self.http.send_json_as(op, request, cap).await;
-                    if let Err(e) = &out {
-                        if e.status() == Some(429) {
+                    match &out {
+                        Ok(_) => bucket.on_success(),
+                        Err(e) if e.status() == Some(429) => {
+                            bucket.on_throttled(e.retry_after());
                             rate_limited.fetch_add(1, Ordering::Relaxed);
                             metrics::counter!("fleet_pinecone_rate_limited_total").increment(1);
                         }
+                        Err(_) => {}
                     }
+                    metrics::gauge!(PACED_RATE, "op" => crate::http::CallName::as_str(op))
+                        .set(bucket.rate());
                     out
                 }
             })
