@@ -3,8 +3,10 @@
 use chrono::{DateTime, Utc};
 
 use super::counters::{LineCounters, PlanCounters};
-use super::input::{Outcome, PlanInput, batch_timestamp, summary_update};
+use super::input::PlanInput;
+use super::outcome::{Outcome, batch_timestamp, summary_update};
 use super::writes::{Effective, Plan, StatusChange, core_label_bit};
+use crate::model::keys::push_decimal;
 use crate::model::status::PROPOSED_BY_COMPLETION_BATCH;
 use crate::model::{CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus, Verdict};
 use crate::parse::{ParsedLine, ParsedResult, ResultSkip};
@@ -379,24 +381,6 @@ fn source(line_no: u64) -> String {
     s.push_str("output:");
     push_decimal(&mut s, line_no, 1);
     s
-}
-
-/// Appends `n` in decimal, zero-padded to `width` digits (as `{:0width$}` does).
-pub(crate) fn push_decimal(s: &mut String, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for _ in (digits.len() - start)..width {
-        s.push('0');
-    }
-    s.extend(digits[start..].iter().map(|d| char::from(*d)));
 }
 
 /// Counts a line; hands back the results of an answered one.
