@@ -28,6 +28,13 @@ pub enum FinishError {
     /// budget; everything written so far is safe to write again.
     #[error("apply stopped before write {writes}: {why}")]
     Stopped { writes: usize, why: &'static str },
+    /// The batch's lease is no longer this handling's (another worker took it over): the apply
+    /// stopped without writing anything more; the holder carries on from the recorded cursor.
+    #[error("batch {batch_id}: the lease passed to another worker ({}); apply stopped", holder.as_deref().unwrap_or("no holder"))]
+    LeaseLost {
+        batch_id: String,
+        holder: Option<String>,
+    },
 }
 
 impl FinishError {
@@ -53,7 +60,9 @@ impl FinishError {
             FinishError::OpenAi(e) => e.is_transient(),
             FinishError::Pinecone(e) => e.is_transient(),
             FinishError::Store(e) => e.is_transient(),
-            FinishError::Io { .. } | FinishError::Stopped { .. } => true,
+            FinishError::Io { .. }
+            | FinishError::Stopped { .. }
+            | FinishError::LeaseLost { .. } => true,
         }
     }
 
@@ -79,6 +88,7 @@ impl FinishError {
             FinishError::Store(_) => "dynamodb_error",
             FinishError::Io { .. } => "io_error",
             FinishError::Stopped { .. } => "stopped",
+            FinishError::LeaseLost { .. } => "lease_lost",
         }
     }
 

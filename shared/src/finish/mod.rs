@@ -12,8 +12,12 @@
 //! plan of the whole batch would.
 
 mod apply;
+mod chunk;
 mod error;
+mod index;
 mod report;
+mod resume;
+mod writes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -134,15 +138,22 @@ impl Services {
     /// Applies a batch OpenAI reports terminal. A summary no longer PENDING was finished by an
     /// earlier run: nothing is written (`already_done`). `stop` cancels the apply before its
     /// next write (lease lost, deadline, shutdown).
+    ///
+    /// `lease_owner` must hold the batch's lease (`Store::acquire_lease`): the apply checks it
+    /// before its first write and records its progress after each chunk only while it still
+    /// does ([`FinishError::LeaseLost`] otherwise, a transient error: nothing more is written,
+    /// and the new holder resumes after the last chunk recorded). A handling that finds
+    /// progress recorded by an earlier one resumes after it.
     pub async fn apply(
         &self,
         summary: &BatchSummary,
         batch: &BatchObject,
         stop: &tokio_util::sync::CancellationToken,
+        lease_owner: &str,
     ) -> Result<ApplyReport, FinishError> {
         if summary.status != BatchStatus::Pending {
             return Ok(ApplyReport::already_done(summary, batch));
         }
-        apply::run(self, summary, batch, stop).await
+        apply::run(self, summary, batch, stop, lease_owner).await
     }
 }

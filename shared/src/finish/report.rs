@@ -2,14 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{BatchStatus, BatchSummary};
 use crate::openai::BatchObject;
 use crate::plan::PlanCounters;
 
 /// Outcomes of one kind of conditional write.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WriteCounts {
     pub applied: u64,
     /// Already in the target state (an earlier, interrupted run wrote it).
@@ -18,12 +19,17 @@ pub struct WriteCounts {
     pub conflicts: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What an apply did. A batch applied over several handlings (each resuming after the last
+/// receipt the previous one finished) reports the whole batch: the counts of the chunks done
+/// earlier are kept beside the cursor and added in ([`ApplyReport::absorb`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ApplyReport {
     pub batch_id: String,
     pub openai_batch_id: String,
     pub openai_status: String,
     /// The status the BatchSummary now has (None: not terminal, nothing done).
+    #[serde(skip_deserializing)]
     pub summary_status: Option<BatchStatus>,
     /// The summary was already finished: nothing was written.
     pub already_done: bool,
@@ -31,8 +37,13 @@ pub struct ApplyReport {
     pub targets_source: String,
     /// Receipts the batch's files (and, for the fallback, its `receipt_refs`) name.
     pub receipts: u64,
-    /// Chunks of receipts planned and written one after the other.
+    /// Chunks of receipts planned and written one after the other, by every handling.
     pub chunks: u64,
+    /// The last receipt (`custom_id`) an earlier handling had finished: this one resumed after
+    /// it. `None`: this handling started at the first receipt.
+    pub resumed_after: Option<String>,
+    /// Receipts finished by earlier handlings (included in the counts).
+    pub receipts_resumed: u64,
     /// Verdicts applied, by the status they set (VALID, INVALID, NEEDS_REVIEW).
     pub labels_by_verdict: BTreeMap<String, u64>,
     pub status_changes: WriteCounts,
@@ -60,7 +71,42 @@ pub struct ApplyReport {
     pub plan: PlanCounters,
 }
 
+impl WriteCounts {
+    fn add(&mut self, o: &WriteCounts) {
+        self.applied += o.applied;
+        self.already += o.already;
+        self.conflicts += o.conflicts;
+    }
+}
+
 impl ApplyReport {
+    /// Adds what another part of the same batch's apply counted (a chunk, or the chunks of an
+    /// earlier handling): every count that chunks make. The header (ids, statuses, the targets'
+    /// source, the receipts indexed, the resume point) is this report's own.
+    pub(crate) fn absorb(&mut self, part: &ApplyReport) {
+        self.chunks += part.chunks;
+        for (k, v) in &part.labels_by_verdict {
+            *self.labels_by_verdict.entry(k.clone()).or_default() += v;
+        }
+        self.status_changes.add(&part.status_changes);
+        self.resets.add(&part.resets);
+        self.corrections_created += part.corrections_created;
+        self.corrections_existing += part.corrections_existing;
+        self.vectors_updated += part.vectors_updated;
+        self.vectors_unchanged += part.vectors_unchanged;
+        self.vectors_missing += part.vectors_missing;
+        self.pinecone_rate_limited += part.pinecone_rate_limited;
+        self.verdict_rows += part.verdict_rows;
+        self.result_rows += part.result_rows;
+        self.bad_label_items += part.bad_label_items;
+        self.result_rows_kept += part.result_rows_kept;
+        self.writes += part.writes;
+        for (k, v) in &part.phase_ms {
+            *self.phase_ms.entry(k.clone()).or_default() += v;
+        }
+        self.plan.merge(&part.plan);
+    }
+
     pub(crate) fn already_done(summary: &BatchSummary, batch: &BatchObject) -> Self {
         ApplyReport {
             batch_id: summary.batch_id.clone(),
@@ -95,6 +141,13 @@ impl ApplyReport {
             return s;
         }
         let _ = writeln!(s, "  targets from: {}", self.targets_source);
+        if let Some(after) = &self.resumed_after {
+            let _ = writeln!(
+                s,
+                "  resumed after {after}: {} of {} receipts done by earlier handlings",
+                self.receipts_resumed, self.receipts
+            );
+        }
         let verdicts: Vec<String> = self
             .labels_by_verdict
             .iter()

@@ -103,8 +103,19 @@ impl BatchIndex {
 
     /// The receipts in order, `per_chunk` at a time (at least one).
     pub fn chunks(&self, per_chunk: usize) -> Chunks<'_> {
+        self.chunks_after(None, per_chunk)
+    }
+
+    /// The receipts after `after` (all when `None`) in order, `per_chunk` at a time: where a
+    /// handling resumes an apply an earlier one finished up to `after`.
+    pub fn chunks_after(&self, after: Option<&ReceiptKey>, per_chunk: usize) -> Chunks<'_> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let inner = match after {
+            Some(after) => self.receipts.range((Excluded(after), Unbounded)),
+            None => self.receipts.range::<ReceiptKey, _>(..),
+        };
         Chunks {
-            inner: self.receipts.iter(),
+            inner,
             per_chunk: per_chunk.max(1),
         }
     }
@@ -113,7 +124,7 @@ impl BatchIndex {
 /// See [`BatchIndex::chunks`].
 #[derive(Debug)]
 pub struct Chunks<'a> {
-    inner: std::collections::btree_map::Iter<'a, ReceiptKey, ReceiptLines>,
+    inner: std::collections::btree_map::Range<'a, ReceiptKey, ReceiptLines>,
     per_chunk: usize,
 }
 
@@ -210,6 +221,14 @@ mod tests {
             .collect();
         assert_eq!(chunks, [vec![1, 2], vec![1]]);
         assert_eq!(index.chunks(0).count(), 3);
+        let after: Vec<Vec<_>> = index
+            .chunks_after(Some(&receipt(IMG_A, 1)), 5)
+            .map(|c| c.into_iter().map(|(r, _)| r.clone()).collect())
+            .collect();
+        assert_eq!(after, [vec![receipt(IMG_A, 2), receipt(IMG_B, 1)]]);
+        let not_indexed = receipt(IMG_A, 3); // resumes after a receipt the index lacks
+        assert_eq!(index.chunks_after(Some(&not_indexed), 5).count(), 1);
+        assert_eq!(index.chunks_after(Some(&receipt(IMG_B, 1)), 5).count(), 0);
         let all = chunk_lines(index.receipts().map(|(_, l)| l), |l| &l.input);
         assert_eq!(
             all,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Verdict;
 use crate::parse::ParsedLine;
@@ -15,7 +15,8 @@ fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
 }
 
 /// Lines of one file (output or error).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LineCounters {
     pub total: u64,
     pub blank: u64,
@@ -51,7 +52,8 @@ impl LineCounters {
 
 /// Every result of an answered output line ends in exactly one of these (so they sum to
 /// `total`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ResultCounters {
     pub total: u64,
     /// Decided a verdict now (including verdicts that only got a journal row: conflicts).
@@ -93,7 +95,8 @@ impl ResultCounters {
 }
 
 /// Journal rows to write, by verdict.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct VerdictCounters {
     pub valid: u64,
     pub invalid: u64,
@@ -121,7 +124,8 @@ impl VerdictCounters {
 }
 
 /// What happens to the targets.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TargetCounters {
     /// Targets of the input (or fallback) plus labels only the journal names.
     pub total: u64,
@@ -155,7 +159,8 @@ impl TargetCounters {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CorrectionCounters {
     /// New labels to create (one per word and name).
     pub created: u64,
@@ -176,7 +181,8 @@ impl CorrectionCounters {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ResultRowCounters {
     pub written: u64,
     /// Verdicts whose CompletionBatchResult key another verdict (smaller image id) took.
@@ -190,7 +196,8 @@ impl ResultRowCounters {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PlanCounters {
     pub output_lines: LineCounters,
     pub error_lines: LineCounters,

@@ -10,9 +10,11 @@ mod batches;
 mod error;
 mod fleet_state;
 mod labels;
+mod progress;
 
 pub use audit::{BATCH_WRITE_LIMIT, BatchWriteReport};
 pub use labels::Created;
+pub use progress::{APPLY_COUNTS, APPLY_CURSOR, ApplyCursor, CursorWrite};
 
 use std::time::Duration;
 

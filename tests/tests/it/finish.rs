@@ -2,8 +2,9 @@
 //! every "fixes:" item of processing-rules.md, asserting whole items; and the crash drill.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use fleet_shared::finish::{FinishError, WriteBudget};
+use fleet_shared::finish::{ApplyReport, FinishError, Services, WriteBudget};
 use fleet_shared::model::time::parse_timestamp;
 use fleet_shared::model::*;
 use fleet_tests::openai::BatchSpec;
@@ -215,12 +216,55 @@ async fn seed_hand(f: &Fleet, status: &str, with_input: bool) -> Hand {
     h
 }
 
-async fn finish(f: &Fleet) -> Result<fleet_shared::finish::ApplyReport, FinishError> {
-    let summary = f.services.load_summary(BATCH).await?;
-    let batch = f.services.check(&summary).await?;
-    f.services
-        .apply(&summary, &batch, &CancellationToken::new())
+/// Lease times of the handlings in these tests: each handling takes the lease "an hour after"
+/// the previous one, so it always finds the earlier holder's expired (as a redelivered message
+/// finds a crashed holder's).
+static LEASE_CLOCK_MS: AtomicI64 = AtomicI64::new(1_900_000_000_000);
+const LEASE_TTL_MS: i64 = 60_000;
+
+/// Takes the batch's lease for `owner`, as the worker does before applying.
+async fn take_lease(services: &Services, batch_id: &str, owner: &str) {
+    let now = LEASE_CLOCK_MS.fetch_add(3_600_000, Ordering::SeqCst);
+    let got = services
+        .store
+        .acquire_lease(batch_id, owner, LEASE_TTL_MS, now)
         .await
+        .unwrap();
+    assert!(
+        matches!(got, fleet_shared::store::LeaseOutcome::Acquired { .. }),
+        "{got:?}"
+    );
+}
+
+/// A fresh lease owner per handling, as the worker makes one.
+fn handling() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("handling-{}", N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// One handling of the batch: take the lease, load the summary, check at OpenAI, apply.
+async fn handle(
+    services: &Services,
+    batch_id: &str,
+    stop: &CancellationToken,
+) -> Result<ApplyReport, FinishError> {
+    let owner = handling();
+    take_lease(services, batch_id, &owner).await;
+    let summary = services.load_summary(batch_id).await?;
+    let batch = services.check(&summary).await?;
+    services.apply(&summary, &batch, stop, &owner).await
+}
+
+async fn finish(f: &Fleet) -> Result<ApplyReport, FinishError> {
+    handle(&f.services, BATCH, &CancellationToken::new()).await
+}
+
+/// The table and vectors without the fleet's own bookkeeping item (its lease times differ from
+/// run to run): the state the rules decide.
+async fn data(f: &Fleet) -> Snapshot {
+    let mut s = f.snapshot().await;
+    s.items.retain(|(_, sk), _| sk != "FLEET#STATE");
+    s
 }
 
 async fn item(f: &Fleet, pk: &str, sk: &str) -> Value {
@@ -410,7 +454,7 @@ async fn applies_output(status: &str, batch_status: &str) {
             .is_none()
     );
 
-    let snap = f.snapshot().await;
+    let snap = data(&f).await;
     // Audit rows: the collision keeps image A's row (smallest image id); every verdict has a
     // journal row.
     let expected_results: BTreeMap<String, Value> = [
@@ -489,7 +533,7 @@ async fn applies_output(status: &str, batch_status: &str) {
     // A second run changes nothing at all.
     let again = finish(&f).await.unwrap();
     assert!(again.already_done);
-    assert_eq!(f.snapshot().await, snap);
+    assert_eq!(data(&f).await, snap);
 }
 
 #[tokio::test]
@@ -511,7 +555,7 @@ async fn cancelled_batch_applies_its_partial_output() {
 async fn failed_batch_resets_every_target_and_writes_no_rows() {
     let f = Fleet::new().await;
     let h = seed_hand(&f, "failed", true).await;
-    let before = f.snapshot().await;
+    let before = data(&f).await;
     let report = finish(&f).await.unwrap();
     assert_eq!(report.summary_status, Some(BatchStatus::Failed));
     for k in &h.targets {
@@ -523,7 +567,7 @@ async fn failed_batch_resets_every_target_and_writes_no_rows() {
     }
     let other = key(A, 1, 4, 1, "TAX");
     assert_label(&f, &other, untouched(&other, "PENDING")).await;
-    let snap = f.snapshot().await;
+    let snap = data(&f).await;
     assert!(rows_of(&snap, "RESULT#").is_empty());
     assert!(rows_of(&snap, "VERDICT#").is_empty());
     assert_eq!(snap.vectors, before.vectors, "no vector changes");
@@ -548,10 +592,10 @@ async fn unfinished_batches_change_nothing() {
     ] {
         let f = Fleet::new().await;
         seed_hand(&f, status, true).await;
-        let before = f.snapshot().await;
+        let before = data(&f).await;
         let report = finish(&f).await.unwrap();
         assert_eq!(report.summary_status, None, "{status}");
-        assert_eq!(f.snapshot().await, before, "{status}: nothing written");
+        assert_eq!(data(&f).await, before, "{status}: nothing written");
     }
 }
 
@@ -594,7 +638,7 @@ async fn a_label_changed_by_someone_else_is_a_conflict_left_alone() {
         ),
     )
     .await;
-    let snap = f.snapshot().await;
+    let snap = data(&f).await;
     // Its verdict row stays (what the model said); no result row and no vector merge for it.
     assert!(
         rows_of(&snap, "VERDICT#")
@@ -620,8 +664,9 @@ async fn unknown_batches_are_permanent_errors() {
     assert_eq!(err.reason(), "openai_batch_not_found");
 }
 
-/// The crash drill: a generated batch of well over 200 writes, cut off after the k-th write for
-/// 24 values of k spread over the whole apply, then run again, must end in exactly the state of
+/// The crash drill: a generated batch of well over 200 writes in 4 chunks, cut off after the
+/// k-th write for 16 values of k spread over the whole apply, then cut off again part-way
+/// through the handling that resumes it, then run to the end, must end in exactly the state of
 /// an uninterrupted run.
 #[tokio::test]
 async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
@@ -635,22 +680,26 @@ async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
     let mut spec = batch.spec.clone();
     spec.steps.clear();
     let batch = fleet_tests::scenario::ScenarioBatch { spec, ..batch };
+    let batch_id = batch.summary.batch_id.as_str();
+    let services = |f: &Fleet, budget: Option<usize>| {
+        let mut s = services_for(&f.env, &f.openai, &f.pinecone);
+        s.options.receipts_per_chunk = 8;
+        s.options.write_budget = budget.map(WriteBudget::new);
+        s
+    };
 
     let reference = Fleet::new().await;
     reference.seed(&batch).await;
-    let seeded = reference.snapshot().await;
-    let s = reference
-        .services
-        .load_summary(&batch.summary.batch_id)
-        .await
-        .unwrap();
-    let b = reference.services.check(&s).await.unwrap();
-    let full = reference
-        .services
-        .apply(&s, &b, &CancellationToken::new())
-        .await
-        .unwrap();
-    let expected = reference.snapshot().await;
+    let seeded = data(&reference).await;
+    let full = handle(
+        &services(&reference, None),
+        batch_id,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(full.chunks, 4);
+    let expected = data(&reference).await;
     let total = full.writes as usize;
     assert!(
         total >= 200,
@@ -658,35 +707,33 @@ async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
     );
     assert_ne!(seeded, expected);
 
-    let ks: Vec<usize> = (0..24).map(|i| i * (total - 1) / 23).collect();
+    let ks: Vec<usize> = (0..16).map(|i| i * (total - 1) / 15).collect();
     for k in ks {
         let f = Fleet::new().await;
         f.seed(&batch).await;
-        let mut services = services_for(&f.env, &f.openai, &f.pinecone);
-        services.options.write_budget = Some(WriteBudget::new(k));
-        let s = services
-            .load_summary(&batch.summary.batch_id)
-            .await
-            .unwrap();
-        let b = services.check(&s).await.unwrap();
-        let err = services
-            .apply(&s, &b, &CancellationToken::new())
+        let err = handle(&services(&f, Some(k)), batch_id, &CancellationToken::new())
             .await
             .unwrap_err();
         assert!(matches!(err, FinishError::Stopped { .. }), "k={k}: {err}");
         assert!(err.is_transient());
-        // Run again, from a freshly loaded summary, as a redelivered message would.
-        let s = f
-            .services
-            .load_summary(&batch.summary.batch_id)
+        // A second handling resumes after the last chunk recorded and is cut off again.
+        let again = (total - k) / 2 + 1;
+        match handle(
+            &services(&f, Some(again)),
+            batch_id,
+            &CancellationToken::new(),
+        )
+        .await
+        {
+            Err(FinishError::Stopped { .. }) => {}
+            Ok(report) => assert!(report.summary_status.is_some(), "k={k}"),
+            Err(e) => panic!("k={k}, then {again}: {e}"),
+        }
+        // The third, from a freshly loaded summary as a redelivered message would, finishes.
+        handle(&services(&f, None), batch_id, &CancellationToken::new())
             .await
             .unwrap();
-        let b = f.services.check(&s).await.unwrap();
-        f.services
-            .apply(&s, &b, &CancellationToken::new())
-            .await
-            .unwrap();
-        let got = f.snapshot().await;
+        let got = data(&f).await;
         let diff = expected_minus_names(&expected, &got);
         assert!(
             diff.is_empty(),
@@ -723,13 +770,16 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
         batch: &fleet_tests::scenario::ScenarioBatch,
         per_chunk: usize,
         budget: Option<usize>,
-    ) -> Result<fleet_shared::finish::ApplyReport, FinishError> {
+    ) -> Result<ApplyReport, FinishError> {
         let mut services = services_for(&f.env, &f.openai, &f.pinecone);
         services.options.receipts_per_chunk = per_chunk;
         services.options.write_budget = budget.map(WriteBudget::new);
-        let s = services.load_summary(&batch.summary.batch_id).await?;
-        let b = services.check(&s).await?;
-        services.apply(&s, &b, &CancellationToken::new()).await
+        handle(
+            &services,
+            &batch.summary.batch_id,
+            &CancellationToken::new(),
+        )
+        .await
     }
 
     // One chunk for the whole batch.
@@ -741,7 +791,7 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
         whole.plan.result_rows.collisions > 0,
         "the batch must have result-key collisions"
     );
-    let expected = reference.snapshot().await;
+    let expected = data(&reference).await;
 
     for per_chunk in [1, 7] {
         let f = Fleet::new().await;
@@ -759,7 +809,7 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
                 "every collision is across chunks"
             );
         }
-        let diff = expected.diff(&f.snapshot().await);
+        let diff = expected.diff(&data(&f).await);
         assert!(diff.is_empty(), "per_chunk={per_chunk}: {diff:?}");
     }
 
@@ -773,7 +823,7 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
         let err = run(&f, &batch, 4, Some(k)).await.unwrap_err();
         assert!(matches!(err, FinishError::Stopped { .. }), "k={k}: {err}");
         run(&f, &batch, 9, None).await.unwrap();
-        let diff = expected.diff(&f.snapshot().await);
+        let diff = expected.diff(&data(&f).await);
         assert!(
             diff.is_empty(),
             "k={k}: {} differences, first: {:?}",
@@ -781,4 +831,271 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
             diff.first()
         );
     }
+}
+
+/// Records the DynamoDB calls an apply makes, through an SDK interceptor on its client: the
+/// partition and sort-key start of every Query (whose labels or journal rows it read), and its
+/// cursor writes; and cancels a handling's stop token as it records its n-th chunk, so the
+/// handling ends right after that chunk (the next chunk checks the token before reading).
+#[derive(Debug, Default)]
+struct Probe {
+    log: std::sync::Mutex<ProbeLog>,
+}
+
+#[derive(Debug, Default)]
+struct ProbeLog {
+    queries: Vec<(String, String)>,
+    cursor_writes: usize,
+    stop_at: Option<(usize, CancellationToken)>,
+}
+
+#[derive(Debug, Clone)]
+struct ProbeInterceptor(std::sync::Arc<Probe>);
+
+impl aws_sdk_dynamodb::config::Intercept for ProbeInterceptor {
+    fn name(&self) -> &'static str {
+        "Probe"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let request = context.request();
+        let target = request.headers().get("x-amz-target").unwrap_or_default();
+        let body: Value = request
+            .body()
+            .bytes()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(Value::Null);
+        let mut log = self.0.log.lock().unwrap();
+        if target.ends_with(".Query") {
+            let value = |name: &str| {
+                body["ExpressionAttributeValues"][name]["S"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let from = [":prefix", ":lo"]
+                .into_iter()
+                .map(value)
+                .find(|v| !v.is_empty())
+                .unwrap_or_default();
+            log.queries.push((value(":pk"), from));
+        } else if target.ends_with(".UpdateItem") && body.to_string().contains("apply_cursor") {
+            log.cursor_writes += 1;
+            if let Some((n, stop)) = &log.stop_at {
+                if log.cursor_writes == *n {
+                    stop.cancel();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Probe {
+    /// Services whose store's client reports to this probe.
+    fn services(self: &std::sync::Arc<Self>, f: &Fleet) -> Services {
+        let conf = f
+            .env
+            .clients
+            .dynamodb
+            .config()
+            .to_builder()
+            .interceptor(ProbeInterceptor(self.clone()))
+            .build();
+        let mut services = services_for(&f.env, &f.openai, &f.pinecone);
+        services.store = fleet_shared::store::Store::new(
+            aws_sdk_dynamodb::Client::from_conf(conf),
+            &f.env.table,
+        );
+        services
+    }
+
+    /// Starts a new handling's log; `stop` is cancelled at its `after_chunks`-th cursor write.
+    fn reset(&self, stop_at: Option<(usize, CancellationToken)>) {
+        *self.log.lock().unwrap() = ProbeLog {
+            stop_at,
+            ..ProbeLog::default()
+        };
+    }
+
+    /// The receipts whose labels or journal rows were queried.
+    fn queried_receipts(&self) -> Vec<ReceiptKey> {
+        self.log
+            .lock()
+            .unwrap()
+            .queries
+            .iter()
+            .filter_map(|(pk, from)| query_receipt(pk, from))
+            .collect()
+    }
+}
+
+/// The receipt a labels Query (`IMAGE#…`, `RECEIPT#r#LINE#`) or a journal Query (`BATCH#…`,
+/// `VERDICT#IMAGE#…#RECEIPT#r#…`) is about.
+fn query_receipt(pk: &str, from: &str) -> Option<ReceiptKey> {
+    if let Some(image) = pk.strip_prefix("IMAGE#") {
+        let r = from.strip_prefix("RECEIPT#")?.split('#').next()?;
+        return ReceiptKey::parse_custom_id(&format!("IMAGE#{image}#RECEIPT#{r}")).ok();
+    }
+    let rest = from.strip_prefix("VERDICT#")?;
+    let parts: Vec<&str> = rest.split('#').take(4).collect();
+    ReceiptKey::parse_custom_id(&parts.join("#")).ok()
+}
+
+/// The receipts whose word vectors the Pinecone emulator was asked to fetch.
+fn fetched_receipts(f: &Fleet) -> Vec<ReceiptKey> {
+    f.pinecone
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/vectors/fetch"))
+        .flat_map(|r| {
+            let url = reqwest::Url::parse(&format!(
+                "http://x/?{}",
+                r.query.clone().unwrap_or_default()
+            ))
+            .unwrap();
+            url.query_pairs()
+                .filter(|(k, _)| k == "ids")
+                .filter_map(|(_, id)| {
+                    let parts: Vec<&str> = id.split('#').take(4).collect();
+                    ReceiptKey::parse_custom_id(&parts.join("#")).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A small generated batch, completed at once, for the resumption and overlap tests.
+fn small_batch(seed: u64, receipts: u32) -> fleet_tests::scenario::ScenarioBatch {
+    let shape = Shape {
+        receipts,
+        targets_per_receipt: 4,
+        ..Shape::default()
+    };
+    let mut batch = scenario::batch(&mut scenario::Rng::new(seed), 0, &shape);
+    batch.spec.steps.clear();
+    batch
+}
+
+/// Issue 10, "Done when": an apply ended after each of several chunks (by its stop token, as the
+/// worker ends a handling) resumes at the next chunk: no Pinecone fetch and no DynamoDB read of
+/// a finished chunk's receipts is made again; the end state and the report's counts equal one
+/// uninterrupted run's.
+#[tokio::test]
+async fn an_apply_ended_after_a_chunk_resumes_at_the_next_one() {
+    let batch = small_batch(7, 12);
+    let batch_id = batch.summary.batch_id.as_str();
+    let per_chunk = |mut s: Services| {
+        s.options.receipts_per_chunk = 3;
+        s
+    };
+
+    let reference = Fleet::new().await;
+    reference.seed(&batch).await;
+    let whole = handle(
+        &per_chunk(services_for(
+            &reference.env,
+            &reference.openai,
+            &reference.pinecone,
+        )),
+        batch_id,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(whole.chunks, 4);
+    let expected = data(&reference).await;
+
+    let f = Fleet::new().await;
+    f.seed(&batch).await;
+    let probe = std::sync::Arc::new(Probe::default());
+    let services = per_chunk(probe.services(&f));
+    let mut done: Option<ReceiptKey> = None;
+    for handling in 1..=4 {
+        let stop = CancellationToken::new();
+        probe.reset((handling < 4).then(|| (1, stop.clone())));
+        f.pinecone.clear_requests();
+        let result = handle(&services, batch_id, &stop).await;
+        // Nothing of the chunks finished by earlier handlings was read again.
+        let queried = probe.queried_receipts();
+        let fetched = fetched_receipts(&f);
+        assert!(!queried.is_empty(), "handling {handling} read its chunk");
+        if let Some(done) = &done {
+            for r in queried.iter().chain(&fetched) {
+                assert!(
+                    r > done,
+                    "handling {handling} read {} again (done up to {})",
+                    r.custom_id(),
+                    done.custom_id()
+                );
+            }
+        }
+        let cursor = f.env.store.apply_cursor(batch_id).await.unwrap();
+        let now_done = cursor
+            .last_receipt
+            .map(|c| ReceiptKey::parse_custom_id(&c).unwrap());
+        if handling < 4 {
+            let err = result.unwrap_err();
+            assert!(matches!(err, FinishError::Stopped { .. }), "{err}");
+            assert!(now_done > done, "handling {handling} recorded its chunk");
+            done = now_done;
+        } else {
+            let report = result.unwrap();
+            assert_eq!(report.receipts_resumed, 9);
+            assert_eq!(
+                report.resumed_after,
+                done.as_ref().map(ReceiptKey::custom_id)
+            );
+            assert_eq!(report.chunks, whole.chunks);
+            assert_eq!(
+                report.plan, whole.plan,
+                "the counts add up across handlings"
+            );
+            for (what, got, want) in [
+                ("verdict rows", report.verdict_rows, whole.verdict_rows),
+                ("result rows", report.result_rows, whole.result_rows),
+                ("vectors", report.vectors_updated, whole.vectors_updated),
+                (
+                    "collisions kept",
+                    report.result_rows_kept,
+                    whole.result_rows_kept,
+                ),
+            ] {
+                assert_eq!(got, want, "{what}");
+            }
+            assert_eq!(report.status_changes, whole.status_changes);
+            assert_eq!(report.resets, whole.resets);
+            assert_eq!(report.labels_by_verdict, whole.labels_by_verdict);
+        }
+    }
+    let diff = expected.diff(&data(&f).await);
+    assert!(diff.is_empty(), "{} differences: {diff:?}", diff.len());
+}
+
+/// A handling whose lease is not (or no longer) its own writes nothing: the lease is checked
+/// before the first write and with every cursor write.
+#[tokio::test]
+async fn an_apply_without_the_lease_writes_nothing() {
+    let batch = small_batch(8, 4);
+    let f = Fleet::new().await;
+    f.seed(&batch).await;
+    let before = data(&f).await;
+    let batch_id = batch.summary.batch_id.as_str();
+    take_lease(&f.services, batch_id, "someone-else").await;
+    let summary = f.services.load_summary(batch_id).await.unwrap();
+    let openai_batch = f.services.check(&summary).await.unwrap();
+    let err = f
+        .services
+        .apply(&summary, &openai_batch, &CancellationToken::new(), "me")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FinishError::LeaseLost { .. }), "{err}");
+    assert!(err.is_transient());
+    assert_eq!(err.reason(), "lease_lost");
+    assert_eq!(data(&f).await, before);
 }

@@ -1,0 +1,189 @@
+//! Reading and planning one chunk of receipts: its targets (from the input file's lines, or
+//! the fallback), the current labels, this batch's journal rows and its output lines, handed to
+//! the pure [`PlanBuilder`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use tracing::warn;
+
+use super::apply::Phases;
+use super::index::{Files, LineLog, io};
+use super::report::ApplyReport;
+use super::{FinishError, Services};
+use crate::model::{BatchSummary, CompletionBatchVerdict, ReceiptKey, ReceiptWordLabel};
+use crate::openai::BatchObject;
+use crate::parse::{InputLine, ReceiptLines, chunk_lines, parse_input_line, parse_output_line};
+use crate::plan::{Plan, PlanBuilder, PlanInput, fallback_targets, receipts_to_load};
+
+/// What planning one chunk needs.
+pub(super) struct ChunkContext<'a> {
+    pub(super) services: &'a Services,
+    pub(super) summary: &'a BatchSummary,
+    pub(super) batch: &'a BatchObject,
+    /// Whether the batch has journal rows to read (a re-run of an applied outcome).
+    pub(super) journal: bool,
+    pub(super) files: &'a Files,
+    pub(super) log: &'a LineLog,
+}
+
+pub(super) type Chunk<'i> = [(&'i ReceiptKey, &'i ReceiptLines)];
+
+impl ChunkContext<'_> {
+    /// Reads the chunk's targets, journal, labels and output lines, and plans it.
+    pub(super) async fn plan(
+        &self,
+        chunk: &Chunk<'_>,
+        report: &mut ApplyReport,
+        phases: &mut Phases,
+    ) -> Result<Plan, FinishError> {
+        let services = self.services;
+        let batch_id = &self.summary.batch_id;
+        let in_chunk: BTreeSet<&ReceiptKey> = chunk.iter().map(|(r, _)| *r).collect();
+
+        // Targets from the input file's lines of these receipts.
+        let mut targets = BTreeSet::new();
+        if let Some(file) = &self.files.input {
+            let lines = chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.input);
+            let file = Arc::clone(file);
+            let owned: BTreeSet<ReceiptKey> = in_chunk.iter().map(|r| (*r).clone()).collect();
+            targets = blocking("input file", move || {
+                let mut targets = BTreeSet::new();
+                let mut buf = Vec::new();
+                for at in &lines {
+                    if let InputLine::Request(r) = parse_input_line(at.read_from(&file, &mut buf)?)
+                    {
+                        targets.extend(
+                            r.targets
+                                .into_iter()
+                                .map(|t| t.label)
+                                .filter(|k| owned.contains(&k.word.receipt)),
+                        );
+                    }
+                }
+                Ok(targets)
+            })
+            .await??;
+        }
+
+        // This batch's journal rows: only a receipt with output lines can have any.
+        let journal_receipts: Vec<&ReceiptKey> = if self.journal {
+            chunk
+                .iter()
+                .filter(|(_, l)| !l.output.is_empty())
+                .map(|(r, _)| *r)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let journal = read_journal(services, batch_id, &journal_receipts).await?;
+
+        // Labels of the receipts with targets or journal rows; for the fallback, of every
+        // named receipt, whose PENDING labels are the targets.
+        let labels = if self.files.input.is_none() {
+            let named: BTreeSet<ReceiptKey> = chunk
+                .iter()
+                .filter(|(_, l)| l.named)
+                .map(|(r, _)| (*r).clone())
+                .collect();
+            let mut labels = read_labels(services, &named, report).await?;
+            targets = fallback_targets(&named, &labels);
+            let more: BTreeSet<ReceiptKey> = journal
+                .iter()
+                .map(|j| j.label.word.receipt.clone())
+                .filter(|r| !named.contains(r))
+                .collect();
+            labels.extend(read_labels(services, &more, report).await?);
+            labels
+        } else {
+            read_labels(services, &receipts_to_load(&targets, &journal), report).await?
+        };
+        phases.mark(report, "read_table");
+
+        let mut builder = PlanBuilder::new(PlanInput {
+            batch_id: batch_id.clone(),
+            batch: self.batch,
+            targets,
+            labels,
+            journal,
+        });
+        if let Some(file) = &self.files.output {
+            let lines = chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.output);
+            let file = Arc::clone(file);
+            let log = self.log.clone();
+            builder = blocking("output file", move || {
+                let mut buf = Vec::new();
+                for at in &lines {
+                    let parsed = parse_output_line(at.read_from(&file, &mut buf)?);
+                    log.line("output", at.line_no, &parsed);
+                    builder.add_line(at.line_no, parsed);
+                }
+                Ok(builder)
+            })
+            .await??;
+        }
+        let plan = builder.finish();
+        phases.mark(report, "plan");
+        Ok(plan)
+    }
+}
+
+/// Runs blocking file reads and the parsing of a chunk off the async workers.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<Result<T, FinishError>, FinishError> {
+    let joined = tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FinishError::Io {
+            what,
+            message: e.to_string(),
+        })?;
+    Ok(joined.map_err(io(what)))
+}
+
+async fn read_journal(
+    services: &Services,
+    batch_id: &str,
+    receipts: &[&ReceiptKey],
+) -> Result<Vec<CompletionBatchVerdict>, FinishError> {
+    let pages: Vec<_> = stream::iter(receipts)
+        .map(|r| services.store.batch_verdicts_for(batch_id, r))
+        .buffer_unordered(services.options.read_concurrency.max(1))
+        .try_collect()
+        .await?;
+    let mut rows = Vec::new();
+    for row in pages.into_iter().flatten() {
+        match row {
+            Ok(r) => rows.push(r),
+            Err(e) => warn!(batch_id, error = %e, "verdict journal row does not decode; ignored"),
+        }
+    }
+    Ok(rows)
+}
+
+async fn read_labels(
+    services: &Services,
+    receipts: &BTreeSet<ReceiptKey>,
+    report: &mut ApplyReport,
+) -> Result<Vec<ReceiptWordLabel>, FinishError> {
+    let pages: Vec<_> = stream::iter(receipts)
+        .map(|r| services.store.receipt_labels(r))
+        .buffer_unordered(services.options.read_concurrency.max(1))
+        .try_collect()
+        .await?;
+    let mut labels = Vec::new();
+    for page in pages {
+        for l in page {
+            match l {
+                Ok(l) => labels.push(l),
+                Err(e) => {
+                    report.bad_label_items += 1;
+                    warn!(error = %e, "label item does not decode; skipped");
+                }
+            }
+        }
+    }
+    Ok(labels)
+}
