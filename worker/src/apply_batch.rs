@@ -82,7 +82,7 @@ pub async fn apply_batch<S: BatchService>(
     );
     let stop = CancellationToken::new();
     heartbeat.watch_lease(key.clone(), stop.clone());
-    let result = service.apply(&summary, &batch, &stop).await;
+    let result = service.apply(&summary, &batch, &stop, &key.owner).await;
     drop(heartbeat);
     if let Err(e) = store.release_lease(&key.batch_id, &key.owner).await {
         tracing::warn!(error = %e, "could not release the lease; it runs out by itself");

@@ -424,7 +424,7 @@ async fn apply_finished<S: BatchService>(
     let stop = CancellationToken::new();
     heartbeat.watch_lease(key.clone(), stop.clone());
     let started = Instant::now();
-    let result = ctx.service.apply(summary, batch, &stop).await;
+    let result = ctx.service.apply(summary, batch, &stop, &key.owner).await;
     heartbeat.forget_lease();
     release_lease(&ctx.store, lease).await;
     let report = match result {

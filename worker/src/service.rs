@@ -60,12 +60,14 @@ pub trait BatchService: Send + Sync + 'static {
         summary: &BatchSummary,
     ) -> impl Future<Output = Result<BatchObject, Self::Error>> + Send;
 
-    /// Applies a terminal batch; returns early with a transient error once `stop` is cancelled.
+    /// Applies a terminal batch as `lease_owner` (the holder of the batch's lease); returns
+    /// early with a transient error once `stop` is cancelled or the lease passed to another.
     fn apply(
         &self,
         summary: &BatchSummary,
         batch: &BatchObject,
         stop: &CancellationToken,
+        lease_owner: &str,
     ) -> impl Future<Output = Result<Self::Report, Self::Error>> + Send;
 }
 
@@ -155,9 +157,11 @@ mod finish_impl {
             summary: &BatchSummary,
             batch: &BatchObject,
             stop: &CancellationToken,
+            lease_owner: &str,
         ) -> impl Future<Output = Result<ApplyReport, FinishError>> + Send {
             let services = self.clone();
             let (summary, batch, stop) = (summary.clone(), batch.clone(), stop.clone());
+            let owner = lease_owner.to_owned();
             async move {
                 // `Services::apply` is Send in fact, but rustc cannot prove it (its stream
                 // combinators over closures taking references hit rust-lang/rust#102211), so it
@@ -165,7 +169,8 @@ mod finish_impl {
                 // pool instead; dropping this future (deadline, shutdown) aborts it there.
                 let span = tracing::Span::current();
                 let task = apply_pool().spawn_pinned(move || {
-                    async move { services.apply(&summary, &batch, &stop).await }.instrument(span)
+                    async move { services.apply(&summary, &batch, &stop, &owner).await }
+                        .instrument(span)
                 });
                 match AbortOnDropHandle::new(task).await {
                     Ok(result) => result,
