@@ -34,13 +34,31 @@
 //! need memory growing with the batch. A capped set of keys known to be held
 //! (`writes::HeldResultKeys`) only spares puts that would be refused.
 //!
+//! # Two applies at once
+//!
+//! The lease keeps one worker applying a batch, but for a moment two can overlap: the holder
+//! that lost its lease finishes the write in flight while the new holder starts after the last
+//! chunk recorded. Each chunk's reads and writes are made so that the overlap ends as one run
+//! would:
+//!
+//! - A label's journal row is written before its status change (and a reset's right after the
+//!   reset). A chunk reads the labels first and this batch's journal after, so a label it finds
+//!   changed by the other applier comes with that applier's row, and its recorded verdict is
+//!   applied again (idempotently) instead of being taken for someone else's change.
+//! - The journal is read for every chunk (no "this batch has no rows yet" shortcut taken once
+//!   at the start: the other applier may write them meanwhile), and it is authoritative: a
+//!   label with a row is never decided again.
+//! - A row decided from a label found changed without a row (a conflict) is written only
+//!   where the label has none ([`crate::store::Store::put_verdict_if_absent`]), so it can never
+//!   replace the other applier's row decided from PENDING.
+//! - Every other write is idempotent or conditional on the state it was decided from.
+//!
 //! # Memory
 //!
 //! The first pass keeps, per receipt, the offsets of its output and input lines (a few dozen
 //! bytes; a batch has at most 50,000 requests); the files stay on disk and each chunk reads its
-//! lines back with positioned reads. The journal is read per receipt, for the receipts with
-//! output lines: a verdict row can only come from an output line of its label's receipt (a
-//! result naming another receipt is rejected), and the files do not change between runs.
+//! lines back with positioned reads. The journal of a chunk is read with one Query over the
+//! range of its receipts' keys.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -171,14 +189,10 @@ pub(super) async fn run(
         services,
         writes: Default::default(),
     };
-    let journal = outcome.applies_output()
-        && !index.is_empty()
-        && services.store.has_batch_verdicts(batch_id).await?;
     let ctx = ChunkContext {
         services,
         summary,
         batch,
-        journal,
         files: &files,
         log: &log,
     };

@@ -22,8 +22,6 @@ pub(super) struct ChunkContext<'a> {
     pub(super) services: &'a Services,
     pub(super) summary: &'a BatchSummary,
     pub(super) batch: &'a BatchObject,
-    /// Whether the batch has journal rows to read (a re-run of an applied outcome).
-    pub(super) journal: bool,
     pub(super) files: &'a Files,
     pub(super) log: &'a LineLog,
 }
@@ -31,7 +29,7 @@ pub(super) struct ChunkContext<'a> {
 pub(super) type Chunk<'i> = [(&'i ReceiptKey, &'i ReceiptLines)];
 
 impl ChunkContext<'_> {
-    /// Reads the chunk's targets, journal, labels and output lines, and plans it.
+    /// Reads the chunk's targets, labels, journal and output lines, and plans it.
     pub(super) async fn plan(
         &self,
         chunk: &Chunk<'_>,
@@ -67,38 +65,34 @@ impl ChunkContext<'_> {
             .await??;
         }
 
-        // This batch's journal rows: only a receipt with output lines can have any.
-        let journal_receipts: Vec<&ReceiptKey> = if self.journal {
-            chunk
-                .iter()
-                .filter(|(_, l)| !l.output.is_empty())
-                .map(|(r, _)| *r)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let journal = read_journal(services, batch_id, &journal_receipts).await?;
-
-        // Labels of the receipts with targets or journal rows; for the fallback, of every
-        // named receipt, whose PENDING labels are the targets.
-        let labels = if self.files.input.is_none() {
+        // The labels first, then the journal (see the module's doc: a label this batch's other
+        // applier changed is found with the journal row it wrote before changing it). Labels
+        // of the receipts with targets; for the fallback, of every named receipt, whose
+        // PENDING labels are the targets.
+        let mut labels = if self.files.input.is_none() {
             let named: BTreeSet<ReceiptKey> = chunk
                 .iter()
                 .filter(|(_, l)| l.named)
                 .map(|(r, _)| (*r).clone())
                 .collect();
-            let mut labels = read_labels(services, &named, report).await?;
+            let labels = read_labels(services, &named, report).await?;
             targets = fallback_targets(&named, &labels);
-            let more: BTreeSet<ReceiptKey> = journal
-                .iter()
-                .map(|j| j.label.word.receipt.clone())
-                .filter(|r| !named.contains(r))
-                .collect();
-            labels.extend(read_labels(services, &more, report).await?);
             labels
         } else {
-            read_labels(services, &receipts_to_load(&targets, &journal), report).await?
+            read_labels(services, &receipts_to_load(&targets, &[]), report).await?
         };
+        let read: BTreeSet<ReceiptKey> =
+            labels.iter().map(|l| l.key.word.receipt.clone()).collect();
+        let journal = read_journal(services, batch_id, &in_chunk).await?;
+        // A journal row of a receipt whose labels were not read (its label is no longer a
+        // target: a re-run whose targets come from elsewhere than the run that decided it).
+        let more: BTreeSet<ReceiptKey> = receipts_to_load(&BTreeSet::new(), &journal)
+            .into_iter()
+            .filter(|r| !read.contains(r))
+            .collect();
+        if !more.is_empty() {
+            labels.extend(read_labels(services, &more, report).await?);
+        }
         phases.mark(report, "read_table");
 
         let mut builder = PlanBuilder::new(PlanInput {
@@ -143,18 +137,19 @@ async fn blocking<T: Send + 'static>(
     Ok(joined.map_err(io(what)))
 }
 
+/// This batch's journal rows of the chunk's receipts: one Query over the range of their keys.
 async fn read_journal(
     services: &Services,
     batch_id: &str,
-    receipts: &[&ReceiptKey],
+    receipts: &BTreeSet<&ReceiptKey>,
 ) -> Result<Vec<CompletionBatchVerdict>, FinishError> {
-    let pages: Vec<_> = stream::iter(receipts)
-        .map(|r| services.store.batch_verdicts_for(batch_id, r))
-        .buffer_unordered(services.options.read_concurrency.max(1))
-        .try_collect()
-        .await?;
+    let receipts: Vec<&ReceiptKey> = receipts.iter().copied().collect();
     let mut rows = Vec::new();
-    for row in pages.into_iter().flatten() {
+    for row in services
+        .store
+        .batch_verdicts_of(batch_id, &receipts)
+        .await?
+    {
         match row {
             Ok(r) => rows.push(r),
             Err(e) => warn!(batch_id, error = %e, "verdict journal row does not decode; ignored"),

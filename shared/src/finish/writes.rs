@@ -116,14 +116,27 @@ pub(super) async fn execute(
     let store = &services.store;
     let concurrency = services.options.label_concurrency.max(1);
 
-    // 1. The journal of decisions.
-    let verdict_items: Vec<_> = plan
+    // 1. The journal of decisions. Rows decided from PENDING are the same whoever writes them
+    // (a batch put); a row decided from a label found changed (a conflict) goes only where
+    // the label has none yet: it must not replace another applier's row from PENDING.
+    let (fresh, conflicts): (Vec<&CompletionBatchVerdict>, Vec<_>) = plan
         .verdicts
         .iter()
+        .partition(|v| v.previous_status == ValidationStatus::Pending);
+    report.verdict_rows += plan.verdicts.len() as u64;
+    let fresh = fresh
+        .into_iter()
         .map(CompletionBatchVerdict::to_item)
         .collect();
-    report.verdict_rows += verdict_items.len() as u64;
-    put_chunks(services, gate, verdict_items).await?;
+    put_chunks(services, gate, fresh).await?;
+    let _: Vec<Created> = stream::iter(conflicts)
+        .map(|row| async move {
+            gate.pass()?;
+            Ok::<_, FinishError>(store.put_verdict_if_absent(row).await?)
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
     phases.mark(report, "write_journal");
 
     // 2. Status changes; labels someone else changed meanwhile drop out of what follows.

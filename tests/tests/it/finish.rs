@@ -1099,3 +1099,360 @@ async fn an_apply_without_the_lease_writes_nothing() {
     assert_eq!(err.reason(), "lease_lost");
     assert_eq!(data(&f).await, before);
 }
+
+/// Issue 10, "Done when": two applies of one batch started 0–2 s apart, each with its own
+/// services and lease owner, the lease handed over to the second as the worker's would be and
+/// the first told to stop a moment later (it finishes the write in flight meanwhile), end in
+/// the state of one uninterrupted run, over several seeds.
+#[tokio::test]
+async fn two_applies_started_apart_end_like_one_run() {
+    let mut overlapped = 0;
+    for seed in 0..6u64 {
+        let batch = small_batch(100 + seed, 10);
+        let batch_id = batch.summary.batch_id.as_str();
+        let chunked = |f: &Fleet| {
+            let mut s = services_for(&f.env, &f.openai, &f.pinecone);
+            s.options.receipts_per_chunk = 2;
+            s
+        };
+        let reference = Fleet::new().await;
+        reference.seed(&batch).await;
+        handle(&chunked(&reference), batch_id, &CancellationToken::new())
+            .await
+            .unwrap();
+        let expected = data(&reference).await;
+
+        let f = Fleet::new().await;
+        f.seed(&batch).await;
+        let mut rng = scenario::Rng::new(seed);
+        let start_b = std::time::Duration::from_millis(rng.below(2_000));
+        let lag = std::time::Duration::from_millis(rng.below(300));
+        let (a, b) = (chunked(&f), chunked(&f));
+        let stop_a = CancellationToken::new();
+        let first = async {
+            let owner = handling();
+            take_lease(&a, batch_id, &owner).await;
+            let summary = a.load_summary(batch_id).await?;
+            let openai_batch = a.check(&summary).await?;
+            a.apply(&summary, &openai_batch, &stop_a, &owner).await
+        };
+        let second = async {
+            tokio::time::sleep(start_b).await;
+            let owner = handling();
+            take_lease(&b, batch_id, &owner).await;
+            let summary = b.load_summary(batch_id).await?;
+            let openai_batch = b.check(&summary).await?;
+            b.apply(&summary, &openai_batch, &CancellationToken::new(), &owner)
+                .await
+        };
+        let told_to_stop = async {
+            tokio::time::sleep(start_b + lag).await;
+            stop_a.cancel();
+        };
+        let (ra, rb, ()) = tokio::join!(first, second, told_to_stop);
+        let rb = rb.unwrap_or_else(|e| panic!("seed {seed}: the second apply failed: {e}"));
+        match &ra {
+            Ok(report) => assert!(report.summary_status.is_some()),
+            Err(FinishError::LeaseLost { .. } | FinishError::Stopped { .. }) => {}
+            Err(e) => panic!("seed {seed}: the first apply failed: {e}"),
+        }
+        if ra.is_err() && !rb.already_done && rb.receipts_resumed < 10 {
+            overlapped += 1;
+        }
+        let diff = expected.diff(&data(&f).await);
+        assert!(
+            diff.is_empty(),
+            "seed {seed} (second started after {start_b:?}, first told to stop {lag:?} later, first: {:?}): {} differences, first: {:?}",
+            ra.map(|r| r.chunks),
+            diff.len(),
+            diff.first()
+        );
+    }
+    assert!(overlapped > 0, "no seed made the two applies overlap");
+}
+
+/// The journal of a chunk is read with one Query over the range of its receipts' keys, keeping
+/// only theirs (receipt 10000 is not receipt 100000, whose zero-padded key sorts elsewhere);
+/// a row put "if absent" never replaces one that is there.
+#[tokio::test]
+async fn journal_rows_are_read_by_range_and_a_conflict_row_never_replaces_one() {
+    let f = Fleet::new().await;
+    let store = &f.env.store;
+    let at = parse_timestamp(FINISHED_ISO).unwrap();
+    let row = |image: &str, receipt: u32, previous: ValidationStatus| CompletionBatchVerdict {
+        batch_id: BATCH.into(),
+        label: key(image, receipt, 1, 1, "DATE"),
+        verdict: Verdict::Invalid,
+        previous_status: previous,
+        suggested_label: None,
+        source: "output:1".into(),
+        validated_at: at,
+    };
+    let rows = [
+        row(A, 1, ValidationStatus::Pending),
+        row(A, 2, ValidationStatus::Pending),
+        row(A, 10_000, ValidationStatus::Pending),
+        row(A, 100_000, ValidationStatus::Pending),
+        row(B, 1, ValidationStatus::Pending),
+    ];
+    store
+        .put_items_batched(rows.iter().map(CompletionBatchVerdict::to_item).collect())
+        .await
+        .unwrap();
+    let receipt = |image: &str, receipt_id: u32| ReceiptKey {
+        image_id: ImageId::parse(image).unwrap(),
+        receipt_id,
+    };
+    let read = |receipts: Vec<ReceiptKey>| async move {
+        let refs: Vec<&ReceiptKey> = receipts.iter().collect();
+        let mut got: Vec<LabelKey> = store
+            .batch_verdicts_of(BATCH, &refs)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().label)
+            .collect();
+        got.sort();
+        got
+    };
+    assert_eq!(
+        read(vec![receipt(A, 1), receipt(A, 10_000), receipt(B, 1)]).await,
+        [
+            rows[0].label.clone(),
+            rows[2].label.clone(),
+            rows[4].label.clone()
+        ]
+    );
+    assert_eq!(
+        read(vec![receipt(A, 100_000)]).await,
+        [rows[3].label.clone()]
+    );
+    assert!(read(vec![receipt(A, 3)]).await.is_empty());
+    assert!(read(Vec::new()).await.is_empty());
+
+    // A conflict row (decided from a changed label) leaves the row from PENDING in place.
+    let conflict = row(A, 1, ValidationStatus::Invalid);
+    assert_eq!(
+        store.put_verdict_if_absent(&conflict).await.unwrap(),
+        fleet_shared::store::Created::AlreadyExists
+    );
+    let stored = store
+        .get_raw(&format!("BATCH#{BATCH}"), &rows[0].sk())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(CompletionBatchVerdict::from_item(&stored).unwrap(), rows[0]);
+    let fresh = row(B, 7, ValidationStatus::Invalid);
+    assert_eq!(
+        store.put_verdict_if_absent(&fresh).await.unwrap(),
+        fleet_shared::store::Created::Created
+    );
+}
+
+/// Runs a closure on every DynamoDB request a client sends (its `X-Amz-Target` and JSON body),
+/// before it is sent, and another on every answer: the orchestration of an exact interleaving
+/// of two applies.
+type BeforeRequest = dyn Fn(&str, &Value) + Send + Sync;
+
+#[derive(Clone)]
+struct Hook {
+    before: std::sync::Arc<BeforeRequest>,
+    after: std::sync::Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
+
+impl aws_sdk_dynamodb::config::Intercept for Hook {
+    fn name(&self) -> &'static str {
+        "Hook"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let request = context.request();
+        let target = request.headers().get("x-amz-target").unwrap_or_default();
+        let body: Value = request
+            .body()
+            .bytes()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(Value::Null);
+        (self.before)(target, &body);
+        Ok(())
+    }
+
+    fn read_after_deserialization(
+        &self,
+        _: &aws_sdk_dynamodb::config::interceptors::AfterDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        (self.after)();
+        Ok(())
+    }
+}
+
+/// Services whose store's client runs the hook's closures.
+fn hooked(
+    f: &Fleet,
+    before: impl Fn(&str, &Value) + Send + Sync + 'static,
+    after: impl Fn() + Send + Sync + 'static,
+) -> Services {
+    let hook = Hook {
+        before: std::sync::Arc::new(before),
+        after: std::sync::Arc::new(after),
+    };
+    let conf = f
+        .env
+        .clients
+        .dynamodb
+        .config()
+        .to_builder()
+        .interceptor(hook)
+        .build();
+    let mut services = services_for(&f.env, &f.openai, &f.pinecone);
+    services.store =
+        fleet_shared::store::Store::new(aws_sdk_dynamodb::Client::from_conf(conf), &f.env.table);
+    services
+}
+
+/// Issue 10, "What goes wrong today" 2, as an exact interleaving: the second applier (the
+/// lease passed to it) reads a chunk's labels while they are PENDING; the first, which still
+/// runs, then writes the chunk's journal and status changes and stops; the second reads the
+/// journal after that. It finds the first one's rows for the labels it saw PENDING and that are
+/// changed now, applies their recorded verdicts (the vector merges, corrections and result rows
+/// the first never made), and the batch ends as one uninterrupted run. (Read the other way
+/// round, journal first, it would take the changed labels for someone else's change: conflicts,
+/// with no vector merge, correction or result row for them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_applier_reads_labels_then_journal_and_finishes_the_firsts_verdicts() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex, mpsc};
+
+    let batch = small_batch(31, 2);
+    let batch_id = batch.summary.batch_id.clone();
+    let reference = Fleet::new().await;
+    reference.seed(&batch).await;
+    let whole = handle(&reference.services, &batch_id, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(whole.verdict_rows > 0 && whole.vectors_updated > 0);
+    let expected = data(&reference).await;
+
+    let f = Fleet::new().await;
+    f.seed(&batch).await;
+    let (at_first_write, first_waits) = tokio::sync::oneshot::channel::<()>();
+    let (let_first_write, may_write) = mpsc::channel::<()>();
+    let (first_stopped, stopped) = mpsc::channel::<()>();
+
+    // The first applier holds its first write until the second has read the labels, and is
+    // told to stop once its status changes are answered: it never gets to vectors,
+    // corrections or result rows.
+    let stop_first = CancellationToken::new();
+    let (at_first_write, may_write) = (
+        Mutex::new(Some(at_first_write)),
+        Mutex::new(Some(may_write)),
+    );
+    let changing = Arc::new(AtomicBool::new(false));
+    let first = {
+        let (changing, changed, stop) = (changing.clone(), changing.clone(), stop_first.clone());
+        hooked(
+            &f,
+            move |target, body| {
+                if target.ends_with(".BatchWriteItem") {
+                    if let Some(rx) = may_write.lock().unwrap().take() {
+                        at_first_write
+                            .lock()
+                            .unwrap()
+                            .take()
+                            .unwrap()
+                            .send(())
+                            .unwrap();
+                        rx.recv().unwrap();
+                    }
+                }
+                // A label's status change (not the lease taken through this client).
+                if target.ends_with(".UpdateItem") && body.to_string().contains("validation_status")
+                {
+                    changing.store(true, Ordering::SeqCst);
+                }
+            },
+            move || {
+                if changed.load(Ordering::SeqCst) {
+                    stop.cancel();
+                }
+            },
+        )
+    };
+    // The second lets the first write between its first kind of query and the other kind.
+    let first_kind: Mutex<Option<bool>> = Mutex::new(None);
+    let (let_first_write, stopped) = (Mutex::new(Some(let_first_write)), Mutex::new(Some(stopped)));
+    let second = hooked(
+        &f,
+        move |target, body| {
+            if !target.ends_with(".Query") {
+                return;
+            }
+            let journal = body["ExpressionAttributeValues"][":pk"]["S"]
+                .as_str()
+                .is_some_and(|pk| pk.starts_with("BATCH#"));
+            let mut seen = first_kind.lock().unwrap();
+            match *seen {
+                None => *seen = Some(journal),
+                Some(kind) if kind != journal => {
+                    if let Some(tx) = let_first_write.lock().unwrap().take() {
+                        tx.send(()).unwrap();
+                        stopped.lock().unwrap().take().unwrap().recv().unwrap();
+                    }
+                }
+                Some(_) => {}
+            }
+        },
+        || {},
+    );
+
+    let owner_a = handling();
+    take_lease(&first, &batch_id, &owner_a).await;
+    let summary = first.load_summary(&batch_id).await.unwrap();
+    let openai_batch = first.check(&summary).await.unwrap();
+    // The first runs on its own thread and runtime, as another worker would.
+    let thread = {
+        let (summary, openai_batch, stop) = (summary.clone(), openai_batch.clone(), stop_first);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let result = rt.block_on(first.apply(&summary, &openai_batch, &stop, &owner_a));
+            first_stopped.send(()).unwrap();
+            result.map(|r| r.chunks)
+        })
+    };
+    if first_waits.await.is_err() {
+        panic!("the first apply ended before writing: {:?}", thread.join());
+    }
+    let report = handle(&second, &batch_id, &CancellationToken::new())
+        .await
+        .unwrap();
+    let first_result = thread.join().unwrap();
+    assert!(
+        matches!(first_result, Err(FinishError::Stopped { .. })),
+        "{first_result:?}"
+    );
+    assert!(changing.load(Ordering::SeqCst), "the first changed labels");
+    assert!(
+        report.plan.targets.recorded > 0,
+        "{:?}",
+        report.plan.targets
+    );
+    assert_eq!(report.conflicts(), whole.conflicts());
+    let diff = expected.diff(&data(&f).await);
+    assert!(diff.is_empty(), "{} differences: {diff:#?}", diff.len());
+}
