@@ -55,6 +55,8 @@ pub struct ApplyReport {
     pub vectors_missing: u64,
     pub pinecone_rate_limited: u64,
     pub verdict_rows: u64,
+    /// Journal rows of resets (verdict `NONE`), written after their resets.
+    pub reset_rows: u64,
     pub result_rows: u64,
     /// Label items that did not decode (skipped, logged).
     pub bad_label_items: u64,
@@ -97,6 +99,7 @@ impl ApplyReport {
         self.vectors_missing += part.vectors_missing;
         self.pinecone_rate_limited += part.pinecone_rate_limited;
         self.verdict_rows += part.verdict_rows;
+        self.reset_rows += part.reset_rows;
         self.result_rows += part.result_rows;
         self.bad_label_items += part.bad_label_items;
         self.result_rows_kept += part.result_rows_kept;
@@ -172,6 +175,14 @@ impl ApplyReport {
             self.resets.already,
             self.resets.conflicts
         );
+        let t = &self.plan.targets;
+        if t.reset_recorded + t.reclaimed > 0 {
+            let _ = writeln!(
+                s,
+                "  resets journaled earlier: {} done, {} PENDING again for a newer batch (left alone)",
+                t.reset_recorded, t.reclaimed
+            );
+        }
         let _ = writeln!(
             s,
             "  corrections: {} created, {} already present",
@@ -184,8 +195,8 @@ impl ApplyReport {
         );
         let _ = writeln!(
             s,
-            "  audit rows: {} verdict, {} result ({} key collisions)",
-            self.verdict_rows, self.result_rows, self.plan.result_rows.collisions
+            "  audit rows: {} verdict, {} reset, {} result ({} key collisions)",
+            self.verdict_rows, self.reset_rows, self.result_rows, self.plan.result_rows.collisions
         );
         let skipped: Vec<String> = self
             .skipped

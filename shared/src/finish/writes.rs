@@ -42,6 +42,16 @@ impl Gate<'_> {
         self.writes.load(Ordering::SeqCst)
     }
 
+    /// Lets a write through whatever the stop token or the budget say (it still spends the
+    /// budget, so a drill's "stop before write k + 1" counts it), for a write that finishes
+    /// one already made: the journal rows of resets done.
+    pub(super) fn pass_anyway(&self) {
+        if let Some(budget) = &self.services.options.write_budget {
+            budget.take();
+        }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+    }
+
     pub(super) fn pass(&self) -> Result<(), FinishError> {
         self.check()?;
         let writes = self.count() as usize;
@@ -103,8 +113,8 @@ impl HeldResultKeys {
     }
 }
 
-/// One chunk's writes, in order: journal; status changes; corrections; resets; vectors; result
-/// rows. The summary is written once after every chunk.
+/// One chunk's writes, in order: journal; status changes; corrections; resets and their
+/// journal rows; vectors; result rows. The summary is written once after every chunk.
 pub(super) async fn execute(
     services: &Services,
     gate: &Gate<'_>,
@@ -173,8 +183,34 @@ pub(super) async fn execute(
     report.corrections_created += new;
     report.corrections_existing += created.len() as u64 - new;
 
-    // Resets of targets without a verdict.
-    let resets = transitions(services, gate, &plan.resets, concurrency).await?;
+    // Resets of targets without a verdict, each journaled once it succeeded. Every reset that
+    // passed the gate runs to its end (a stop refuses only those not started), and the rows of
+    // those done are written whatever happened to the others: a reset without its row is what
+    // a re-run cannot tell from a label a newer batch claimed (only a crash between the two
+    // leaves one).
+    let resets: Vec<Result<Transition<ValidationStatus>, FinishError>> = stream::iter(&plan.resets)
+        .map(|c| async move {
+            gate.pass()?;
+            Ok(store.transition_label(&c.label, c.from, c.to).await?)
+        })
+        .buffered(concurrency)
+        .collect()
+        .await;
+    let rows: Vec<crate::model::Item> = plan
+        .resets
+        .iter()
+        .zip(&resets)
+        .filter(|(_, t)| matches!(t, Ok(Transition::Applied | Transition::AlreadyInTarget)))
+        .map(|(c, _)| &c.label)
+        .chain(&plan.already_reset)
+        .map(|label| plan.reset_row(label).to_item())
+        .collect();
+    report.reset_rows += rows.len() as u64;
+    for chunk in rows.chunks(BATCH_WRITE_LIMIT) {
+        gate.pass_anyway();
+        store.put_items_batched(chunk.to_vec()).await?;
+    }
+    let resets: Vec<Transition<ValidationStatus>> = resets.into_iter().collect::<Result<_, _>>()?;
     add_counts(&mut report.resets, &resets);
     phases.mark(report, "write_corrections_resets");
 

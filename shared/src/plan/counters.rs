@@ -109,6 +109,9 @@ impl VerdictCounters {
             Verdict::Valid => self.valid += 1,
             Verdict::Invalid => self.invalid += 1,
             Verdict::NeedsReview => self.needs_review += 1,
+            // Reset rows are not planned as rows: each is written after its reset succeeded,
+            // and the apply counts them (`ApplyReport::reset_rows`).
+            Verdict::Reset => {}
         }
     }
 
@@ -140,8 +143,16 @@ pub struct TargetCounters {
     pub apply_conflicts: u64,
     /// PENDING targets without a verdict, going back to NONE.
     pub resets: u64,
-    /// Targets without a verdict that are not PENDING: left alone.
+    /// Targets without a verdict that are NONE already, without this batch's reset row: the
+    /// row is written, the label left as it is ([`super::Plan::already_reset`]).
+    pub already_reset: u64,
+    /// Targets without a verdict that are neither PENDING nor NONE: left alone.
     pub not_pending: u64,
+    /// Targets this batch already reset (its journal holds the reset) that are NONE: done.
+    pub reset_recorded: u64,
+    /// Targets this batch reset that are PENDING again: a newer batch asked about them since
+    /// (the submitter sends reset labels again). Left alone: that batch's verdict must land.
+    pub reclaimed: u64,
     /// Targets (or journal labels) not in the table.
     pub missing: u64,
 }
@@ -154,7 +165,10 @@ impl TargetCounters {
         self.conflicts += o.conflicts;
         self.apply_conflicts += o.apply_conflicts;
         self.resets += o.resets;
+        self.already_reset += o.already_reset;
         self.not_pending += o.not_pending;
+        self.reset_recorded += o.reset_recorded;
+        self.reclaimed += o.reclaimed;
         self.missing += o.missing;
     }
 }

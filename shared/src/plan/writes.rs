@@ -101,7 +101,9 @@ pub(crate) fn core_label_bit(label: &str) -> u32 {
 /// 2. [`status_changes`](Self::status_changes), then
 ///    [`without_conflicts`](Self::without_conflicts) with the labels whose conditional write
 ///    found someone else's change; then [`corrections`](Self::corrections) (create only if
-///    absent), [`resets`](Self::resets), [`vector_merges`](Self::vector_merges) and
+///    absent), [`resets`](Self::resets) (each followed, once it succeeded, by its journal row
+///    [`reset_row`](Self::reset_row); with the rows of [`already_reset`](Self::already_reset)),
+///    [`vector_merges`](Self::vector_merges) and
 ///    [`results`](Self::results);
 /// 3. [`summary`](Self::summary) last.
 ///
@@ -117,8 +119,15 @@ pub struct Plan {
     pub verdicts: Vec<CompletionBatchVerdict>,
     /// Verdicts to apply, `from` PENDING; sorted.
     pub status_changes: Vec<StatusChange>,
-    /// PENDING → NONE for targets without a verdict; sorted.
+    /// PENDING → NONE for targets without a verdict; sorted. Targets whose reset this batch
+    /// already journaled are never among them (see [`Plan::reset_row`]).
     pub resets: Vec<StatusChange>,
+    /// Targets without a verdict that are NONE already and have no reset row of this batch
+    /// (an earlier run of it reset them and was cut off before the row, or someone else set
+    /// them NONE): only their reset rows are written, with those of the resets. A row is what
+    /// keeps a re-run from resetting the label once a newer batch claims it, and writing it
+    /// on every run alike makes an interrupted run end as an uninterrupted one. Sorted.
+    pub already_reset: Vec<LabelKey>,
     /// New labels, sorted by key.
     pub corrections: Vec<ReceiptWordLabel>,
     /// One per word with an applied verdict, sorted by word.
@@ -141,6 +150,7 @@ impl Plan {
             verdicts: Vec::new(),
             status_changes: Vec::new(),
             resets: Vec::new(),
+            already_reset: Vec::new(),
             corrections: Vec::new(),
             vector_merges: Vec::new(),
             results: Vec::new(),
@@ -148,6 +158,14 @@ impl Plan {
             counters: PlanCounters::default(),
             effective: Vec::new(),
         }
+    }
+
+    /// The journal row of a label of [`resets`](Self::resets), to write right after the reset
+    /// succeeded (or found the label already NONE), never before: a row written first could not
+    /// tell a re-run "reset not done yet" from "done, then claimed by a newer batch"; and of a
+    /// label of [`already_reset`](Self::already_reset).
+    pub fn reset_row(&self, label: &LabelKey) -> CompletionBatchVerdict {
+        CompletionBatchVerdict::reset(&self.batch_id, label, self.validated_at)
     }
 
     /// The plan once the conditional status changes of `conflicts` failed because someone else

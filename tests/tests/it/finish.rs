@@ -381,6 +381,20 @@ fn verdict_row(k: &LabelKey, verdict: &str, suggested: Value, line: u32) -> Valu
     })
 }
 
+/// The journal row of a reset (processing-rules.md: resets are decisions too).
+fn reset_row(k: &LabelKey) -> Value {
+    json!({
+        "PK": s(&format!("BATCH#{BATCH}")),
+        "SK": s(&format!("VERDICT#{}", k)),
+        "TYPE": s("COMPLETION_BATCH_VERDICT"),
+        "verdict": s("NONE"),
+        "previous_status": s("PENDING"),
+        "suggested_label": {"NULL": true},
+        "source": s("reset"),
+        "validated_at": s(FINISHED_ISO),
+    })
+}
+
 fn rows_of(snapshot: &Snapshot, prefix: &str) -> BTreeMap<String, Value> {
     snapshot
         .items
@@ -474,6 +488,9 @@ async fn applies_output(status: &str, batch_status: &str) {
         verdict_row(&a_date, "INVALID", s("TIME"), 1),
         verdict_row(&b_merchant, "INVALID", s("NOT_CORE"), 3),
         verdict_row(&b_phone, "VALID", null(), 3),
+        // The resets are journaled too.
+        reset_row(&a_grand),
+        reset_row(&c_date),
     ]
     .into_iter()
     .map(|v| (v["SK"]["S"].as_str().unwrap().to_owned(), v))
@@ -552,7 +569,7 @@ async fn cancelled_batch_applies_its_partial_output() {
 }
 
 #[tokio::test]
-async fn failed_batch_resets_every_target_and_writes_no_rows() {
+async fn failed_batch_resets_every_target_and_journals_only_the_resets() {
     let f = Fleet::new().await;
     let h = seed_hand(&f, "failed", true).await;
     let before = data(&f).await;
@@ -569,7 +586,18 @@ async fn failed_batch_resets_every_target_and_writes_no_rows() {
     assert_label(&f, &other, untouched(&other, "PENDING")).await;
     let snap = data(&f).await;
     assert!(rows_of(&snap, "RESULT#").is_empty());
-    assert!(rows_of(&snap, "VERDICT#").is_empty());
+    let resets: BTreeMap<String, Value> = h
+        .targets
+        .iter()
+        .filter(|k| k.label != "SUBTOTAL")
+        .map(|k| (format!("VERDICT#{k}"), reset_row(k)))
+        .collect();
+    assert_eq!(
+        rows_of(&snap, "VERDICT#"),
+        resets,
+        "a journal row per reset, no verdicts"
+    );
+    assert_eq!(report.reset_rows, resets.len() as u64);
     assert_eq!(snap.vectors, before.vectors, "no vector changes");
     let summary_item = item(&f, &format!("BATCH#{BATCH}"), "STATUS").await;
     assert_eq!(summary_item["status"], s("FAILED"));
@@ -1455,4 +1483,113 @@ async fn the_second_applier_reads_labels_then_journal_and_finishes_the_firsts_ve
     assert_eq!(report.conflicts(), whole.conflicts());
     let diff = expected.diff(&data(&f).await);
     assert!(diff.is_empty(), "{} differences: {diff:#?}", diff.len());
+}
+
+/// processing-rules.md, journaled resets: a label that run 1 reset (and journaled), and that
+/// batch 2 then asked about again (PENDING), is not reset by run 1's re-run; batch 2's verdict
+/// lands.
+#[tokio::test]
+async fn a_label_reset_by_run_1_and_claimed_by_batch_2_keeps_batch_2s_verdict() {
+    const BATCH2: &str = "9e2c1d40-0000-4000-8000-000000000002";
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    let a_grand = key(A, 1, 3, 1, "GRAND_TOTAL");
+
+    // Run 1 is ended right after journaling its resets (before vectors and result rows).
+    let stop = CancellationToken::new();
+    let run_1 = {
+        let stop = stop.clone();
+        hooked(
+            &f,
+            move |target, body| {
+                if target.ends_with(".BatchWriteItem") && body.to_string().contains("\"reset\"") {
+                    stop.cancel();
+                }
+            },
+            || {},
+        )
+    };
+    let err = handle(&run_1, BATCH, &stop).await.unwrap_err();
+    assert!(matches!(err, FinishError::Stopped { .. }), "{err}");
+    assert_label(&f, &a_grand, changed(&a_grand, "NONE")).await;
+    assert_eq!(
+        item(&f, &format!("BATCH#{BATCH}"), &format!("VERDICT#{a_grand}")).await,
+        reset_row(&a_grand)
+    );
+
+    // Batch 2 asks about the label again: the submitter marks it PENDING.
+    let claimed = f
+        .env
+        .store
+        .transition_label(&a_grand, ValidationStatus::None, ValidationStatus::Pending)
+        .await
+        .unwrap();
+    assert_eq!(claimed, fleet_shared::store::Transition::Applied);
+    let receipt_a = fixtures::custom_id(A, 1);
+    f.env
+        .store
+        .put_raw(
+            BatchSummary {
+                batch_id: BATCH2.into(),
+                openai_batch_id: "batch_two".into(),
+                receipt_refs: vec![ReceiptKey {
+                    image_id: ImageId::parse(A).unwrap(),
+                    receipt_id: 1,
+                }],
+                ..summary()
+            }
+            .to_item(),
+        )
+        .await
+        .unwrap();
+    let mut spec = BatchSpec::new("batch_two", "file-in-2")
+        .with_steps([("completed", 1)])
+        .with_output_file("file-out-2");
+    spec.created_at = FINISHED;
+    spec.completed_at = Some(FINISHED + 3600);
+    f.openai.add_batch(spec);
+    f.openai.add_file(
+        "file-in-2",
+        fixtures::ndjson(&[fixtures::input_line(
+            &receipt_a,
+            &[fixtures::target(&rid(&a_grand), "9.99", 3, "GRAND_TOTAL")],
+            "A",
+        )]),
+    );
+    f.openai.add_file(
+        "file-out-2",
+        fixtures::ndjson(&[fixtures::output_line(
+            &receipt_a,
+            &[fixtures::result(&rid(&a_grand), true, None)],
+            AnswerShape::FunctionCall,
+        )]),
+    );
+
+    // Run 1's re-run finishes batch 1 and leaves the claimed label alone.
+    let rerun = finish(&f).await.unwrap();
+    assert_eq!(rerun.summary_status, Some(BatchStatus::Completed));
+    assert_eq!(rerun.plan.targets.reclaimed, 1, "{:?}", rerun.plan.targets);
+    let pending = item(&f, &a_grand.pk(), &a_grand.sk()).await;
+    assert_eq!(pending["validation_status"], s("PENDING"));
+
+    // Batch 2's verdict lands.
+    let second = handle(&f.services, BATCH2, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(second.summary_status, Some(BatchStatus::Completed));
+    assert_eq!(second.labels_by_verdict.get("VALID"), Some(&1));
+    let valid = item(&f, &a_grand.pk(), &a_grand.sk()).await;
+    assert_eq!(valid["validation_status"], s("VALID"));
+    let row = item(
+        &f,
+        &format!("BATCH#{BATCH2}"),
+        &format!("VERDICT#{a_grand}"),
+    )
+    .await;
+    assert_eq!(row["verdict"], s("VALID"));
+    assert_eq!(
+        item(&f, &format!("BATCH#{BATCH}"), &format!("VERDICT#{a_grand}")).await,
+        reset_row(&a_grand),
+        "run 1's journal keeps its reset"
+    );
 }
