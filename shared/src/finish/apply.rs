@@ -74,7 +74,7 @@ use super::writes::{Gate, HeldResultKeys, execute};
 use super::{FinishError, Services, resume};
 use crate::model::{BatchStatus, BatchSummary};
 use crate::openai::BatchObject;
-use crate::openai::client::DownloadedFile;
+use crate::openai::client::{DownloadedFile, OpenAiError};
 use crate::parse::BatchIndex;
 use crate::plan::{Outcome, PlanCounters, SummaryUpdate, batch_timestamp, summary_update};
 use crate::store::Transition;
@@ -167,7 +167,7 @@ pub(super) async fn run(
     match &input {
         Some(file) => {
             report.targets_source = "input_file".into();
-            index_input(file, &mut index).await?;
+            report.unreadable_requests = index_input(file, &mut index, &log).await?;
         }
         None => {
             report.targets_source = "fallback".into();
@@ -264,8 +264,11 @@ async fn store_finish(
         .await?)
 }
 
-/// A file that may legitimately be gone (input, error file): `None` when OpenAI no longer has
-/// it; transient failures still fail the apply (it is retried later).
+/// A file that may legitimately be gone (input, error file): `None` only when OpenAI says it
+/// no longer has it (404, 410). Any other failure (403, 5xx, a timeout, a broken download) is
+/// an error of the apply, transient or permanent as the client classifies it, with nothing
+/// written: falling back to "the PENDING labels of the receipts" on a refused or failing file
+/// would reset labels another batch still has in flight (processing-rules.md, Inputs).
 async fn download_optional(
     services: &Services,
     file_id: &str,
@@ -273,12 +276,17 @@ async fn download_optional(
 ) -> Result<Option<DownloadedFile>, FinishError> {
     match services.openai.download_file(file_id).await {
         Ok(f) => Ok(Some(f)),
-        Err(e) if !e.is_transient() => {
-            warn!(file_id, error = %e, "{what} cannot be read");
+        Err(e) if is_gone(&e) => {
+            warn!(file_id, error = %e, "{what} is gone at OpenAI");
             Ok(None)
         }
         Err(e) => Err(FinishError::OpenAi(e)),
     }
+}
+
+/// OpenAI no longer has the file: the only answers the targets fall back on.
+fn is_gone(e: &OpenAiError) -> bool {
+    matches!(e.status(), Some(404 | 410))
 }
 
 /// Everything skipped, by reason, for the report and metrics.

@@ -68,7 +68,7 @@ impl ChunkContext<'_> {
         // The labels first, then the journal (see the module's doc: a label this batch's other
         // applier changed is found with the journal row it wrote before changing it). Labels
         // of the receipts with targets; for the fallback, of every named receipt, whose
-        // PENDING labels are the targets.
+        // PENDING labels are the targets (and of a receipt whose request could not be read).
         let mut labels = if self.files.input.is_none() {
             let named: BTreeSet<ReceiptKey> = chunk
                 .iter()
@@ -79,7 +79,17 @@ impl ChunkContext<'_> {
             targets = fallback_targets(&named, &labels);
             labels
         } else {
-            read_labels(services, &receipts_to_load(&targets, &[]), report).await?
+            // A request whose targets could not be read falls back for its own receipt.
+            let unreadable: BTreeSet<ReceiptKey> = chunk
+                .iter()
+                .filter(|(_, l)| l.targets_unreadable)
+                .map(|(r, _)| (*r).clone())
+                .collect();
+            let mut receipts = receipts_to_load(&targets, &[]);
+            receipts.extend(unreadable.iter().cloned());
+            let labels = read_labels(services, &receipts, report).await?;
+            targets.extend(fallback_targets(&unreadable, &labels));
+            labels
         };
         let read: BTreeSet<ReceiptKey> =
             labels.iter().map(|l| l.key.word.receipt.clone()).collect();

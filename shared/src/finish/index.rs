@@ -117,11 +117,16 @@ pub(super) async fn count_error_file(
     Ok(())
 }
 
-/// Pass 1 over the input file: each request is placed with the receipts of its targets.
+/// Pass 1 over the input file: each request is placed with the receipts of its targets. A
+/// request whose `### Targets` cannot be read (processing-rules.md, Inputs) marks its own
+/// receipt (its `custom_id`) for the fallback: that receipt's PENDING labels are its targets,
+/// and no other receipt's. Returns how many requests could not be read.
 pub(super) async fn index_input(
     file: &DownloadedFile,
     index: &mut BatchIndex,
-) -> Result<(), FinishError> {
+    log: &LineLog,
+) -> Result<u64, FinishError> {
+    let mut unreadable = 0;
     let mut lines = AsyncLineReader::new(file.open().await.map_err(io("input file"))?);
     while let Some(line) = lines.next_located_line().await.map_err(io("input file"))? {
         let at = LineRef::of(&line);
@@ -129,16 +134,34 @@ pub(super) async fn index_input(
         match (parse_input_read(bytes), at) {
             (InputLine::Request(request), Some(at)) => index.add_input(at, &request),
             (InputLine::Malformed(m), _) => {
-                warn!(
-                    line = n,
-                    kind = m.kind.as_str(),
-                    "malformed input-file line"
-                );
+                unreadable += 1;
+                metrics::counter!("fleet_unreadable_requests_total", "kind" => m.kind.as_str())
+                    .increment(1);
+                match bytes.ok().and_then(peek_custom_id) {
+                    Some(receipt) => {
+                        warn!(
+                            batch_id = %log.batch_id,
+                            line = n,
+                            kind = m.kind.as_str(),
+                            detail = %m.detail,
+                            receipt = %receipt.custom_id(),
+                            "input-file request's targets cannot be read; its receipt's PENDING labels are taken as its targets"
+                        );
+                        index.add_unreadable(receipt);
+                    }
+                    None => warn!(
+                        batch_id = %log.batch_id,
+                        line = n,
+                        kind = m.kind.as_str(),
+                        detail = %m.detail,
+                        "input-file line names no readable receipt; skipped"
+                    ),
+                }
             }
             _ => {}
         }
     }
-    Ok(())
+    Ok(unreadable)
 }
 
 pub(super) fn io(what: &'static str) -> impl Fn(std::io::Error) -> FinishError {

@@ -33,8 +33,11 @@ pub struct ApplyReport {
     pub summary_status: Option<BatchStatus>,
     /// The summary was already finished: nothing was written.
     pub already_done: bool,
-    /// `input_file` or `fallback` (the input file could not be read).
+    /// `input_file` or `fallback` (OpenAI no longer has the input file: 404 or 410).
     pub targets_source: String,
+    /// Input-file requests whose `### Targets` could not be read: each one's receipt (its
+    /// `custom_id`) took its PENDING labels as targets instead, that receipt only.
+    pub unreadable_requests: u64,
     /// Receipts the batch's files (and, for the fallback, its `receipt_refs`) name.
     pub receipts: u64,
     /// Chunks of receipts planned and written one after the other, by every handling.
@@ -144,6 +147,13 @@ impl ApplyReport {
             return s;
         }
         let _ = writeln!(s, "  targets from: {}", self.targets_source);
+        if self.unreadable_requests > 0 {
+            let _ = writeln!(
+                s,
+                "  unreadable requests in the input file: {} (their receipts' PENDING labels taken as targets)",
+                self.unreadable_requests
+            );
+        }
         if let Some(after) = &self.resumed_after {
             let _ = writeln!(
                 s,

@@ -26,6 +26,9 @@ pub struct ReceiptLines {
     /// (as [`super::peek_custom_id`] reads it): the receipts whose PENDING labels are the
     /// targets when the input file cannot be read.
     pub named: bool,
+    /// The `custom_id` of an input-file request whose targets cannot be read: this receipt's
+    /// PENDING labels are among the targets (the fallback, for this receipt only).
+    pub targets_unreadable: bool,
 }
 
 /// Receipt → its lines, for a whole batch; receipts in [`ReceiptKey`] order.
@@ -72,6 +75,12 @@ impl BatchIndex {
     /// A receipt named by `receipt_refs` or by a `custom_id` (see [`ReceiptLines::named`]).
     pub fn add_named(&mut self, receipt: ReceiptKey) {
         self.entry(receipt).named = true;
+    }
+
+    /// The receipt of an input-file request whose targets cannot be read (see
+    /// [`ReceiptLines::targets_unreadable`]).
+    pub fn add_unreadable(&mut self, receipt: ReceiptKey) {
+        self.entry(receipt).targets_unreadable = true;
     }
 
     pub fn get(&self, receipt: &ReceiptKey) -> Option<&ReceiptLines> {
@@ -212,6 +221,7 @@ mod tests {
         let a2 = index.get(&receipt(IMG_A, 2)).unwrap();
         assert_eq!(a2.input, [line(5, 1)], "one reference per receipt and line");
         assert!(index.get(&receipt(IMG_A, 1)).unwrap().named);
+
         assert_eq!(index.output_lines(), 3);
         assert_eq!(index.input_lines(), 2);
 
@@ -229,6 +239,11 @@ mod tests {
         let not_indexed = receipt(IMG_A, 3); // resumes after a receipt the index lacks
         assert_eq!(index.chunks_after(Some(&not_indexed), 5).count(), 1);
         assert_eq!(index.chunks_after(Some(&receipt(IMG_B, 1)), 5).count(), 0);
+
+        index.add_unreadable(receipt(IMG_B, 2));
+        let unreadable = index.get(&receipt(IMG_B, 2)).unwrap();
+        assert!(unreadable.targets_unreadable && !unreadable.named);
+        assert!(unreadable.input.is_empty() && unreadable.output.is_empty());
         let all = chunk_lines(index.receipts().map(|(_, l)| l), |l| &l.input);
         assert_eq!(
             all,

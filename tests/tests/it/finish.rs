@@ -1593,3 +1593,141 @@ async fn a_label_reset_by_run_1_and_claimed_by_batch_2_keeps_batch_2s_verdict() 
         "run 1's journal keeps its reset"
     );
 }
+
+/// processing-rules.md, Inputs: an input file OpenAI refuses (403 three times) is an error of
+/// the apply, retried with nothing written, never a reason to fall back to "the PENDING labels
+/// of the receipts" (which would reset another batch's label in flight); once it answers, the
+/// batch is applied exactly as with the file at once.
+#[tokio::test]
+async fn an_input_file_refused_three_times_is_retried_then_applied_exactly() {
+    let reference = Fleet::new().await;
+    seed_hand(&reference, "completed", true).await;
+    finish(&reference).await.unwrap();
+    let expected = data(&reference).await;
+
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    let before = data(&f).await;
+    f.openai.fail_next(
+        fleet_tests::openai::FaultSpec::status(403)
+            .on_path("/v1/files/file-in/content")
+            .times(3),
+    );
+    let mut failures = 0;
+    let report = loop {
+        match finish(&f).await {
+            Ok(report) => break report,
+            Err(e) => {
+                failures += 1;
+                assert!(failures <= 3, "still failing: {e}");
+                assert!(
+                    matches!(&e, FinishError::OpenAi(o) if o.status() == Some(403)),
+                    "{e}"
+                );
+                assert_ne!(
+                    e.class(),
+                    fleet_shared::error_class::ErrorClass::Permanent,
+                    "a refused file is retried, never dead-lettered: {e}"
+                );
+                assert_eq!(
+                    data(&f).await,
+                    before,
+                    "nothing written after failure {failures}"
+                );
+            }
+        }
+    };
+    assert!(failures >= 1 && f.openai.pending_faults().is_empty());
+    assert_eq!(report.targets_source, "input_file");
+    let other = key(A, 1, 4, 1, "TAX");
+    assert_label(&f, &other, untouched(&other, "PENDING")).await;
+    let diff = expected.diff(&data(&f).await);
+    assert!(diff.is_empty(), "{diff:?}");
+}
+
+/// Only a file OpenAI no longer has (404, 410) falls back; a request it rejects (400) is a
+/// permanent error of the apply with nothing written (the worker dead-letters it).
+#[tokio::test]
+async fn only_a_gone_input_file_falls_back_and_a_rejected_one_writes_nothing() {
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    f.openai.fail_next(
+        fleet_tests::openai::FaultSpec::status(410)
+            .on_path("/v1/files/file-in/content")
+            .times(5),
+    );
+    let report = finish(&f).await.unwrap();
+    assert_eq!(report.targets_source, "fallback");
+    f.openai.clear_faults();
+
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    let before = data(&f).await;
+    f.openai.fail_next(
+        fleet_tests::openai::FaultSpec::status(400)
+            .on_path("/v1/files/file-in/content")
+            .times(5),
+    );
+    let err = finish(&f).await.unwrap_err();
+    assert!(
+        matches!(&err, FinishError::OpenAi(o) if o.status() == Some(400)),
+        "{err}"
+    );
+    assert_eq!(
+        err.class(),
+        fleet_shared::error_class::ErrorClass::Permanent
+    );
+    assert_eq!(data(&f).await, before, "nothing written");
+}
+
+/// processing-rules.md, Inputs: a request whose `### Targets` cannot be read falls back for its
+/// own receipt only (that receipt's PENDING labels are its targets), counted and logged; the
+/// other receipts keep the targets their requests name (another batch's PENDING label on
+/// receipt A is untouched).
+#[tokio::test]
+async fn an_unreadable_request_falls_back_for_its_receipt_only() {
+    let f = Fleet::new().await;
+    let h = seed_hand(&f, "completed", true).await;
+    let receipt_b = fixtures::custom_id(B, 1);
+    let broken = json!({
+        "custom_id": receipt_b,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "system", "content": "### Targets\n[{\"id\": \"IMAGE#"}]},
+    })
+    .to_string();
+    let input: Vec<String> = h
+        .input
+        .lines()
+        .map(|l| {
+            if l.contains(&receipt_b) {
+                broken.clone()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    f.openai.add_file("file-in", fixtures::ndjson(&input));
+    // Another batch's PENDING label on receipt B: the fallback's price, for that receipt only.
+    let b_other = key(B, 1, 3, 1, "TAX");
+    f.env
+        .store
+        .put_raw(seeded(&b_other, ValidationStatus::Pending).to_item())
+        .await
+        .unwrap();
+
+    let report = finish(&f).await.unwrap();
+    assert_eq!(report.unreadable_requests, 1);
+    assert_eq!(report.targets_source, "input_file");
+    // Receipt B's verdicts still land: its PENDING labels were its targets.
+    let b_merchant = key(B, 1, 1, 1, "MERCHANT_NAME");
+    let b_phone = key(B, 1, 2, 1, "PHONE_NUMBER");
+    assert_label(&f, &b_merchant, changed(&b_merchant, "INVALID")).await;
+    assert_label(&f, &b_phone, changed(&b_phone, "VALID")).await;
+    assert_label(&f, &b_other, changed(&b_other, "NONE")).await;
+    // Receipt A's targets are those its request names.
+    let a_other = key(A, 1, 4, 1, "TAX");
+    assert_label(&f, &a_other, untouched(&a_other, "PENDING")).await;
+    let a_merchant = key(A, 1, 1, 1, "MERCHANT_NAME");
+    assert_label(&f, &a_merchant, changed(&a_merchant, "VALID")).await;
+}
