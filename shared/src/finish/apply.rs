@@ -4,6 +4,8 @@
 //! in its own file:
 //!
 //! - `resume.rs`: where an earlier handling stopped (the cursor), and recording it;
+//! - `downloads.rs` and `budget.rs`: the files, within the download budget;
+//! - `downloads.rs` and `budget.rs`: the files, within the download budget;
 //! - `index.rs`: pass 1, where each receipt's lines are;
 //! - `chunk.rs`: reading and planning one chunk;
 //! - `writes.rs`: a chunk's writes in the prescribed order, behind the stop/budget gate.
@@ -68,13 +70,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::chunk::ChunkContext;
-use super::index::{Files, LineLog, count_error_file, index_input, index_output, open_for_chunks};
+use super::downloads::{self, ChunkFile, Downloads};
+use super::index::{Files, LineLog, count_error_file, index_input, index_output};
 use super::report::ApplyReport;
 use super::writes::{Gate, HeldResultKeys, execute};
 use super::{FinishError, Services, resume};
 use crate::model::{BatchStatus, BatchSummary};
 use crate::openai::BatchObject;
-use crate::openai::client::{DownloadedFile, OpenAiError};
 use crate::parse::BatchIndex;
 use crate::plan::{Outcome, PlanCounters, SummaryUpdate, batch_timestamp, summary_update};
 use crate::store::Transition;
@@ -130,20 +132,12 @@ pub(super) async fn run(
     report.resumed_after = resume.after.as_ref().map(|r| r.custom_id());
     report.receipts_resumed = resume.receipts;
 
-    // The files.
-    let openai = &services.openai;
-    let output = match (&batch.output_file_id, outcome.applies_output()) {
-        (Some(id), true) => Some(openai.download_file(id).await?),
-        _ => None,
-    };
-    let errors = match &batch.error_file_id {
-        Some(id) => download_optional(services, id, "error file").await?,
-        None => None,
-    };
-    let input = match &batch.input_file_id {
-        Some(id) => download_optional(services, id, "input file").await?,
-        None => None,
-    };
+    // The files, within the download budget.
+    let Downloads {
+        output,
+        errors,
+        input,
+    } = downloads::download(services, batch_id, batch, outcome, stop).await?;
     phases.mark(&mut report, "download");
 
     // Pass 1: where each receipt's lines are. Lines that name no receipt are counted here.
@@ -158,16 +152,17 @@ pub(super) async fn run(
         ..PlanCounters::default()
     };
     let mut index = BatchIndex::new();
-    if let Some(file) = &output {
-        index_output(file, &mut index, &mut report.plan, fallback, &log).await?;
+    if let Some(d) = &output {
+        index_output(&d.file, &mut index, &mut report.plan, fallback, &log).await?;
     }
-    if let Some(file) = &errors {
-        count_error_file(file, &mut index, &mut report.plan, fallback).await?;
+    if let Some(d) = &errors {
+        count_error_file(&d.file, &mut index, &mut report.plan, fallback).await?;
     }
+    drop(errors); // counted: removed, its budget share given back
     match &input {
-        Some(file) => {
+        Some(d) => {
             report.targets_source = "input_file".into();
-            report.unreadable_requests = index_input(file, &mut index, &log).await?;
+            report.unreadable_requests = index_input(&d.file, &mut index, &log).await?;
         }
         None => {
             report.targets_source = "fallback".into();
@@ -177,9 +172,10 @@ pub(super) async fn run(
         }
     }
     report.receipts = index.len() as u64;
-    let files = Files {
-        output: open_for_chunks(output.as_ref(), "output file")?,
-        input: open_for_chunks(input.as_ref(), "input file")?,
+    let after = resume.after.as_ref();
+    let mut files = Files {
+        output: ChunkFile::open(output, index.last_with_output(), after, "output file")?,
+        input: ChunkFile::open(input, index.last_with_input(), after, "input file")?,
     };
     phases.mark(&mut report, "index");
 
@@ -193,7 +189,7 @@ pub(super) async fn run(
         services,
         summary,
         batch,
-        files: &files,
+        fallback,
         log: &log,
     };
     let mut held = HeldResultKeys::new();
@@ -203,7 +199,9 @@ pub(super) async fn run(
         gate.check()?;
         let writes_before = gate.count();
         let mut part = ApplyReport::default();
-        let plan = ctx.plan(&chunk, &mut part, &mut phases).await?;
+        let plan = ctx.plan(&chunk, &files, &mut part, &mut phases).await?;
+        let (last, _) = chunk[chunk.len() - 1];
+        files.release_read(last); // a file read to its end is removed before the writes
         let plan = execute(services, &gate, plan, &mut held, &mut part, &mut phases).await?;
         part.plan = plan.counters;
         part.chunks = 1;
@@ -211,11 +209,10 @@ pub(super) async fn run(
         part.writes = gate.count() - writes_before + 1;
         done.absorb(&part);
         receipts_done += chunk.len() as u64;
-        let (last, _) = chunk[chunk.len() - 1];
         cursor.record(&gate, last, receipts_done, &done).await?;
         phases.mark(&mut done, "write_cursor");
     }
-    drop((files, output, errors, input)); // the downloads are no longer needed on disk
+    drop(files);
     report.absorb(&done);
 
     // The summary, last: conditional on PENDING.
@@ -262,31 +259,6 @@ async fn store_finish(
         .store
         .finish_summary(batch_id, update.status, update.result_file_id.as_deref())
         .await?)
-}
-
-/// A file that may legitimately be gone (input, error file): `None` only when OpenAI says it
-/// no longer has it (404, 410). Any other failure (403, 5xx, a timeout, a broken download) is
-/// an error of the apply, transient or permanent as the client classifies it, with nothing
-/// written: falling back to "the PENDING labels of the receipts" on a refused or failing file
-/// would reset labels another batch still has in flight (processing-rules.md, Inputs).
-async fn download_optional(
-    services: &Services,
-    file_id: &str,
-    what: &'static str,
-) -> Result<Option<DownloadedFile>, FinishError> {
-    match services.openai.download_file(file_id).await {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if is_gone(&e) => {
-            warn!(file_id, error = %e, "{what} is gone at OpenAI");
-            Ok(None)
-        }
-        Err(e) => Err(FinishError::OpenAi(e)),
-    }
-}
-
-/// OpenAI no longer has the file: the only answers the targets fall back on.
-fn is_gone(e: &OpenAiError) -> bool {
-    matches!(e.status(), Some(404 | 410))
 }
 
 /// Everything skipped, by reason, for the report and metrics.

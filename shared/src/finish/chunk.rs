@@ -22,7 +22,9 @@ pub(super) struct ChunkContext<'a> {
     pub(super) services: &'a Services,
     pub(super) summary: &'a BatchSummary,
     pub(super) batch: &'a BatchObject,
-    pub(super) files: &'a Files,
+    /// OpenAI no longer has the input file: the named receipts' PENDING labels are the
+    /// targets.
+    pub(super) fallback: bool,
     pub(super) log: &'a LineLog,
 }
 
@@ -33,6 +35,7 @@ impl ChunkContext<'_> {
     pub(super) async fn plan(
         &self,
         chunk: &Chunk<'_>,
+        files: &Files,
         report: &mut ApplyReport,
         phases: &mut Phases,
     ) -> Result<Plan, FinishError> {
@@ -42,7 +45,7 @@ impl ChunkContext<'_> {
 
         // Targets from the input file's lines of these receipts.
         let mut targets = BTreeSet::new();
-        if let Some(file) = &self.files.input {
+        if let Some(file) = files.input.as_ref().map(|f| &f.read) {
             let lines = chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.input);
             let file = Arc::clone(file);
             let owned: BTreeSet<ReceiptKey> = in_chunk.iter().map(|r| (*r).clone()).collect();
@@ -69,7 +72,7 @@ impl ChunkContext<'_> {
         // applier changed is found with the journal row it wrote before changing it). Labels
         // of the receipts with targets; for the fallback, of every named receipt, whose
         // PENDING labels are the targets (and of a receipt whose request could not be read).
-        let mut labels = if self.files.input.is_none() {
+        let mut labels = if self.fallback {
             let named: BTreeSet<ReceiptKey> = chunk
                 .iter()
                 .filter(|(_, l)| l.named)
@@ -112,7 +115,7 @@ impl ChunkContext<'_> {
             labels,
             journal,
         });
-        if let Some(file) = &self.files.output {
+        if let Some(file) = files.output.as_ref().map(|f| &f.read) {
             let lines = chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.output);
             let file = Arc::clone(file);
             let log = self.log.clone();

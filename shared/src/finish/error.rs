@@ -28,6 +28,17 @@ pub enum FinishError {
     /// budget; everything written so far is safe to write again.
     #[error("apply stopped before write {writes}: {why}")]
     Stopped { writes: usize, why: &'static str },
+    /// The batch's files are bigger than the whole download budget: waiting cannot help.
+    #[error(
+        "batch {batch_id}: its files need {} MiB of disk, more than the download budget of {} MiB (DOWNLOAD_BUDGET_MB); raise the budget, with the volume it lives on",
+        needed.div_ceil(1 << 20),
+        budget >> 20
+    )]
+    DownloadTooLarge {
+        batch_id: String,
+        needed: u64,
+        budget: u64,
+    },
     /// The batch's lease is no longer this handling's (another worker took it over): the apply
     /// stopped without writing anything more; the holder carries on from the recorded cursor.
     #[error("batch {batch_id}: the lease passed to another worker ({}); apply stopped", holder.as_deref().unwrap_or("no holder"))]
@@ -56,7 +67,9 @@ impl FinishError {
 
     pub fn is_transient(&self) -> bool {
         match self {
-            FinishError::BatchUnknown(_) | FinishError::BadSummary { .. } => false,
+            FinishError::BatchUnknown(_)
+            | FinishError::BadSummary { .. }
+            | FinishError::DownloadTooLarge { .. } => false,
             FinishError::OpenAi(e) => e.is_transient(),
             FinishError::Pinecone(e) => e.is_transient(),
             FinishError::Store(e) => e.is_transient(),
@@ -89,6 +102,7 @@ impl FinishError {
             FinishError::Io { .. } => "io_error",
             FinishError::Stopped { .. } => "stopped",
             FinishError::LeaseLost { .. } => "lease_lost",
+            FinishError::DownloadTooLarge { .. } => "download_too_large",
         }
     }
 

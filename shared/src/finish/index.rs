@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tracing::warn;
 
 use super::FinishError;
+use super::downloads::ChunkFile;
+use crate::model::ReceiptKey;
 use crate::openai::client::DownloadedFile;
 use crate::parse::{
     AsyncLineReader, BatchIndex, InputLine, LineRef, ParsedLine, locate_custom_id,
@@ -45,22 +47,21 @@ impl LineLog {
     }
 }
 
-/// The downloaded files, opened for positioned reads by the chunks.
+/// The downloaded files the chunks read lines from; each is removed once read to its end.
 pub(super) struct Files {
-    pub(super) output: Option<Arc<std::fs::File>>,
-    pub(super) input: Option<Arc<std::fs::File>>,
+    pub(super) output: Option<ChunkFile>,
+    pub(super) input: Option<ChunkFile>,
 }
 
-pub(super) fn open_for_chunks(
-    file: Option<&DownloadedFile>,
-    what: &'static str,
-) -> Result<Option<Arc<std::fs::File>>, FinishError> {
-    file.map(|f| {
-        std::fs::File::open(f.path())
-            .map(Arc::new)
-            .map_err(io(what))
-    })
-    .transpose()
+impl Files {
+    /// Removes the files no receipt after `done` has lines in (their budget share goes back).
+    pub(super) fn release_read(&mut self, done: &ReceiptKey) {
+        for file in [&mut self.output, &mut self.input] {
+            if file.as_ref().is_some_and(|f| f.read_up_to(done)) {
+                *file = None;
+            }
+        }
+    }
 }
 
 /// Pass 1 over the output file: each line is placed with its receipt, read up to its

@@ -12,7 +12,9 @@
 //! plan of the whole batch would.
 
 mod apply;
+mod budget;
 mod chunk;
+mod downloads;
 mod error;
 mod index;
 mod report;
@@ -22,6 +24,7 @@ mod writes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub use budget::{DownloadBudget, FileSizes, Reservation};
 pub use error::FinishError;
 pub use report::{ApplyReport, WriteCounts};
 
@@ -52,6 +55,9 @@ pub struct ApplyOptions {
     pub receipts_per_chunk: usize,
     /// Fails the apply before write number `budget + 1`: the crash drill's fault injection.
     pub write_budget: Option<Arc<WriteBudget>>,
+    /// Disk the downloads of this process's applies may take at once (`DOWNLOAD_BUDGET_MB`),
+    /// shared by every apply (clone the `Arc`); `None`: no limit. See [`DownloadBudget`].
+    pub download_budget: Option<Arc<DownloadBudget>>,
 }
 
 impl Default for ApplyOptions {
@@ -63,6 +69,7 @@ impl Default for ApplyOptions {
             max_logged_lines: 20,
             receipts_per_chunk: 50,
             write_budget: None,
+            download_budget: None,
         }
     }
 }
@@ -90,6 +97,9 @@ pub struct Services {
     pub openai: OpenAiClient,
     pub pinecone: PineconeClient,
     pub options: ApplyOptions,
+    /// How the download budget learns a file's size before downloading it; `None`: it does
+    /// not (see [`FileSizes`]).
+    pub file_sizes: Option<Arc<dyn FileSizes>>,
 }
 
 impl Services {
@@ -99,6 +109,7 @@ impl Services {
             openai,
             pinecone,
             options: ApplyOptions::default(),
+            file_sizes: None,
         }
     }
 

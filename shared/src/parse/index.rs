@@ -106,6 +106,25 @@ impl BatchIndex {
         self.input_lines
     }
 
+    /// The last receipt (in key order) with output-file lines: the output file is not read
+    /// after its chunk.
+    pub fn last_with_output(&self) -> Option<&ReceiptKey> {
+        self.receipts
+            .iter()
+            .rev()
+            .find(|(_, l)| !l.output.is_empty())
+            .map(|(r, _)| r)
+    }
+
+    /// The last receipt (in key order) with input-file lines.
+    pub fn last_with_input(&self) -> Option<&ReceiptKey> {
+        self.receipts
+            .iter()
+            .rev()
+            .find(|(_, l)| !l.input.is_empty())
+            .map(|(r, _)| r)
+    }
+
     pub fn receipts(&self) -> impl Iterator<Item = (&ReceiptKey, &ReceiptLines)> {
         self.receipts.iter()
     }
@@ -223,6 +242,8 @@ mod tests {
         assert!(index.get(&receipt(IMG_A, 1)).unwrap().named);
 
         assert_eq!(index.output_lines(), 3);
+        assert_eq!(index.last_with_output(), Some(&receipt(IMG_B, 1)));
+        assert_eq!(index.last_with_input(), Some(&receipt(IMG_B, 1)));
         assert_eq!(index.input_lines(), 2);
 
         let chunks: Vec<Vec<_>> = index

@@ -1731,3 +1731,223 @@ async fn an_unreadable_request_falls_back_for_its_receipt_only() {
     let a_merchant = key(A, 1, 1, 1, "MERCHANT_NAME");
     assert_label(&f, &a_merchant, changed(&a_merchant, "VALID")).await;
 }
+
+/// The sizes of the emulator's files as their download would announce them, learned with a
+/// HEAD of the content URL: what the OpenAI client would do once it offers the call (it does
+/// not yet; `FileSizes` is the seam).
+struct HeadSizes {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl HeadSizes {
+    fn of(f: &Fleet) -> std::sync::Arc<dyn fleet_shared::finish::FileSizes> {
+        std::sync::Arc::new(HeadSizes {
+            http: reqwest::Client::new(),
+            base: f.openai.base_url(),
+        })
+    }
+}
+
+impl fleet_shared::finish::FileSizes for HeadSizes {
+    fn size<'a>(
+        &'a self,
+        file_id: &'a str,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<Option<u64>, fleet_shared::openai::client::OpenAiError>,
+    > {
+        Box::pin(async move {
+            let r = self
+                .http
+                .head(format!("{}/files/{file_id}/content", self.base))
+                .bearer_auth("sk-test-key")
+                .send()
+                .await
+                .expect("HEAD");
+            if !r.status().is_success() {
+                return Err(fleet_shared::openai::client::OpenAiError::Api {
+                    endpoint: "file_size",
+                    status: r.status().as_u16(),
+                    detail: Default::default(),
+                    retry_after: None,
+                });
+            }
+            Ok(r.headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()))
+        })
+    }
+}
+
+/// Services of `f` downloading into `dir`, with a download budget of `budget` bytes.
+fn budgeted(
+    f: &Fleet,
+    dir: &std::path::Path,
+    budget: &std::sync::Arc<fleet_shared::finish::DownloadBudget>,
+) -> Services {
+    let mut oc = fleet_shared::openai::client::OpenAiConfig::new(
+        fleet_shared::secret::SecretString::from("sk-test-key"),
+    );
+    oc.base_url = f.openai.base_url();
+    oc.retry = crate::fleet::test_retry();
+    oc.download_dir = Some(dir.to_owned());
+    let mut services = services_for(&f.env, &f.openai, &f.pinecone);
+    services.openai = fleet_shared::openai::client::OpenAiClient::new(oc).unwrap();
+    services.options.download_budget = Some(budget.clone());
+    services
+}
+
+fn files_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+/// Issue 10, disk: a batch whose files can never fit the download budget fails at once with a
+/// clear, permanent error, without downloading anything (sizes known beforehand) or, sizes
+/// unknown, once downloaded (the files removed); nothing is written either way.
+#[tokio::test]
+async fn files_bigger_than_the_download_budget_fail_clearly_and_write_nothing() {
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    let before = data(&f).await;
+    let dir = tempfile::tempdir().unwrap();
+    let budget = fleet_shared::finish::DownloadBudget::new(2048);
+    let mut services = budgeted(&f, dir.path(), &budget);
+    services.file_sizes = Some(HeadSizes::of(&f));
+    f.openai.clear_requests();
+    let err = handle(&services, BATCH, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FinishError::DownloadTooLarge { .. }), "{err}");
+    assert_eq!(
+        err.class(),
+        fleet_shared::error_class::ErrorClass::Permanent
+    );
+    assert_eq!(err.reason(), "download_too_large");
+    let text = err.to_string();
+    assert!(
+        text.contains("DOWNLOAD_BUDGET_MB") && text.contains(BATCH),
+        "{text}"
+    );
+    assert_eq!(f.openai.count("GET", "/v1/files/"), 0, "nothing downloaded");
+    assert_eq!(budget.available(), budget.bytes());
+
+    // Without sizes beforehand: downloaded alone, then refused, the files removed.
+    services.file_sizes = None;
+    let err = handle(&services, BATCH, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FinishError::DownloadTooLarge { .. }), "{err}");
+    assert_eq!(files_in(dir.path()), 0, "the downloads were removed");
+    assert_eq!(budget.available(), budget.bytes());
+    assert_eq!(data(&f).await, before, "nothing written");
+}
+
+/// Issue 10, disk: an apply whose files would overflow what the budget has left waits for
+/// room (downloading nothing meanwhile), then applies; the room is all given back.
+#[tokio::test]
+async fn an_apply_waits_for_room_in_the_download_budget() {
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let budget = fleet_shared::finish::DownloadBudget::new(64 * 1024);
+    let mut services = budgeted(&f, dir.path(), &budget);
+    services.file_sizes = Some(HeadSizes::of(&f));
+    // Another apply holds all but 1 KiB.
+    let other = budget.reserve(63 * 1024).await.unwrap();
+    f.openai.clear_requests();
+    let released_at = std::sync::Mutex::new(None);
+    let stop = CancellationToken::new();
+    let (report, ()) = tokio::join!(handle(&services, BATCH, &stop), async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        *released_at.lock().unwrap() = Some(chrono::Utc::now().timestamp_millis() as u64);
+        drop(other);
+    });
+    let report = report.unwrap();
+    assert_eq!(report.summary_status, Some(BatchStatus::Completed));
+    let released_at = released_at.lock().unwrap().unwrap();
+    let downloads: Vec<u64> = f
+        .openai
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/v1/files/"))
+        .map(|r| r.unix_ms)
+        .collect();
+    assert_eq!(downloads.len(), 2, "the output and input files");
+    assert!(
+        downloads.iter().all(|at| *at >= released_at),
+        "no download before there was room: {downloads:?} vs {released_at}"
+    );
+    assert_eq!(budget.available(), budget.bytes(), "all room given back");
+    assert_eq!(files_in(dir.path()), 0);
+}
+
+/// Issue 10, disk: a file is removed (and its share of the budget given back) as soon as the
+/// last chunk of receipts with lines in it has been read, not at the end of the apply.
+#[tokio::test]
+async fn a_file_is_removed_once_its_last_chunk_is_read() {
+    use std::sync::{Arc, Mutex};
+
+    let mut batch = small_batch(41, 6);
+    // The output only answers the first two receipts (in key order): the rest get resets.
+    let mut receipts: Vec<ReceiptKey> = batch.summary.receipt_refs.clone();
+    receipts.sort();
+    let answered: Vec<String> = receipts[..2].iter().map(ReceiptKey::custom_id).collect();
+    let output_id = batch.spec.output_file_id.clone().unwrap();
+    for (id, content) in &mut batch.files {
+        if *id == output_id {
+            *content = content
+                .lines()
+                .filter(|l| answered.iter().any(|c| l.contains(c.as_str())))
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
+    }
+    let f = Fleet::new().await;
+    f.seed(&batch).await;
+    let dir = tempfile::tempdir().unwrap();
+    let budget = fleet_shared::finish::DownloadBudget::new(1 << 20);
+    // At every cursor write (after a chunk's writes): files on disk and room reserved.
+    let seen: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let mut services = {
+        let (seen, dir, budget) = (seen.clone(), dir.path().to_owned(), budget.clone());
+        hooked(
+            &f,
+            move |target, body| {
+                if target.ends_with(".UpdateItem") && body.to_string().contains("apply_cursor") {
+                    let reserved = budget.bytes() - budget.available();
+                    seen.lock().unwrap().push((files_in(&dir), reserved));
+                }
+            },
+            || {},
+        )
+    };
+    let hooked_store = services.store.clone();
+    services = budgeted(&f, dir.path(), &budget);
+    services.store = hooked_store;
+    services.file_sizes = Some(HeadSizes::of(&f));
+    services.options.receipts_per_chunk = 1;
+    let report = handle(
+        &services,
+        &batch.summary.batch_id,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.chunks, 6);
+    let seen = seen.lock().unwrap().clone();
+    let size = |id: &str| {
+        let content = &batch.files.iter().find(|(i, _)| i == id).unwrap().1;
+        (content.len() as u64).div_ceil(1024) * 1024
+    };
+    let input = size(&batch.spec.input_file_id);
+    let output = size(&output_id);
+    // The error file (if any) went right after indexing; the output after receipt 2's chunk;
+    // the input after the last one's.
+    assert_eq!(seen[0], (2, input + output), "{seen:?}");
+    assert_eq!(seen[1], (1, input), "{seen:?}");
+    assert_eq!(seen[4], (1, input), "{seen:?}");
+    assert_eq!(seen[5], (0, 0), "{seen:?}");
+    assert_eq!(files_in(dir.path()), 0);
+}
