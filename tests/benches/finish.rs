@@ -406,6 +406,12 @@ async fn apply_bench(receipts: u32, per_chunk: usize) {
     );
     services.options.receipts_per_chunk = per_chunk;
     let t = Instant::now();
+    let owner = "bench";
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    store
+        .acquire_lease(&b.summary.batch_id, owner, 3_600_000, now_ms)
+        .await
+        .unwrap();
     let summary = services.load_summary(&b.summary.batch_id).await.unwrap();
     let batch = services.check(&summary).await.unwrap();
     let report = services
@@ -413,6 +419,7 @@ async fn apply_bench(receipts: u32, per_chunk: usize) {
             &summary,
             &batch,
             &tokio_util::sync::CancellationToken::new(),
+            owner,
         )
         .await
         .unwrap();

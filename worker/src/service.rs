@@ -30,7 +30,8 @@ pub async fn apply(
     hold: &LeaseHold,
 ) -> Result<ApplyReport, FinishError> {
     let services = services.clone();
-    let (summary, batch, stop) = (summary.clone(), batch.clone(), hold.stop.clone());
+    let (summary, batch) = (summary.clone(), batch.clone());
+    let (stop, owner) = (hold.stop.clone(), hold.owner.clone());
     // The task-locals of this handling do not cross into the pool's task by themselves.
     let progress = progress::current().unwrap_or_default();
     let fence = fence::current();
@@ -39,7 +40,7 @@ pub async fn apply(
     // over closures taking references hit rust-lang/rust#102211), so it cannot be awaited on
     // the multi-threaded runtime. It runs on a single-threaded pool instead.
     let task = apply_pool().spawn_pinned(move || {
-        let work = async move { services.apply(&summary, &batch, &stop).await };
+        let work = async move { services.apply(&summary, &batch, &stop, &owner).await };
         let work = progress.scope(work);
         async move {
             match fence {

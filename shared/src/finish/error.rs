@@ -29,6 +29,24 @@ pub enum FinishError {
     /// budget; everything written so far is safe to write again.
     #[error("apply stopped before write {writes}: {why}")]
     Stopped { writes: usize, why: &'static str },
+    /// The batch's files are bigger than the whole download budget: waiting cannot help.
+    #[error(
+        "batch {batch_id}: its files need {} MiB of disk, more than the download budget of {} MiB (DOWNLOAD_BUDGET_MB); raise the budget, with the volume it lives on",
+        needed.div_ceil(1 << 20),
+        budget >> 20
+    )]
+    DownloadTooLarge {
+        batch_id: String,
+        needed: u64,
+        budget: u64,
+    },
+    /// The batch's lease is no longer this handling's (another worker took it over): the apply
+    /// stopped without writing anything more; the holder carries on from the recorded cursor.
+    #[error("batch {batch_id}: the lease passed to another worker ({}); apply stopped", holder.as_deref().unwrap_or("no holder"))]
+    LeaseLost {
+        batch_id: String,
+        holder: Option<String>,
+    },
 }
 
 impl FinishError {
@@ -36,11 +54,15 @@ impl FinishError {
     /// dead-letter.
     pub fn class(&self) -> ErrorClass {
         match self {
-            FinishError::BatchUnknown(_) | FinishError::BadSummary { .. } => ErrorClass::Permanent,
+            FinishError::BatchUnknown(_)
+            | FinishError::BadSummary { .. }
+            | FinishError::DownloadTooLarge { .. } => ErrorClass::Permanent,
             FinishError::OpenAi(e) => e.error_class(),
             FinishError::Pinecone(e) => e.error_class(),
             FinishError::Store(e) => e.class(),
-            FinishError::Io { .. } | FinishError::Stopped { .. } => ErrorClass::Transient,
+            FinishError::Io { .. }
+            | FinishError::Stopped { .. }
+            | FinishError::LeaseLost { .. } => ErrorClass::Transient,
         }
     }
 
@@ -61,6 +83,8 @@ impl FinishError {
             FinishError::Store(_) => "dynamodb_error",
             FinishError::Io { .. } => "io_error",
             FinishError::Stopped { .. } => "stopped",
+            FinishError::LeaseLost { .. } => "lease_lost",
+            FinishError::DownloadTooLarge { .. } => "download_too_large",
         }
     }
 

@@ -12,12 +12,19 @@
 //! plan of the whole batch would.
 
 mod apply;
+mod budget;
+mod chunk;
+mod downloads;
 mod error;
+mod index;
 mod report;
+mod resume;
+mod writes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub use budget::{DownloadBudget, FileSizes, Reservation};
 pub use error::FinishError;
 pub use report::{ApplyReport, WriteCounts};
 
@@ -48,6 +55,9 @@ pub struct ApplyOptions {
     pub receipts_per_chunk: usize,
     /// Fails the apply before write number `budget + 1`: the crash drill's fault injection.
     pub write_budget: Option<Arc<WriteBudget>>,
+    /// Disk the downloads of this process's applies may take at once (`DOWNLOAD_BUDGET_MB`),
+    /// shared by every apply (clone the `Arc`); `None`: no limit. See [`DownloadBudget`].
+    pub download_budget: Option<Arc<DownloadBudget>>,
 }
 
 impl Default for ApplyOptions {
@@ -59,6 +69,7 @@ impl Default for ApplyOptions {
             max_logged_lines: 20,
             receipts_per_chunk: 50,
             write_budget: None,
+            download_budget: None,
         }
     }
 }
@@ -86,6 +97,9 @@ pub struct Services {
     pub openai: OpenAiClient,
     pub pinecone: PineconeClient,
     pub options: ApplyOptions,
+    /// How the download budget learns a file's size before downloading it; `None`: it does
+    /// not (see [`FileSizes`]).
+    pub file_sizes: Option<Arc<dyn FileSizes>>,
 }
 
 impl Services {
@@ -95,6 +109,7 @@ impl Services {
             openai,
             pinecone,
             options: ApplyOptions::default(),
+            file_sizes: None,
         }
     }
 
@@ -134,15 +149,22 @@ impl Services {
     /// Applies a batch OpenAI reports terminal. A summary no longer PENDING was finished by an
     /// earlier run: nothing is written (`already_done`). `stop` cancels the apply before its
     /// next write (lease lost, deadline, shutdown).
+    ///
+    /// `lease_owner` must hold the batch's lease (`Store::acquire_lease`): the apply checks it
+    /// before its first write and records its progress after each chunk only while it still
+    /// does ([`FinishError::LeaseLost`] otherwise, a transient error: nothing more is written,
+    /// and the new holder resumes after the last chunk recorded). A handling that finds
+    /// progress recorded by an earlier one resumes after it.
     pub async fn apply(
         &self,
         summary: &BatchSummary,
         batch: &BatchObject,
         stop: &tokio_util::sync::CancellationToken,
+        lease_owner: &str,
     ) -> Result<ApplyReport, FinishError> {
         if summary.status != BatchStatus::Pending {
             return Ok(ApplyReport::already_done(summary, batch));
         }
-        apply::run(self, summary, batch, stop).await
+        apply::run(self, summary, batch, stop, lease_owner).await
     }
 }

@@ -122,7 +122,8 @@ impl CompletionBatchResult {
     }
 }
 
-/// The fleet's journal row: one per verdict, keyed with the image id so nothing collides.
+/// The fleet's journal row: one per verdict, keyed with the image id so nothing collides; and
+/// one per reset (verdict `NONE`, see [`CompletionBatchVerdict::reset`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletionBatchVerdict {
     pub batch_id: String,
@@ -130,14 +131,33 @@ pub struct CompletionBatchVerdict {
     pub verdict: Verdict,
     pub previous_status: ValidationStatus,
     pub suggested_label: Option<String>,
-    /// `output:{line_number}` of the output line that carried the verdict.
+    /// `output:{line_number}` of the output line that carried the verdict; [`RESET_SOURCE`]
+    /// for a reset.
     pub source: String,
     pub validated_at: DateTime<Utc>,
 }
 
 pub const VERDICT_SK_PREFIX: &str = "VERDICT#";
 
+/// `source` of a reset's journal row: no output line carried it.
+pub const RESET_SOURCE: &str = "reset";
+
 impl CompletionBatchVerdict {
+    /// The journal row of a target reset from PENDING to NONE because it got no verdict,
+    /// written right after the reset succeeds: a re-run that finds the label PENDING again
+    /// knows a newer batch claimed it (processing-rules.md, Order of writes, and re-runs).
+    pub fn reset(batch_id: &str, label: &LabelKey, validated_at: DateTime<Utc>) -> Self {
+        CompletionBatchVerdict {
+            batch_id: batch_id.to_owned(),
+            label: label.clone(),
+            verdict: Verdict::Reset,
+            previous_status: ValidationStatus::Pending,
+            suggested_label: None,
+            source: RESET_SOURCE.to_owned(),
+            validated_at,
+        }
+    }
+
     pub fn sk(&self) -> String {
         format!("{VERDICT_SK_PREFIX}{}", self.label)
     }

@@ -86,11 +86,14 @@ string_enum!(
 );
 
 string_enum!(
-    /// What a finished batch decided about one label.
+    /// What a finished batch decided about one label: a verdict of the model, or (`NONE`) a
+    /// reset of a target that got none (processing-rules.md: resets are decisions too, and
+    /// are journaled as verdict rows with verdict `NONE`).
     Verdict, "verdict", {
         Valid => "VALID",
         Invalid => "INVALID",
         NeedsReview => "NEEDS_REVIEW",
+        Reset => "NONE",
     }
 );
 
@@ -101,6 +104,7 @@ impl Verdict {
             Verdict::Valid => ValidationStatus::Valid,
             Verdict::Invalid => ValidationStatus::Invalid,
             Verdict::NeedsReview => ValidationStatus::NeedsReview,
+            Verdict::Reset => ValidationStatus::None,
         }
     }
 

@@ -26,6 +26,9 @@ pub struct ReceiptLines {
     /// (as [`super::peek_custom_id`] reads it): the receipts whose PENDING labels are the
     /// targets when the input file cannot be read.
     pub named: bool,
+    /// The `custom_id` of an input-file request whose targets cannot be read: this receipt's
+    /// PENDING labels are among the targets (the fallback, for this receipt only).
+    pub targets_unreadable: bool,
 }
 
 /// Receipt → its lines, for a whole batch; receipts in [`ReceiptKey`] order.
@@ -74,6 +77,12 @@ impl BatchIndex {
         self.entry(receipt).named = true;
     }
 
+    /// The receipt of an input-file request whose targets cannot be read (see
+    /// [`ReceiptLines::targets_unreadable`]).
+    pub fn add_unreadable(&mut self, receipt: ReceiptKey) {
+        self.entry(receipt).targets_unreadable = true;
+    }
+
     pub fn get(&self, receipt: &ReceiptKey) -> Option<&ReceiptLines> {
         self.receipts.get(receipt)
     }
@@ -97,14 +106,44 @@ impl BatchIndex {
         self.input_lines
     }
 
+    /// The last receipt (in key order) with output-file lines: the output file is not read
+    /// after its chunk.
+    pub fn last_with_output(&self) -> Option<&ReceiptKey> {
+        self.receipts
+            .iter()
+            .rev()
+            .find(|(_, l)| !l.output.is_empty())
+            .map(|(r, _)| r)
+    }
+
+    /// The last receipt (in key order) with input-file lines.
+    pub fn last_with_input(&self) -> Option<&ReceiptKey> {
+        self.receipts
+            .iter()
+            .rev()
+            .find(|(_, l)| !l.input.is_empty())
+            .map(|(r, _)| r)
+    }
+
     pub fn receipts(&self) -> impl Iterator<Item = (&ReceiptKey, &ReceiptLines)> {
         self.receipts.iter()
     }
 
     /// The receipts in order, `per_chunk` at a time (at least one).
     pub fn chunks(&self, per_chunk: usize) -> Chunks<'_> {
+        self.chunks_after(None, per_chunk)
+    }
+
+    /// The receipts after `after` (all when `None`) in order, `per_chunk` at a time: where a
+    /// handling resumes an apply an earlier one finished up to `after`.
+    pub fn chunks_after(&self, after: Option<&ReceiptKey>, per_chunk: usize) -> Chunks<'_> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let inner = match after {
+            Some(after) => self.receipts.range((Excluded(after), Unbounded)),
+            None => self.receipts.range::<ReceiptKey, _>(..),
+        };
         Chunks {
-            inner: self.receipts.iter(),
+            inner,
             per_chunk: per_chunk.max(1),
         }
     }
@@ -113,7 +152,7 @@ impl BatchIndex {
 /// See [`BatchIndex::chunks`].
 #[derive(Debug)]
 pub struct Chunks<'a> {
-    inner: std::collections::btree_map::Iter<'a, ReceiptKey, ReceiptLines>,
+    inner: std::collections::btree_map::Range<'a, ReceiptKey, ReceiptLines>,
     per_chunk: usize,
 }
 
@@ -201,7 +240,10 @@ mod tests {
         let a2 = index.get(&receipt(IMG_A, 2)).unwrap();
         assert_eq!(a2.input, [line(5, 1)], "one reference per receipt and line");
         assert!(index.get(&receipt(IMG_A, 1)).unwrap().named);
+
         assert_eq!(index.output_lines(), 3);
+        assert_eq!(index.last_with_output(), Some(&receipt(IMG_B, 1)));
+        assert_eq!(index.last_with_input(), Some(&receipt(IMG_B, 1)));
         assert_eq!(index.input_lines(), 2);
 
         let chunks: Vec<Vec<_>> = index
@@ -210,6 +252,19 @@ mod tests {
             .collect();
         assert_eq!(chunks, [vec![1, 2], vec![1]]);
         assert_eq!(index.chunks(0).count(), 3);
+        let after: Vec<Vec<_>> = index
+            .chunks_after(Some(&receipt(IMG_A, 1)), 5)
+            .map(|c| c.into_iter().map(|(r, _)| r.clone()).collect())
+            .collect();
+        assert_eq!(after, [vec![receipt(IMG_A, 2), receipt(IMG_B, 1)]]);
+        let not_indexed = receipt(IMG_A, 3); // resumes after a receipt the index lacks
+        assert_eq!(index.chunks_after(Some(&not_indexed), 5).count(), 1);
+        assert_eq!(index.chunks_after(Some(&receipt(IMG_B, 1)), 5).count(), 0);
+
+        index.add_unreadable(receipt(IMG_B, 2));
+        let unreadable = index.get(&receipt(IMG_B, 2)).unwrap();
+        assert!(unreadable.targets_unreadable && !unreadable.named);
+        assert!(unreadable.input.is_empty() && unreadable.output.is_empty());
         let all = chunk_lines(index.receipts().map(|(_, l)| l), |l| &l.input);
         assert_eq!(
             all,

@@ -2,9 +2,11 @@
 
 use chrono::{DateTime, Utc};
 
-use super::counters::{LineCounters, PlanCounters};
-use super::input::{Outcome, PlanInput, batch_timestamp, summary_update};
+use super::counters::{LineCounters, PlanCounters, TargetCounters};
+use super::input::PlanInput;
+use super::outcome::{Outcome, batch_timestamp, summary_update};
 use super::writes::{Effective, Plan, StatusChange, core_label_bit};
+use crate::model::keys::push_decimal;
 use crate::model::status::PROPOSED_BY_COMPLETION_BATCH;
 use crate::model::{CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus, Verdict};
 use crate::parse::{ParsedLine, ParsedResult, ResultSkip};
@@ -114,7 +116,12 @@ impl PlanBuilder {
         };
         let mut journal = Vec::new();
         for row in input.journal {
-            if row.batch_id == input.batch_id && outcome.applies_output() {
+            // Verdict rows only where output applies; reset rows for every terminal outcome.
+            let kept = match row.verdict {
+                Verdict::Reset => outcome != Outcome::NotTerminal,
+                _ => outcome.applies_output(),
+            };
+            if row.batch_id == input.batch_id && kept {
                 journal.push(row);
             } else {
                 counters.journal_ignored += 1;
@@ -269,9 +276,15 @@ impl PlanBuilder {
             Outcome::NotTerminal => {}
             Outcome::Failed => {
                 for slot in self.slots.iter().filter(|s| s.target) {
+                    if slot.journal.is_some() {
+                        // Only reset rows are kept for a failed batch.
+                        recorded_reset(tc, slot.current());
+                        continue;
+                    }
                     match slot.current() {
                         None => tc.missing += 1,
                         Some(ValidationStatus::Pending) => plan.resets.push(reset(&slot.key)),
+                        Some(ValidationStatus::None) => plan.already_reset.push(slot.key.clone()),
                         Some(_) => tc.not_pending += 1,
                     }
                 }
@@ -308,12 +321,16 @@ impl PlanBuilder {
                         let current = slot.current();
                         let candidate = slot.candidate.take();
                         if let Some(row) = slot.journal.map(|i| &self.journal[i]) {
-                            plan.verdicts.push(row.clone());
-                            counters.verdicts.add(row.verdict);
-                            tc.recorded += 1;
                             if candidate.is_some() {
                                 counters.results.recorded += 1;
                             }
+                            if row.verdict == Verdict::Reset {
+                                recorded_reset(tc, current);
+                                continue;
+                            }
+                            plan.verdicts.push(row.clone());
+                            counters.verdicts.add(row.verdict);
+                            tc.recorded += 1;
                             match current {
                                 None => tc.missing += 1,
                                 Some(s)
@@ -358,6 +375,9 @@ impl PlanBuilder {
                             (Some(ValidationStatus::Pending), None) => {
                                 plan.resets.push(reset(key));
                             }
+                            (Some(ValidationStatus::None), None) => {
+                                plan.already_reset.push(key.clone());
+                            }
                             (Some(_), None) => tc.not_pending += 1,
                         }
                     }
@@ -366,10 +386,22 @@ impl PlanBuilder {
         }
         tc.status_changes = plan.status_changes.len() as u64;
         tc.resets = plan.resets.len() as u64;
+        tc.already_reset = plan.already_reset.len() as u64;
         plan.counters = counters;
         plan.summary = summary_update(self.outcome, self.output_file_id.take());
         plan.derive();
         plan
+    }
+}
+
+/// A target whose reset this batch journaled is never reset again: NONE, it is done; PENDING
+/// again, a newer batch asked about it since, and that batch's verdict must land (a re-run
+/// cannot tell it from an unfinished reset otherwise: processing-rules.md).
+fn recorded_reset(tc: &mut TargetCounters, current: Option<ValidationStatus>) {
+    match current {
+        None => tc.missing += 1,
+        Some(ValidationStatus::Pending) => tc.reclaimed += 1,
+        Some(_) => tc.reset_recorded += 1,
     }
 }
 
@@ -379,24 +411,6 @@ fn source(line_no: u64) -> String {
     s.push_str("output:");
     push_decimal(&mut s, line_no, 1);
     s
-}
-
-/// Appends `n` in decimal, zero-padded to `width` digits (as `{:0width$}` does).
-pub(crate) fn push_decimal(s: &mut String, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for _ in (digits.len() - start)..width {
-        s.push('0');
-    }
-    s.extend(digits[start..].iter().map(|d| char::from(*d)));
 }
 
 /// Counts a line; hands back the results of an answered one.

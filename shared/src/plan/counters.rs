@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Verdict;
 use crate::parse::ParsedLine;
@@ -15,7 +15,8 @@ fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
 }
 
 /// Lines of one file (output or error).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LineCounters {
     pub total: u64,
     pub blank: u64,
@@ -51,7 +52,8 @@ impl LineCounters {
 
 /// Every result of an answered output line ends in exactly one of these (so they sum to
 /// `total`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ResultCounters {
     pub total: u64,
     /// Decided a verdict now (including verdicts that only got a journal row: conflicts).
@@ -93,7 +95,8 @@ impl ResultCounters {
 }
 
 /// Journal rows to write, by verdict.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct VerdictCounters {
     pub valid: u64,
     pub invalid: u64,
@@ -106,6 +109,9 @@ impl VerdictCounters {
             Verdict::Valid => self.valid += 1,
             Verdict::Invalid => self.invalid += 1,
             Verdict::NeedsReview => self.needs_review += 1,
+            // Reset rows are not planned as rows: each is written after its reset succeeded,
+            // and the apply counts them (`ApplyReport::reset_rows`).
+            Verdict::Reset => {}
         }
     }
 
@@ -121,7 +127,8 @@ impl VerdictCounters {
 }
 
 /// What happens to the targets.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TargetCounters {
     /// Targets of the input (or fallback) plus labels only the journal names.
     pub total: u64,
@@ -136,8 +143,16 @@ pub struct TargetCounters {
     pub apply_conflicts: u64,
     /// PENDING targets without a verdict, going back to NONE.
     pub resets: u64,
-    /// Targets without a verdict that are not PENDING: left alone.
+    /// Targets without a verdict that are NONE already, without this batch's reset row: the
+    /// row is written, the label left as it is ([`super::Plan::already_reset`]).
+    pub already_reset: u64,
+    /// Targets without a verdict that are neither PENDING nor NONE: left alone.
     pub not_pending: u64,
+    /// Targets this batch already reset (its journal holds the reset) that are NONE: done.
+    pub reset_recorded: u64,
+    /// Targets this batch reset that are PENDING again: a newer batch asked about them since
+    /// (the submitter sends reset labels again). Left alone: that batch's verdict must land.
+    pub reclaimed: u64,
     /// Targets (or journal labels) not in the table.
     pub missing: u64,
 }
@@ -150,12 +165,16 @@ impl TargetCounters {
         self.conflicts += o.conflicts;
         self.apply_conflicts += o.apply_conflicts;
         self.resets += o.resets;
+        self.already_reset += o.already_reset;
         self.not_pending += o.not_pending;
+        self.reset_recorded += o.reset_recorded;
+        self.reclaimed += o.reclaimed;
         self.missing += o.missing;
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CorrectionCounters {
     /// New labels to create (one per word and name).
     pub created: u64,
@@ -176,7 +195,8 @@ impl CorrectionCounters {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ResultRowCounters {
     pub written: u64,
     /// Verdicts whose CompletionBatchResult key another verdict (smaller image id) took.
@@ -190,7 +210,8 @@ impl ResultRowCounters {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PlanCounters {
     pub output_lines: LineCounters,
     pub error_lines: LineCounters,

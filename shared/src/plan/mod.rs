@@ -31,6 +31,7 @@
 mod builder;
 mod counters;
 mod input;
+mod outcome;
 mod writes;
 
 pub use builder::PlanBuilder;
@@ -38,9 +39,10 @@ pub use counters::{
     CorrectionCounters, LineCounters, PlanCounters, ResultCounters, ResultRowCounters,
     TargetCounters, VerdictCounters,
 };
-pub(crate) use input::batch_timestamp;
-pub use input::{Outcome, PlanInput, fallback_targets, receipts_to_load, summary_update};
-pub use writes::{Plan, StatusChange, SummaryUpdate, VectorMerge};
+pub use input::{PlanInput, fallback_targets, receipts_to_load};
+pub(crate) use outcome::batch_timestamp;
+pub use outcome::{Outcome, SummaryUpdate, summary_update};
+pub use writes::{Plan, StatusChange, VectorMerge};
 
 #[cfg(test)]
 mod tests;

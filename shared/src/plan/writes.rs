@@ -5,13 +5,12 @@ use std::hash::BuildHasherDefault;
 
 use chrono::{DateTime, Utc};
 
-use super::builder::push_decimal;
 use super::counters::PlanCounters;
-use super::input::Outcome;
+use super::outcome::{Outcome, SummaryUpdate};
 use crate::model::status::{CORE_LABELS, PROPOSED_BY_COMPLETION_BATCH, is_core_label};
 use crate::model::{
-    BatchStatus, CompletionBatchResult, CompletionBatchVerdict, LabelKey, ReceiptWordLabel,
-    ValidationStatus, Verdict, WordKey,
+    CompletionBatchResult, CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus,
+    Verdict, WordKey,
 };
 
 /// A conditional status change: apply it only while the label holds `from`; a label already
@@ -28,7 +27,7 @@ pub struct StatusChange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VectorMerge {
     pub word: WordKey,
-    /// `WordKey::vector_id()`.
+    /// [`WordKey::vector_id`].
     pub vector_id: String,
     pub valid_labels: BTreeSet<String>,
     pub invalid_labels: BTreeSet<String>,
@@ -37,14 +36,6 @@ pub struct VectorMerge {
     /// tie-break as a correction's `label_consolidated_from`, and one that a recorded verdict
     /// (which keeps no position within its line) can reproduce on a re-run.
     pub proposed_label: Option<String>,
-}
-
-/// The BatchSummary's last write: conditional on the summary still being PENDING.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SummaryUpdate {
-    pub status: BatchStatus,
-    /// The output file id, when the batch has one.
-    pub result_file_id: Option<String>,
 }
 
 /// A verdict whose status change is planned; the source of the vector merges, corrections and
@@ -57,22 +48,6 @@ pub(crate) struct Effective {
     /// The core label names on the verdict's word when planned ([`core_label_bit`]): a
     /// correction is created only where its name is absent, and only core labels are created.
     pub(crate) word_labels: u32,
-}
-
-/// `WordKey::vector_id()`, byte for byte, without the formatting machinery (one per word with a
-/// verdict).
-pub(crate) fn vector_id(w: &WordKey) -> String {
-    let image = w.receipt.image_id.as_str();
-    let mut s = String::with_capacity(6 + image.len() + 3 * (7 + 5) + 1);
-    s.push_str("IMAGE#");
-    s.push_str(image);
-    s.push_str("#RECEIPT#");
-    push_decimal(&mut s, w.receipt.receipt_id.into(), 5);
-    s.push_str("#LINE#");
-    push_decimal(&mut s, w.line_id.into(), 5);
-    s.push_str("#WORD#");
-    push_decimal(&mut s, w.word_id.into(), 5);
-    s
 }
 
 /// A hasher for small keys of integers and label names (the result-key collision check): the
@@ -126,7 +101,9 @@ pub(crate) fn core_label_bit(label: &str) -> u32 {
 /// 2. [`status_changes`](Self::status_changes), then
 ///    [`without_conflicts`](Self::without_conflicts) with the labels whose conditional write
 ///    found someone else's change; then [`corrections`](Self::corrections) (create only if
-///    absent), [`resets`](Self::resets), [`vector_merges`](Self::vector_merges) and
+///    absent), [`resets`](Self::resets) (each followed, once it succeeded, by its journal row
+///    [`reset_row`](Self::reset_row); with the rows of [`already_reset`](Self::already_reset)),
+///    [`vector_merges`](Self::vector_merges) and
 ///    [`results`](Self::results);
 /// 3. [`summary`](Self::summary) last.
 ///
@@ -142,8 +119,15 @@ pub struct Plan {
     pub verdicts: Vec<CompletionBatchVerdict>,
     /// Verdicts to apply, `from` PENDING; sorted.
     pub status_changes: Vec<StatusChange>,
-    /// PENDING → NONE for targets without a verdict; sorted.
+    /// PENDING → NONE for targets without a verdict; sorted. Targets whose reset this batch
+    /// already journaled are never among them (see [`Plan::reset_row`]).
     pub resets: Vec<StatusChange>,
+    /// Targets without a verdict that are NONE already and have no reset row of this batch
+    /// (an earlier run of it reset them and was cut off before the row, or someone else set
+    /// them NONE): only their reset rows are written, with those of the resets. A row is what
+    /// keeps a re-run from resetting the label once a newer batch claims it, and writing it
+    /// on every run alike makes an interrupted run end as an uninterrupted one. Sorted.
+    pub already_reset: Vec<LabelKey>,
     /// New labels, sorted by key.
     pub corrections: Vec<ReceiptWordLabel>,
     /// One per word with an applied verdict, sorted by word.
@@ -166,6 +150,7 @@ impl Plan {
             verdicts: Vec::new(),
             status_changes: Vec::new(),
             resets: Vec::new(),
+            already_reset: Vec::new(),
             corrections: Vec::new(),
             vector_merges: Vec::new(),
             results: Vec::new(),
@@ -173,6 +158,14 @@ impl Plan {
             counters: PlanCounters::default(),
             effective: Vec::new(),
         }
+    }
+
+    /// The journal row of a label of [`resets`](Self::resets), to write right after the reset
+    /// succeeded (or found the label already NONE), never before: a row written first could not
+    /// tell a re-run "reset not done yet" from "done, then claimed by a newer batch"; and of a
+    /// label of [`already_reset`](Self::already_reset).
+    pub fn reset_row(&self, label: &LabelKey) -> CompletionBatchVerdict {
+        CompletionBatchVerdict::reset(&self.batch_id, label, self.validated_at)
     }
 
     /// The plan once the conditional status changes of `conflicts` failed because someone else
@@ -218,7 +211,7 @@ impl Plan {
             let w = &word[0].0.label.word;
             let mut merge = VectorMerge {
                 word: w.clone(),
-                vector_id: vector_id(w),
+                vector_id: w.vector_id(),
                 valid_labels: BTreeSet::new(),
                 invalid_labels: BTreeSet::new(),
                 proposed_label: None,
@@ -293,25 +286,5 @@ impl Plan {
         self.corrections = corrections;
         self.vector_merges = merges;
         self.results = results;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::ImageId;
-
-    #[test]
-    fn vector_ids_and_sources_are_spelled_as_the_model_spells_them() {
-        let image = ImageId::parse("3f52804b-2fad-4e00-92c8-b593da3a8ed3").unwrap();
-        for (r, l, w) in [(1, 3, 12), (99_999, 100_000, 7), (u32::MAX, 10, 123_456)] {
-            let key = LabelKey::new(image.clone(), r, l, w, "DATE");
-            assert_eq!(vector_id(&key.word), key.word.vector_id());
-        }
-        for n in [0u64, 7, 12_345, 123_456, u64::MAX] {
-            let mut s = String::new();
-            push_decimal(&mut s, n, 5);
-            assert_eq!(s, format!("{n:05}"));
-        }
     }
 }

@@ -1,12 +1,12 @@
 //! Audit rows: batch writes with `UnprocessedItems` retried, and the verdict journal read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use backon::{BackoffBuilder, ExponentialBuilder};
 
 use super::error::classify;
-use super::{Store, StoreError};
+use super::{Created, Store, StoreError};
 use crate::model::audit::VERDICT_SK_PREFIX;
 use crate::model::batch_summary::batch_pk;
 use crate::model::{CompletionBatchResult, CompletionBatchVerdict, DecodeError, Item, ReceiptKey};
@@ -153,6 +153,68 @@ impl Store {
             .iter()
             .map(CompletionBatchVerdict::from_item)
             .collect())
+    }
+
+    /// The verdict journal rows of a set of receipts of a batch (every page), in one Query over
+    /// the range of their SK prefixes (`SK BETWEEN` the smallest and just past the largest),
+    /// keeping the rows of those receipts: an apply reads a chunk of receipts' journal with
+    /// one paged Query instead of one per receipt. Receipts of a chunk are neighbours in key
+    /// order, so the range holds little else (a receipt id past 99999 sorts out of order in
+    /// the zero-padded SK; its rows are still inside the range, and others' are dropped).
+    pub async fn batch_verdicts_of(
+        &self,
+        batch_id: &str,
+        receipts: &[&ReceiptKey],
+    ) -> Result<Vec<Result<CompletionBatchVerdict, DecodeError>>, StoreError> {
+        let prefixes: HashSet<String> = receipts
+            .iter()
+            .map(|r| format!("{VERDICT_SK_PREFIX}{}#", r.custom_id()))
+            .collect();
+        let (Some(lo), Some(hi)) = (prefixes.iter().min(), prefixes.iter().max()) else {
+            return Ok(Vec::new());
+        };
+        // Every SK starting with `hi` (which ends in '#') sorts below `hi` with a '$' instead.
+        let hi = format!("{}$", &hi[..hi.len() - 1]);
+        let items = self.query_between(&batch_pk(batch_id), lo, &hi).await?;
+        Ok(items
+            .iter()
+            .filter(|item| {
+                let sk = key_string(item, "SK");
+                // VERDICT#IMAGE#{uuid}#RECEIPT#{r}# : the first five parts and their '#'.
+                sk.match_indices('#')
+                    .nth(4)
+                    .is_some_and(|(at, _)| prefixes.contains(&sk[..=at]))
+            })
+            .map(CompletionBatchVerdict::from_item)
+            .collect())
+    }
+
+    /// Puts a journal row only where the label has none yet (`Created::AlreadyExists`: a row
+    /// is there, left as it is). For a verdict decided from a label someone else had already
+    /// changed (a conflict row): another applier of this batch may have written the label's
+    /// row, from PENDING, before changing it, and that row must stand.
+    pub async fn put_verdict_if_absent(
+        &self,
+        row: &CompletionBatchVerdict,
+    ) -> Result<Created, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(row.to_item()))
+            .condition_expression("attribute_not_exists(PK)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Created::Created),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Created::AlreadyExists)
+            }
+            Err(e) => Err(classify("PutItem", e)),
+        }
     }
 
     /// Puts a CompletionBatchResult unless its key already holds the row of a smaller image id

@@ -10,9 +10,11 @@ mod batches;
 mod error;
 mod fleet_state;
 mod labels;
+mod progress;
 
 pub use audit::{BATCH_WRITE_LIMIT, BatchWriteReport};
 pub use labels::Created;
+pub use progress::{APPLY_COUNTS, APPLY_CURSOR, ApplyCursor, CursorWrite};
 
 use std::time::Duration;
 
@@ -122,16 +124,42 @@ impl Store {
         pk: &str,
         prefix: &str,
     ) -> Result<Vec<Item>, StoreError> {
+        self.query_sk(pk, "begins_with(SK, :prefix)", &[(":prefix", prefix)])
+            .await
+    }
+
+    /// Every item of a partition whose SK is between `lo` and `hi` (both included), all pages,
+    /// strongly consistent.
+    pub(crate) async fn query_between(
+        &self,
+        pk: &str,
+        lo: &str,
+        hi: &str,
+    ) -> Result<Vec<Item>, StoreError> {
+        self.query_sk(pk, "SK BETWEEN :lo AND :hi", &[(":lo", lo), (":hi", hi)])
+            .await
+    }
+
+    async fn query_sk(
+        &self,
+        pk: &str,
+        sk_condition: &str,
+        values: &[(&str, &str)],
+    ) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
-            let out = self
+            let mut query = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
-                .expression_attribute_values(":pk", AttributeValue::S(pk.to_owned()))
-                .expression_attribute_values(":prefix", AttributeValue::S(prefix.to_owned()))
+                .key_condition_expression(format!("PK = :pk AND {sk_condition}"))
+                .expression_attribute_values(":pk", AttributeValue::S(pk.to_owned()));
+            for (name, value) in values {
+                query = query
+                    .expression_attribute_values(*name, AttributeValue::S((*value).to_owned()));
+            }
+            let out = query
                 .consistent_read(true)
                 .set_limit(self.page_size)
                 .set_exclusive_start_key(start.take())

@@ -957,6 +957,7 @@ async fn a_completed_batch_without_output_resets_every_pending_target_and_counts
             &summary,
             &batch,
             &tokio_util::sync::CancellationToken::new(),
+            "it-clients",
         )
         .await
         .expect("apply");

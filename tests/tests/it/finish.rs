@@ -2,8 +2,9 @@
 //! every "fixes:" item of processing-rules.md, asserting whole items; and the crash drill.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use fleet_shared::finish::{FinishError, WriteBudget};
+use fleet_shared::finish::{ApplyReport, FinishError, Services, WriteBudget};
 use fleet_shared::model::time::parse_timestamp;
 use fleet_shared::model::*;
 use fleet_tests::openai::BatchSpec;
@@ -215,12 +216,55 @@ async fn seed_hand(f: &Fleet, status: &str, with_input: bool) -> Hand {
     h
 }
 
-async fn finish(f: &Fleet) -> Result<fleet_shared::finish::ApplyReport, FinishError> {
-    let summary = f.services.load_summary(BATCH).await?;
-    let batch = f.services.check(&summary).await?;
-    f.services
-        .apply(&summary, &batch, &CancellationToken::new())
+/// Lease times of the handlings in these tests: each handling takes the lease "an hour after"
+/// the previous one, so it always finds the earlier holder's expired (as a redelivered message
+/// finds a crashed holder's).
+static LEASE_CLOCK_MS: AtomicI64 = AtomicI64::new(1_900_000_000_000);
+const LEASE_TTL_MS: i64 = 60_000;
+
+/// Takes the batch's lease for `owner`, as the worker does before applying.
+async fn take_lease(services: &Services, batch_id: &str, owner: &str) {
+    let now = LEASE_CLOCK_MS.fetch_add(3_600_000, Ordering::SeqCst);
+    let got = services
+        .store
+        .acquire_lease(batch_id, owner, LEASE_TTL_MS, now)
         .await
+        .unwrap();
+    assert!(
+        matches!(got, fleet_shared::store::LeaseOutcome::Acquired { .. }),
+        "{got:?}"
+    );
+}
+
+/// A fresh lease owner per handling, as the worker makes one.
+fn handling() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("handling-{}", N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// One handling of the batch: take the lease, load the summary, check at OpenAI, apply.
+async fn handle(
+    services: &Services,
+    batch_id: &str,
+    stop: &CancellationToken,
+) -> Result<ApplyReport, FinishError> {
+    let owner = handling();
+    take_lease(services, batch_id, &owner).await;
+    let summary = services.load_summary(batch_id).await?;
+    let batch = services.check(&summary).await?;
+    services.apply(&summary, &batch, stop, &owner).await
+}
+
+async fn finish(f: &Fleet) -> Result<ApplyReport, FinishError> {
+    handle(&f.services, BATCH, &CancellationToken::new()).await
+}
+
+/// The table and vectors without the fleet's own bookkeeping item (its lease times differ from
+/// run to run): the state the rules decide.
+async fn data(f: &Fleet) -> Snapshot {
+    let mut s = f.snapshot().await;
+    s.items.retain(|(_, sk), _| sk != "FLEET#STATE");
+    s
 }
 
 async fn item(f: &Fleet, pk: &str, sk: &str) -> Value {
@@ -337,6 +381,20 @@ fn verdict_row(k: &LabelKey, verdict: &str, suggested: Value, line: u32) -> Valu
     })
 }
 
+/// The journal row of a reset (processing-rules.md: resets are decisions too).
+fn reset_row(k: &LabelKey) -> Value {
+    json!({
+        "PK": s(&format!("BATCH#{BATCH}")),
+        "SK": s(&format!("VERDICT#{}", k)),
+        "TYPE": s("COMPLETION_BATCH_VERDICT"),
+        "verdict": s("NONE"),
+        "previous_status": s("PENDING"),
+        "suggested_label": {"NULL": true},
+        "source": s("reset"),
+        "validated_at": s(FINISHED_ISO),
+    })
+}
+
 fn rows_of(snapshot: &Snapshot, prefix: &str) -> BTreeMap<String, Value> {
     snapshot
         .items
@@ -410,7 +468,7 @@ async fn applies_output(status: &str, batch_status: &str) {
             .is_none()
     );
 
-    let snap = f.snapshot().await;
+    let snap = data(&f).await;
     // Audit rows: the collision keeps image A's row (smallest image id); every verdict has a
     // journal row.
     let expected_results: BTreeMap<String, Value> = [
@@ -430,6 +488,9 @@ async fn applies_output(status: &str, batch_status: &str) {
         verdict_row(&a_date, "INVALID", s("TIME"), 1),
         verdict_row(&b_merchant, "INVALID", s("NOT_CORE"), 3),
         verdict_row(&b_phone, "VALID", null(), 3),
+        // The resets are journaled too.
+        reset_row(&a_grand),
+        reset_row(&c_date),
     ]
     .into_iter()
     .map(|v| (v["SK"]["S"].as_str().unwrap().to_owned(), v))
@@ -489,7 +550,7 @@ async fn applies_output(status: &str, batch_status: &str) {
     // A second run changes nothing at all.
     let again = finish(&f).await.unwrap();
     assert!(again.already_done);
-    assert_eq!(f.snapshot().await, snap);
+    assert_eq!(data(&f).await, snap);
 }
 
 #[tokio::test]
@@ -508,10 +569,10 @@ async fn cancelled_batch_applies_its_partial_output() {
 }
 
 #[tokio::test]
-async fn failed_batch_resets_every_target_and_writes_no_rows() {
+async fn failed_batch_resets_every_target_and_journals_only_the_resets() {
     let f = Fleet::new().await;
     let h = seed_hand(&f, "failed", true).await;
-    let before = f.snapshot().await;
+    let before = data(&f).await;
     let report = finish(&f).await.unwrap();
     assert_eq!(report.summary_status, Some(BatchStatus::Failed));
     for k in &h.targets {
@@ -523,9 +584,20 @@ async fn failed_batch_resets_every_target_and_writes_no_rows() {
     }
     let other = key(A, 1, 4, 1, "TAX");
     assert_label(&f, &other, untouched(&other, "PENDING")).await;
-    let snap = f.snapshot().await;
+    let snap = data(&f).await;
     assert!(rows_of(&snap, "RESULT#").is_empty());
-    assert!(rows_of(&snap, "VERDICT#").is_empty());
+    let resets: BTreeMap<String, Value> = h
+        .targets
+        .iter()
+        .filter(|k| k.label != "SUBTOTAL")
+        .map(|k| (format!("VERDICT#{k}"), reset_row(k)))
+        .collect();
+    assert_eq!(
+        rows_of(&snap, "VERDICT#"),
+        resets,
+        "a journal row per reset, no verdicts"
+    );
+    assert_eq!(report.reset_rows, resets.len() as u64);
     assert_eq!(snap.vectors, before.vectors, "no vector changes");
     let summary_item = item(&f, &format!("BATCH#{BATCH}"), "STATUS").await;
     assert_eq!(summary_item["status"], s("FAILED"));
@@ -548,10 +620,10 @@ async fn unfinished_batches_change_nothing() {
     ] {
         let f = Fleet::new().await;
         seed_hand(&f, status, true).await;
-        let before = f.snapshot().await;
+        let before = data(&f).await;
         let report = finish(&f).await.unwrap();
         assert_eq!(report.summary_status, None, "{status}");
-        assert_eq!(f.snapshot().await, before, "{status}: nothing written");
+        assert_eq!(data(&f).await, before, "{status}: nothing written");
     }
 }
 
@@ -594,7 +666,7 @@ async fn a_label_changed_by_someone_else_is_a_conflict_left_alone() {
         ),
     )
     .await;
-    let snap = f.snapshot().await;
+    let snap = data(&f).await;
     // Its verdict row stays (what the model said); no result row and no vector merge for it.
     assert!(
         rows_of(&snap, "VERDICT#")
@@ -620,8 +692,9 @@ async fn unknown_batches_are_permanent_errors() {
     assert_eq!(err.reason(), "openai_batch_not_found");
 }
 
-/// The crash drill: a generated batch of well over 200 writes, cut off after the k-th write for
-/// 24 values of k spread over the whole apply, then run again, must end in exactly the state of
+/// The crash drill: a generated batch of well over 200 writes in 4 chunks, cut off after the
+/// k-th write for 16 values of k spread over the whole apply, then cut off again part-way
+/// through the handling that resumes it, then run to the end, must end in exactly the state of
 /// an uninterrupted run.
 #[tokio::test]
 async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
@@ -635,22 +708,26 @@ async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
     let mut spec = batch.spec.clone();
     spec.steps.clear();
     let batch = fleet_tests::scenario::ScenarioBatch { spec, ..batch };
+    let batch_id = batch.summary.batch_id.as_str();
+    let services = |f: &Fleet, budget: Option<usize>| {
+        let mut s = services_for(&f.env, &f.openai, &f.pinecone);
+        s.options.receipts_per_chunk = 8;
+        s.options.write_budget = budget.map(WriteBudget::new);
+        s
+    };
 
     let reference = Fleet::new().await;
     reference.seed(&batch).await;
-    let seeded = reference.snapshot().await;
-    let s = reference
-        .services
-        .load_summary(&batch.summary.batch_id)
-        .await
-        .unwrap();
-    let b = reference.services.check(&s).await.unwrap();
-    let full = reference
-        .services
-        .apply(&s, &b, &CancellationToken::new())
-        .await
-        .unwrap();
-    let expected = reference.snapshot().await;
+    let seeded = data(&reference).await;
+    let full = handle(
+        &services(&reference, None),
+        batch_id,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(full.chunks, 4);
+    let expected = data(&reference).await;
     let total = full.writes as usize;
     assert!(
         total >= 200,
@@ -658,35 +735,33 @@ async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
     );
     assert_ne!(seeded, expected);
 
-    let ks: Vec<usize> = (0..24).map(|i| i * (total - 1) / 23).collect();
+    let ks: Vec<usize> = (0..16).map(|i| i * (total - 1) / 15).collect();
     for k in ks {
         let f = Fleet::new().await;
         f.seed(&batch).await;
-        let mut services = services_for(&f.env, &f.openai, &f.pinecone);
-        services.options.write_budget = Some(WriteBudget::new(k));
-        let s = services
-            .load_summary(&batch.summary.batch_id)
-            .await
-            .unwrap();
-        let b = services.check(&s).await.unwrap();
-        let err = services
-            .apply(&s, &b, &CancellationToken::new())
+        let err = handle(&services(&f, Some(k)), batch_id, &CancellationToken::new())
             .await
             .unwrap_err();
         assert!(matches!(err, FinishError::Stopped { .. }), "k={k}: {err}");
         assert!(err.is_transient());
-        // Run again, from a freshly loaded summary, as a redelivered message would.
-        let s = f
-            .services
-            .load_summary(&batch.summary.batch_id)
+        // A second handling resumes after the last chunk recorded and is cut off again.
+        let again = (total - k) / 2 + 1;
+        match handle(
+            &services(&f, Some(again)),
+            batch_id,
+            &CancellationToken::new(),
+        )
+        .await
+        {
+            Err(FinishError::Stopped { .. }) => {}
+            Ok(report) => assert!(report.summary_status.is_some(), "k={k}"),
+            Err(e) => panic!("k={k}, then {again}: {e}"),
+        }
+        // The third, from a freshly loaded summary as a redelivered message would, finishes.
+        handle(&services(&f, None), batch_id, &CancellationToken::new())
             .await
             .unwrap();
-        let b = f.services.check(&s).await.unwrap();
-        f.services
-            .apply(&s, &b, &CancellationToken::new())
-            .await
-            .unwrap();
-        let got = f.snapshot().await;
+        let got = data(&f).await;
         let diff = expected_minus_names(&expected, &got);
         assert!(
             diff.is_empty(),
@@ -723,13 +798,16 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
         batch: &fleet_tests::scenario::ScenarioBatch,
         per_chunk: usize,
         budget: Option<usize>,
-    ) -> Result<fleet_shared::finish::ApplyReport, FinishError> {
+    ) -> Result<ApplyReport, FinishError> {
         let mut services = services_for(&f.env, &f.openai, &f.pinecone);
         services.options.receipts_per_chunk = per_chunk;
         services.options.write_budget = budget.map(WriteBudget::new);
-        let s = services.load_summary(&batch.summary.batch_id).await?;
-        let b = services.check(&s).await?;
-        services.apply(&s, &b, &CancellationToken::new()).await
+        handle(
+            &services,
+            &batch.summary.batch_id,
+            &CancellationToken::new(),
+        )
+        .await
     }
 
     // One chunk for the whole batch.
@@ -741,7 +819,7 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
         whole.plan.result_rows.collisions > 0,
         "the batch must have result-key collisions"
     );
-    let expected = reference.snapshot().await;
+    let expected = data(&reference).await;
 
     for per_chunk in [1, 7] {
         let f = Fleet::new().await;
@@ -759,7 +837,7 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
                 "every collision is across chunks"
             );
         }
-        let diff = expected.diff(&f.snapshot().await);
+        let diff = expected.diff(&data(&f).await);
         assert!(diff.is_empty(), "per_chunk={per_chunk}: {diff:?}");
     }
 
@@ -773,7 +851,7 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
         let err = run(&f, &batch, 4, Some(k)).await.unwrap_err();
         assert!(matches!(err, FinishError::Stopped { .. }), "k={k}: {err}");
         run(&f, &batch, 9, None).await.unwrap();
-        let diff = expected.diff(&f.snapshot().await);
+        let diff = expected.diff(&data(&f).await);
         assert!(
             diff.is_empty(),
             "k={k}: {} differences, first: {:?}",
@@ -781,4 +859,1094 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
             diff.first()
         );
     }
+}
+
+/// Records the DynamoDB calls an apply makes, through an SDK interceptor on its client: the
+/// partition and sort-key start of every Query (whose labels or journal rows it read), and its
+/// cursor writes; and cancels a handling's stop token as it records its n-th chunk, so the
+/// handling ends right after that chunk (the next chunk checks the token before reading).
+#[derive(Debug, Default)]
+struct Probe {
+    log: std::sync::Mutex<ProbeLog>,
+}
+
+#[derive(Debug, Default)]
+struct ProbeLog {
+    queries: Vec<(String, String)>,
+    cursor_writes: usize,
+    stop_at: Option<(usize, CancellationToken)>,
+}
+
+#[derive(Debug, Clone)]
+struct ProbeInterceptor(std::sync::Arc<Probe>);
+
+impl aws_sdk_dynamodb::config::Intercept for ProbeInterceptor {
+    fn name(&self) -> &'static str {
+        "Probe"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let request = context.request();
+        let target = request.headers().get("x-amz-target").unwrap_or_default();
+        let body: Value = request
+            .body()
+            .bytes()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(Value::Null);
+        let mut log = self.0.log.lock().unwrap();
+        if target.ends_with(".Query") {
+            let value = |name: &str| {
+                body["ExpressionAttributeValues"][name]["S"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let from = [":prefix", ":lo"]
+                .into_iter()
+                .map(value)
+                .find(|v| !v.is_empty())
+                .unwrap_or_default();
+            log.queries.push((value(":pk"), from));
+        } else if target.ends_with(".UpdateItem") && body.to_string().contains("apply_cursor") {
+            log.cursor_writes += 1;
+            if let Some((n, stop)) = &log.stop_at {
+                if log.cursor_writes == *n {
+                    stop.cancel();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Probe {
+    /// Services whose store's client reports to this probe.
+    fn services(self: &std::sync::Arc<Self>, f: &Fleet) -> Services {
+        let conf = f
+            .env
+            .clients
+            .dynamodb
+            .config()
+            .to_builder()
+            .interceptor(ProbeInterceptor(self.clone()))
+            .build();
+        let mut services = services_for(&f.env, &f.openai, &f.pinecone);
+        services.store = fleet_shared::store::Store::new(
+            aws_sdk_dynamodb::Client::from_conf(conf),
+            &f.env.table,
+        );
+        services
+    }
+
+    /// Starts a new handling's log; `stop` is cancelled at its `after_chunks`-th cursor write.
+    fn reset(&self, stop_at: Option<(usize, CancellationToken)>) {
+        *self.log.lock().unwrap() = ProbeLog {
+            stop_at,
+            ..ProbeLog::default()
+        };
+    }
+
+    /// The receipts whose labels or journal rows were queried.
+    fn queried_receipts(&self) -> Vec<ReceiptKey> {
+        self.log
+            .lock()
+            .unwrap()
+            .queries
+            .iter()
+            .filter_map(|(pk, from)| query_receipt(pk, from))
+            .collect()
+    }
+}
+
+/// The receipt a labels Query (`IMAGE#…`, `RECEIPT#r#LINE#`) or a journal Query (`BATCH#…`,
+/// `VERDICT#IMAGE#…#RECEIPT#r#…`) is about.
+fn query_receipt(pk: &str, from: &str) -> Option<ReceiptKey> {
+    if let Some(image) = pk.strip_prefix("IMAGE#") {
+        let r = from.strip_prefix("RECEIPT#")?.split('#').next()?;
+        return ReceiptKey::parse_custom_id(&format!("IMAGE#{image}#RECEIPT#{r}")).ok();
+    }
+    let rest = from.strip_prefix("VERDICT#")?;
+    let parts: Vec<&str> = rest.split('#').take(4).collect();
+    ReceiptKey::parse_custom_id(&parts.join("#")).ok()
+}
+
+/// The receipts whose word vectors the Pinecone emulator was asked to fetch.
+fn fetched_receipts(f: &Fleet) -> Vec<ReceiptKey> {
+    f.pinecone
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/vectors/fetch"))
+        .flat_map(|r| {
+            let url = reqwest::Url::parse(&format!(
+                "http://x/?{}",
+                r.query.clone().unwrap_or_default()
+            ))
+            .unwrap();
+            url.query_pairs()
+                .filter(|(k, _)| k == "ids")
+                .filter_map(|(_, id)| {
+                    let parts: Vec<&str> = id.split('#').take(4).collect();
+                    ReceiptKey::parse_custom_id(&parts.join("#")).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A small generated batch, completed at once, for the resumption and overlap tests.
+fn small_batch(seed: u64, receipts: u32) -> fleet_tests::scenario::ScenarioBatch {
+    let shape = Shape {
+        receipts,
+        targets_per_receipt: 4,
+        ..Shape::default()
+    };
+    let mut batch = scenario::batch(&mut scenario::Rng::new(seed), 0, &shape);
+    batch.spec.steps.clear();
+    batch
+}
+
+/// Issue 10, "Done when": an apply ended after each of several chunks (by its stop token, as the
+/// worker ends a handling) resumes at the next chunk: no Pinecone fetch and no DynamoDB read of
+/// a finished chunk's receipts is made again; the end state and the report's counts equal one
+/// uninterrupted run's.
+#[tokio::test]
+async fn an_apply_ended_after_a_chunk_resumes_at_the_next_one() {
+    let batch = small_batch(7, 12);
+    let batch_id = batch.summary.batch_id.as_str();
+    let per_chunk = |mut s: Services| {
+        s.options.receipts_per_chunk = 3;
+        s
+    };
+
+    let reference = Fleet::new().await;
+    reference.seed(&batch).await;
+    let whole = handle(
+        &per_chunk(services_for(
+            &reference.env,
+            &reference.openai,
+            &reference.pinecone,
+        )),
+        batch_id,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(whole.chunks, 4);
+    let expected = data(&reference).await;
+
+    let f = Fleet::new().await;
+    f.seed(&batch).await;
+    let probe = std::sync::Arc::new(Probe::default());
+    let services = per_chunk(probe.services(&f));
+    let mut done: Option<ReceiptKey> = None;
+    for handling in 1..=4 {
+        let stop = CancellationToken::new();
+        probe.reset((handling < 4).then(|| (1, stop.clone())));
+        f.pinecone.clear_requests();
+        let result = handle(&services, batch_id, &stop).await;
+        // Nothing of the chunks finished by earlier handlings was read again.
+        let queried = probe.queried_receipts();
+        let fetched = fetched_receipts(&f);
+        assert!(!queried.is_empty(), "handling {handling} read its chunk");
+        if let Some(done) = &done {
+            for r in queried.iter().chain(&fetched) {
+                assert!(
+                    r > done,
+                    "handling {handling} read {} again (done up to {})",
+                    r.custom_id(),
+                    done.custom_id()
+                );
+            }
+        }
+        let cursor = f.env.store.apply_cursor(batch_id).await.unwrap();
+        let now_done = cursor
+            .last_receipt
+            .map(|c| ReceiptKey::parse_custom_id(&c).unwrap());
+        if handling < 4 {
+            let err = result.unwrap_err();
+            assert!(matches!(err, FinishError::Stopped { .. }), "{err}");
+            assert!(now_done > done, "handling {handling} recorded its chunk");
+            done = now_done;
+        } else {
+            let report = result.unwrap();
+            assert_eq!(report.receipts_resumed, 9);
+            assert_eq!(
+                report.resumed_after,
+                done.as_ref().map(ReceiptKey::custom_id)
+            );
+            assert_eq!(report.chunks, whole.chunks);
+            assert_eq!(
+                report.plan, whole.plan,
+                "the counts add up across handlings"
+            );
+            for (what, got, want) in [
+                ("verdict rows", report.verdict_rows, whole.verdict_rows),
+                ("result rows", report.result_rows, whole.result_rows),
+                ("vectors", report.vectors_updated, whole.vectors_updated),
+                (
+                    "collisions kept",
+                    report.result_rows_kept,
+                    whole.result_rows_kept,
+                ),
+            ] {
+                assert_eq!(got, want, "{what}");
+            }
+            assert_eq!(report.status_changes, whole.status_changes);
+            assert_eq!(report.resets, whole.resets);
+            assert_eq!(report.labels_by_verdict, whole.labels_by_verdict);
+        }
+    }
+    let diff = expected.diff(&data(&f).await);
+    assert!(diff.is_empty(), "{} differences: {diff:?}", diff.len());
+}
+
+/// A handling whose lease is not (or no longer) its own writes nothing: the lease is checked
+/// before the first write and with every cursor write.
+#[tokio::test]
+async fn an_apply_without_the_lease_writes_nothing() {
+    let batch = small_batch(8, 4);
+    let f = Fleet::new().await;
+    f.seed(&batch).await;
+    let before = data(&f).await;
+    let batch_id = batch.summary.batch_id.as_str();
+    take_lease(&f.services, batch_id, "someone-else").await;
+    let summary = f.services.load_summary(batch_id).await.unwrap();
+    let openai_batch = f.services.check(&summary).await.unwrap();
+    let err = f
+        .services
+        .apply(&summary, &openai_batch, &CancellationToken::new(), "me")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FinishError::LeaseLost { .. }), "{err}");
+    assert!(err.is_transient());
+    assert_eq!(err.reason(), "lease_lost");
+    assert_eq!(data(&f).await, before);
+}
+
+/// Issue 10, "Done when": two applies of one batch started 0–2 s apart, each with its own
+/// services and lease owner, the lease handed over to the second as the worker's would be and
+/// the first told to stop a moment later (it finishes the write in flight meanwhile), end in
+/// the state of one uninterrupted run, over several seeds.
+#[tokio::test]
+async fn two_applies_started_apart_end_like_one_run() {
+    let mut overlapped = 0;
+    for seed in 0..6u64 {
+        let batch = small_batch(100 + seed, 10);
+        let batch_id = batch.summary.batch_id.as_str();
+        let chunked = |f: &Fleet| {
+            let mut s = services_for(&f.env, &f.openai, &f.pinecone);
+            s.options.receipts_per_chunk = 2;
+            s
+        };
+        let reference = Fleet::new().await;
+        reference.seed(&batch).await;
+        handle(&chunked(&reference), batch_id, &CancellationToken::new())
+            .await
+            .unwrap();
+        let expected = data(&reference).await;
+
+        let f = Fleet::new().await;
+        f.seed(&batch).await;
+        let mut rng = scenario::Rng::new(seed);
+        let start_b = std::time::Duration::from_millis(rng.below(2_000));
+        let lag = std::time::Duration::from_millis(rng.below(300));
+        let (a, b) = (chunked(&f), chunked(&f));
+        let stop_a = CancellationToken::new();
+        let first = async {
+            let owner = handling();
+            take_lease(&a, batch_id, &owner).await;
+            let summary = a.load_summary(batch_id).await?;
+            let openai_batch = a.check(&summary).await?;
+            a.apply(&summary, &openai_batch, &stop_a, &owner).await
+        };
+        let second = async {
+            tokio::time::sleep(start_b).await;
+            let owner = handling();
+            take_lease(&b, batch_id, &owner).await;
+            let summary = b.load_summary(batch_id).await?;
+            let openai_batch = b.check(&summary).await?;
+            b.apply(&summary, &openai_batch, &CancellationToken::new(), &owner)
+                .await
+        };
+        let told_to_stop = async {
+            tokio::time::sleep(start_b + lag).await;
+            stop_a.cancel();
+        };
+        let (ra, rb, ()) = tokio::join!(first, second, told_to_stop);
+        let rb = rb.unwrap_or_else(|e| panic!("seed {seed}: the second apply failed: {e}"));
+        match &ra {
+            Ok(report) => assert!(report.summary_status.is_some()),
+            Err(FinishError::LeaseLost { .. } | FinishError::Stopped { .. }) => {}
+            Err(e) => panic!("seed {seed}: the first apply failed: {e}"),
+        }
+        if ra.is_err() && !rb.already_done && rb.receipts_resumed < 10 {
+            overlapped += 1;
+        }
+        let diff = expected.diff(&data(&f).await);
+        assert!(
+            diff.is_empty(),
+            "seed {seed} (second started after {start_b:?}, first told to stop {lag:?} later, first: {:?}): {} differences, first: {:?}",
+            ra.map(|r| r.chunks),
+            diff.len(),
+            diff.first()
+        );
+    }
+    assert!(overlapped > 0, "no seed made the two applies overlap");
+}
+
+/// The journal of a chunk is read with one Query over the range of its receipts' keys, keeping
+/// only theirs (receipt 10000 is not receipt 100000, whose zero-padded key sorts elsewhere);
+/// a row put "if absent" never replaces one that is there.
+#[tokio::test]
+async fn journal_rows_are_read_by_range_and_a_conflict_row_never_replaces_one() {
+    let f = Fleet::new().await;
+    let store = &f.env.store;
+    let at = parse_timestamp(FINISHED_ISO).unwrap();
+    let row = |image: &str, receipt: u32, previous: ValidationStatus| CompletionBatchVerdict {
+        batch_id: BATCH.into(),
+        label: key(image, receipt, 1, 1, "DATE"),
+        verdict: Verdict::Invalid,
+        previous_status: previous,
+        suggested_label: None,
+        source: "output:1".into(),
+        validated_at: at,
+    };
+    let rows = [
+        row(A, 1, ValidationStatus::Pending),
+        row(A, 2, ValidationStatus::Pending),
+        row(A, 10_000, ValidationStatus::Pending),
+        row(A, 100_000, ValidationStatus::Pending),
+        row(B, 1, ValidationStatus::Pending),
+    ];
+    store
+        .put_items_batched(rows.iter().map(CompletionBatchVerdict::to_item).collect())
+        .await
+        .unwrap();
+    let receipt = |image: &str, receipt_id: u32| ReceiptKey {
+        image_id: ImageId::parse(image).unwrap(),
+        receipt_id,
+    };
+    let read = |receipts: Vec<ReceiptKey>| async move {
+        let refs: Vec<&ReceiptKey> = receipts.iter().collect();
+        let mut got: Vec<LabelKey> = store
+            .batch_verdicts_of(BATCH, &refs)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().label)
+            .collect();
+        got.sort();
+        got
+    };
+    assert_eq!(
+        read(vec![receipt(A, 1), receipt(A, 10_000), receipt(B, 1)]).await,
+        [
+            rows[0].label.clone(),
+            rows[2].label.clone(),
+            rows[4].label.clone()
+        ]
+    );
+    assert_eq!(
+        read(vec![receipt(A, 100_000)]).await,
+        [rows[3].label.clone()]
+    );
+    assert!(read(vec![receipt(A, 3)]).await.is_empty());
+    assert!(read(Vec::new()).await.is_empty());
+
+    // A conflict row (decided from a changed label) leaves the row from PENDING in place.
+    let conflict = row(A, 1, ValidationStatus::Invalid);
+    assert_eq!(
+        store.put_verdict_if_absent(&conflict).await.unwrap(),
+        fleet_shared::store::Created::AlreadyExists
+    );
+    let stored = store
+        .get_raw(&format!("BATCH#{BATCH}"), &rows[0].sk())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(CompletionBatchVerdict::from_item(&stored).unwrap(), rows[0]);
+    let fresh = row(B, 7, ValidationStatus::Invalid);
+    assert_eq!(
+        store.put_verdict_if_absent(&fresh).await.unwrap(),
+        fleet_shared::store::Created::Created
+    );
+}
+
+/// Runs a closure on every DynamoDB request a client sends (its `X-Amz-Target` and JSON body),
+/// before it is sent, and another on every answer: the orchestration of an exact interleaving
+/// of two applies.
+type BeforeRequest = dyn Fn(&str, &Value) + Send + Sync;
+
+#[derive(Clone)]
+struct Hook {
+    before: std::sync::Arc<BeforeRequest>,
+    after: std::sync::Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
+
+impl aws_sdk_dynamodb::config::Intercept for Hook {
+    fn name(&self) -> &'static str {
+        "Hook"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let request = context.request();
+        let target = request.headers().get("x-amz-target").unwrap_or_default();
+        let body: Value = request
+            .body()
+            .bytes()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(Value::Null);
+        (self.before)(target, &body);
+        Ok(())
+    }
+
+    fn read_after_deserialization(
+        &self,
+        _: &aws_sdk_dynamodb::config::interceptors::AfterDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        (self.after)();
+        Ok(())
+    }
+}
+
+/// Services whose store's client runs the hook's closures.
+fn hooked(
+    f: &Fleet,
+    before: impl Fn(&str, &Value) + Send + Sync + 'static,
+    after: impl Fn() + Send + Sync + 'static,
+) -> Services {
+    let hook = Hook {
+        before: std::sync::Arc::new(before),
+        after: std::sync::Arc::new(after),
+    };
+    let conf = f
+        .env
+        .clients
+        .dynamodb
+        .config()
+        .to_builder()
+        .interceptor(hook)
+        .build();
+    let mut services = services_for(&f.env, &f.openai, &f.pinecone);
+    services.store =
+        fleet_shared::store::Store::new(aws_sdk_dynamodb::Client::from_conf(conf), &f.env.table);
+    services
+}
+
+/// Issue 10, "What goes wrong today" 2, as an exact interleaving: the second applier (the
+/// lease passed to it) reads a chunk's labels while they are PENDING; the first, which still
+/// runs, then writes the chunk's journal and status changes and stops; the second reads the
+/// journal after that. It finds the first one's rows for the labels it saw PENDING and that are
+/// changed now, applies their recorded verdicts (the vector merges, corrections and result rows
+/// the first never made), and the batch ends as one uninterrupted run. (Read the other way
+/// round, journal first, it would take the changed labels for someone else's change: conflicts,
+/// with no vector merge, correction or result row for them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_applier_reads_labels_then_journal_and_finishes_the_firsts_verdicts() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex, mpsc};
+
+    let batch = small_batch(31, 2);
+    let batch_id = batch.summary.batch_id.clone();
+    let reference = Fleet::new().await;
+    reference.seed(&batch).await;
+    let whole = handle(&reference.services, &batch_id, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(whole.verdict_rows > 0 && whole.vectors_updated > 0);
+    let expected = data(&reference).await;
+
+    let f = Fleet::new().await;
+    f.seed(&batch).await;
+    let (at_first_write, first_waits) = tokio::sync::oneshot::channel::<()>();
+    let (let_first_write, may_write) = mpsc::channel::<()>();
+    let (first_stopped, stopped) = mpsc::channel::<()>();
+
+    // The first applier holds its first write until the second has read the labels, and is
+    // told to stop once its status changes are answered: it never gets to vectors,
+    // corrections or result rows.
+    let stop_first = CancellationToken::new();
+    let (at_first_write, may_write) = (
+        Mutex::new(Some(at_first_write)),
+        Mutex::new(Some(may_write)),
+    );
+    let changing = Arc::new(AtomicBool::new(false));
+    let first = {
+        let (changing, changed, stop) = (changing.clone(), changing.clone(), stop_first.clone());
+        hooked(
+            &f,
+            move |target, body| {
+                if target.ends_with(".BatchWriteItem") {
+                    if let Some(rx) = may_write.lock().unwrap().take() {
+                        at_first_write
+                            .lock()
+                            .unwrap()
+                            .take()
+                            .unwrap()
+                            .send(())
+                            .unwrap();
+                        rx.recv().unwrap();
+                    }
+                }
+                // A label's status change (not the lease taken through this client).
+                if target.ends_with(".UpdateItem") && body.to_string().contains("validation_status")
+                {
+                    changing.store(true, Ordering::SeqCst);
+                }
+            },
+            move || {
+                if changed.load(Ordering::SeqCst) {
+                    stop.cancel();
+                }
+            },
+        )
+    };
+    // The second lets the first write between its first kind of query and the other kind.
+    let first_kind: Mutex<Option<bool>> = Mutex::new(None);
+    let (let_first_write, stopped) = (Mutex::new(Some(let_first_write)), Mutex::new(Some(stopped)));
+    let second = hooked(
+        &f,
+        move |target, body| {
+            if !target.ends_with(".Query") {
+                return;
+            }
+            let journal = body["ExpressionAttributeValues"][":pk"]["S"]
+                .as_str()
+                .is_some_and(|pk| pk.starts_with("BATCH#"));
+            let mut seen = first_kind.lock().unwrap();
+            match *seen {
+                None => *seen = Some(journal),
+                Some(kind) if kind != journal => {
+                    if let Some(tx) = let_first_write.lock().unwrap().take() {
+                        tx.send(()).unwrap();
+                        stopped.lock().unwrap().take().unwrap().recv().unwrap();
+                    }
+                }
+                Some(_) => {}
+            }
+        },
+        || {},
+    );
+
+    let owner_a = handling();
+    take_lease(&first, &batch_id, &owner_a).await;
+    let summary = first.load_summary(&batch_id).await.unwrap();
+    let openai_batch = first.check(&summary).await.unwrap();
+    // The first runs on its own thread and runtime, as another worker would.
+    let thread = {
+        let (summary, openai_batch, stop) = (summary.clone(), openai_batch.clone(), stop_first);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let result = rt.block_on(first.apply(&summary, &openai_batch, &stop, &owner_a));
+            first_stopped.send(()).unwrap();
+            result.map(|r| r.chunks)
+        })
+    };
+    if first_waits.await.is_err() {
+        panic!("the first apply ended before writing: {:?}", thread.join());
+    }
+    let report = handle(&second, &batch_id, &CancellationToken::new())
+        .await
+        .unwrap();
+    let first_result = thread.join().unwrap();
+    assert!(
+        matches!(first_result, Err(FinishError::Stopped { .. })),
+        "{first_result:?}"
+    );
+    assert!(changing.load(Ordering::SeqCst), "the first changed labels");
+    assert!(
+        report.plan.targets.recorded > 0,
+        "{:?}",
+        report.plan.targets
+    );
+    assert_eq!(report.conflicts(), whole.conflicts());
+    let diff = expected.diff(&data(&f).await);
+    assert!(diff.is_empty(), "{} differences: {diff:#?}", diff.len());
+}
+
+/// processing-rules.md, journaled resets: a label that run 1 reset (and journaled), and that
+/// batch 2 then asked about again (PENDING), is not reset by run 1's re-run; batch 2's verdict
+/// lands.
+#[tokio::test]
+async fn a_label_reset_by_run_1_and_claimed_by_batch_2_keeps_batch_2s_verdict() {
+    const BATCH2: &str = "9e2c1d40-0000-4000-8000-000000000002";
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    let a_grand = key(A, 1, 3, 1, "GRAND_TOTAL");
+
+    // Run 1 is ended right after journaling its resets (before vectors and result rows).
+    let stop = CancellationToken::new();
+    let run_1 = {
+        let stop = stop.clone();
+        hooked(
+            &f,
+            move |target, body| {
+                if target.ends_with(".BatchWriteItem") && body.to_string().contains("\"reset\"") {
+                    stop.cancel();
+                }
+            },
+            || {},
+        )
+    };
+    let err = handle(&run_1, BATCH, &stop).await.unwrap_err();
+    assert!(matches!(err, FinishError::Stopped { .. }), "{err}");
+    assert_label(&f, &a_grand, changed(&a_grand, "NONE")).await;
+    assert_eq!(
+        item(&f, &format!("BATCH#{BATCH}"), &format!("VERDICT#{a_grand}")).await,
+        reset_row(&a_grand)
+    );
+
+    // Batch 2 asks about the label again: the submitter marks it PENDING.
+    let claimed = f
+        .env
+        .store
+        .transition_label(&a_grand, ValidationStatus::None, ValidationStatus::Pending)
+        .await
+        .unwrap();
+    assert_eq!(claimed, fleet_shared::store::Transition::Applied);
+    let receipt_a = fixtures::custom_id(A, 1);
+    f.env
+        .store
+        .put_raw(
+            BatchSummary {
+                batch_id: BATCH2.into(),
+                openai_batch_id: "batch_two".into(),
+                receipt_refs: vec![ReceiptKey {
+                    image_id: ImageId::parse(A).unwrap(),
+                    receipt_id: 1,
+                }],
+                ..summary()
+            }
+            .to_item(),
+        )
+        .await
+        .unwrap();
+    let mut spec = BatchSpec::new("batch_two", "file-in-2")
+        .with_steps([("completed", 1)])
+        .with_output_file("file-out-2");
+    spec.created_at = FINISHED;
+    spec.completed_at = Some(FINISHED + 3600);
+    f.openai.add_batch(spec);
+    f.openai.add_file(
+        "file-in-2",
+        fixtures::ndjson(&[fixtures::input_line(
+            &receipt_a,
+            &[fixtures::target(&rid(&a_grand), "9.99", 3, "GRAND_TOTAL")],
+            "A",
+        )]),
+    );
+    f.openai.add_file(
+        "file-out-2",
+        fixtures::ndjson(&[fixtures::output_line(
+            &receipt_a,
+            &[fixtures::result(&rid(&a_grand), true, None)],
+            AnswerShape::FunctionCall,
+        )]),
+    );
+
+    // Run 1's re-run finishes batch 1 and leaves the claimed label alone.
+    let rerun = finish(&f).await.unwrap();
+    assert_eq!(rerun.summary_status, Some(BatchStatus::Completed));
+    assert_eq!(rerun.plan.targets.reclaimed, 1, "{:?}", rerun.plan.targets);
+    let pending = item(&f, &a_grand.pk(), &a_grand.sk()).await;
+    assert_eq!(pending["validation_status"], s("PENDING"));
+
+    // Batch 2's verdict lands.
+    let second = handle(&f.services, BATCH2, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(second.summary_status, Some(BatchStatus::Completed));
+    assert_eq!(second.labels_by_verdict.get("VALID"), Some(&1));
+    let valid = item(&f, &a_grand.pk(), &a_grand.sk()).await;
+    assert_eq!(valid["validation_status"], s("VALID"));
+    let row = item(
+        &f,
+        &format!("BATCH#{BATCH2}"),
+        &format!("VERDICT#{a_grand}"),
+    )
+    .await;
+    assert_eq!(row["verdict"], s("VALID"));
+    assert_eq!(
+        item(&f, &format!("BATCH#{BATCH}"), &format!("VERDICT#{a_grand}")).await,
+        reset_row(&a_grand),
+        "run 1's journal keeps its reset"
+    );
+}
+
+/// processing-rules.md, Inputs: an input file OpenAI refuses (403 three times) is an error of
+/// the apply, retried with nothing written, never a reason to fall back to "the PENDING labels
+/// of the receipts" (which would reset another batch's label in flight); once it answers, the
+/// batch is applied exactly as with the file at once.
+#[tokio::test]
+async fn an_input_file_refused_three_times_is_retried_then_applied_exactly() {
+    let reference = Fleet::new().await;
+    seed_hand(&reference, "completed", true).await;
+    finish(&reference).await.unwrap();
+    let expected = data(&reference).await;
+
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    let before = data(&f).await;
+    f.openai.fail_next(
+        fleet_tests::openai::FaultSpec::status(403)
+            .on_path("/v1/files/file-in/content")
+            .times(3),
+    );
+    let mut failures = 0;
+    let report = loop {
+        match finish(&f).await {
+            Ok(report) => break report,
+            Err(e) => {
+                failures += 1;
+                assert!(failures <= 3, "still failing: {e}");
+                assert!(
+                    matches!(&e, FinishError::OpenAi(o) if fleet_shared::http::CallError::status(o) == Some(403)),
+                    "{e}"
+                );
+                assert_ne!(
+                    e.class(),
+                    fleet_shared::error_class::ErrorClass::Permanent,
+                    "a refused file is retried, never dead-lettered: {e}"
+                );
+                assert_eq!(
+                    data(&f).await,
+                    before,
+                    "nothing written after failure {failures}"
+                );
+            }
+        }
+    };
+    assert!(failures >= 1 && f.openai.pending_faults().is_empty());
+    assert_eq!(report.targets_source, "input_file");
+    let other = key(A, 1, 4, 1, "TAX");
+    assert_label(&f, &other, untouched(&other, "PENDING")).await;
+    let diff = expected.diff(&data(&f).await);
+    assert!(diff.is_empty(), "{diff:?}");
+}
+
+/// Only a file OpenAI no longer has (404, 410) falls back; a request it rejects (400) is a
+/// permanent error of the apply with nothing written (the worker dead-letters it).
+#[tokio::test]
+async fn only_a_gone_input_file_falls_back_and_a_rejected_one_writes_nothing() {
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    f.openai.fail_next(
+        fleet_tests::openai::FaultSpec::status(410)
+            .on_path("/v1/files/file-in/content")
+            .times(5),
+    );
+    let report = finish(&f).await.unwrap();
+    assert_eq!(report.targets_source, "fallback");
+    f.openai.clear_faults();
+
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    let before = data(&f).await;
+    f.openai.fail_next(
+        fleet_tests::openai::FaultSpec::status(400)
+            .on_path("/v1/files/file-in/content")
+            .times(5),
+    );
+    let err = finish(&f).await.unwrap_err();
+    assert!(
+        matches!(&err, FinishError::OpenAi(o) if fleet_shared::http::CallError::status(o) == Some(400)),
+        "{err}"
+    );
+    assert_eq!(
+        err.class(),
+        fleet_shared::error_class::ErrorClass::Permanent
+    );
+    assert_eq!(data(&f).await, before, "nothing written");
+}
+
+/// processing-rules.md, Inputs: a request whose `### Targets` cannot be read falls back for its
+/// own receipt only (that receipt's PENDING labels are its targets), counted and logged; the
+/// other receipts keep the targets their requests name (another batch's PENDING label on
+/// receipt A is untouched).
+#[tokio::test]
+async fn an_unreadable_request_falls_back_for_its_receipt_only() {
+    let f = Fleet::new().await;
+    let h = seed_hand(&f, "completed", true).await;
+    let receipt_b = fixtures::custom_id(B, 1);
+    let broken = json!({
+        "custom_id": receipt_b,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "system", "content": "### Targets\n[{\"id\": \"IMAGE#"}]},
+    })
+    .to_string();
+    let input: Vec<String> = h
+        .input
+        .lines()
+        .map(|l| {
+            if l.contains(&receipt_b) {
+                broken.clone()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    f.openai.add_file("file-in", fixtures::ndjson(&input));
+    // Another batch's PENDING label on receipt B: the fallback's price, for that receipt only.
+    let b_other = key(B, 1, 3, 1, "TAX");
+    f.env
+        .store
+        .put_raw(seeded(&b_other, ValidationStatus::Pending).to_item())
+        .await
+        .unwrap();
+
+    let report = finish(&f).await.unwrap();
+    assert_eq!(report.unreadable_requests, 1);
+    assert_eq!(report.targets_source, "input_file");
+    // Receipt B's verdicts still land: its PENDING labels were its targets.
+    let b_merchant = key(B, 1, 1, 1, "MERCHANT_NAME");
+    let b_phone = key(B, 1, 2, 1, "PHONE_NUMBER");
+    assert_label(&f, &b_merchant, changed(&b_merchant, "INVALID")).await;
+    assert_label(&f, &b_phone, changed(&b_phone, "VALID")).await;
+    assert_label(&f, &b_other, changed(&b_other, "NONE")).await;
+    // Receipt A's targets are those its request names.
+    let a_other = key(A, 1, 4, 1, "TAX");
+    assert_label(&f, &a_other, untouched(&a_other, "PENDING")).await;
+    let a_merchant = key(A, 1, 1, 1, "MERCHANT_NAME");
+    assert_label(&f, &a_merchant, changed(&a_merchant, "VALID")).await;
+}
+
+/// The sizes of the emulator's files as their download would announce them, learned with a
+/// HEAD of the content URL: what the OpenAI client would do once it offers the call (it does
+/// not yet; `FileSizes` is the seam).
+struct HeadSizes {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl HeadSizes {
+    fn of(f: &Fleet) -> std::sync::Arc<dyn fleet_shared::finish::FileSizes> {
+        std::sync::Arc::new(HeadSizes {
+            http: reqwest::Client::new(),
+            base: f.openai.base_url(),
+        })
+    }
+}
+
+impl fleet_shared::finish::FileSizes for HeadSizes {
+    fn size<'a>(
+        &'a self,
+        file_id: &'a str,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<Option<u64>, fleet_shared::openai::client::OpenAiError>,
+    > {
+        Box::pin(async move {
+            let r = self
+                .http
+                .head(format!("{}/files/{file_id}/content", self.base))
+                .bearer_auth("sk-test-key")
+                .send()
+                .await
+                .expect("HEAD");
+            if !r.status().is_success() {
+                return Err(fleet_shared::openai::client::OpenAiError::Api {
+                    endpoint: fleet_shared::openai::Endpoint::DownloadFile,
+                    detail: Box::default(),
+                    answer: fleet_shared::http::AnswerMeta::status(r.status().as_u16()),
+                });
+            }
+            Ok(r.headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()))
+        })
+    }
+}
+
+/// Services of `f` downloading into `dir`, with a download budget of `budget` bytes.
+fn budgeted(
+    f: &Fleet,
+    dir: &std::path::Path,
+    budget: &std::sync::Arc<fleet_shared::finish::DownloadBudget>,
+) -> Services {
+    let mut oc = fleet_shared::openai::client::OpenAiConfig::new(
+        fleet_shared::secret::SecretString::from("sk-test-key"),
+    );
+    oc.base_url = f.openai.base_url();
+    oc.retry = crate::fleet::test_retry();
+    oc.download_dir = Some(dir.to_owned());
+    let mut services = services_for(&f.env, &f.openai, &f.pinecone);
+    services.openai = fleet_shared::openai::client::OpenAiClient::new(oc).unwrap();
+    services.options.download_budget = Some(budget.clone());
+    services
+}
+
+fn files_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+/// Issue 10, disk: a batch whose files can never fit the download budget fails at once with a
+/// clear, permanent error, without downloading anything (sizes known beforehand) or, sizes
+/// unknown, once downloaded (the files removed); nothing is written either way.
+#[tokio::test]
+async fn files_bigger_than_the_download_budget_fail_clearly_and_write_nothing() {
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    let before = data(&f).await;
+    let dir = tempfile::tempdir().unwrap();
+    let budget = fleet_shared::finish::DownloadBudget::new(2048);
+    let mut services = budgeted(&f, dir.path(), &budget);
+    services.file_sizes = Some(HeadSizes::of(&f));
+    f.openai.clear_requests();
+    let err = handle(&services, BATCH, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FinishError::DownloadTooLarge { .. }), "{err}");
+    assert_eq!(
+        err.class(),
+        fleet_shared::error_class::ErrorClass::Permanent
+    );
+    assert_eq!(err.reason(), "download_too_large");
+    let text = err.to_string();
+    assert!(
+        text.contains("DOWNLOAD_BUDGET_MB") && text.contains(BATCH),
+        "{text}"
+    );
+    assert_eq!(f.openai.count("GET", "/v1/files/"), 0, "nothing downloaded");
+    assert_eq!(budget.available(), budget.bytes());
+
+    // Without sizes beforehand: downloaded alone, then refused, the files removed.
+    services.file_sizes = None;
+    let err = handle(&services, BATCH, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FinishError::DownloadTooLarge { .. }), "{err}");
+    assert_eq!(files_in(dir.path()), 0, "the downloads were removed");
+    assert_eq!(budget.available(), budget.bytes());
+    assert_eq!(data(&f).await, before, "nothing written");
+}
+
+/// Issue 10, disk: an apply whose files would overflow what the budget has left waits for
+/// room (downloading nothing meanwhile), then applies; the room is all given back.
+#[tokio::test]
+async fn an_apply_waits_for_room_in_the_download_budget() {
+    let f = Fleet::new().await;
+    seed_hand(&f, "completed", true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let budget = fleet_shared::finish::DownloadBudget::new(64 * 1024);
+    let mut services = budgeted(&f, dir.path(), &budget);
+    services.file_sizes = Some(HeadSizes::of(&f));
+    // Another apply holds all but 1 KiB.
+    let other = budget.reserve(63 * 1024).await.unwrap();
+    f.openai.clear_requests();
+    let released_at = std::sync::Mutex::new(None);
+    let stop = CancellationToken::new();
+    let (report, ()) = tokio::join!(handle(&services, BATCH, &stop), async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        *released_at.lock().unwrap() = Some(chrono::Utc::now().timestamp_millis() as u64);
+        drop(other);
+    });
+    let report = report.unwrap();
+    assert_eq!(report.summary_status, Some(BatchStatus::Completed));
+    let released_at = released_at.lock().unwrap().unwrap();
+    let downloads: Vec<u64> = f
+        .openai
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/v1/files/"))
+        .map(|r| r.unix_ms)
+        .collect();
+    assert_eq!(downloads.len(), 2, "the output and input files");
+    assert!(
+        downloads.iter().all(|at| *at >= released_at),
+        "no download before there was room: {downloads:?} vs {released_at}"
+    );
+    assert_eq!(budget.available(), budget.bytes(), "all room given back");
+    assert_eq!(files_in(dir.path()), 0);
+}
+
+/// Issue 10, disk: a file is removed (and its share of the budget given back) as soon as the
+/// last chunk of receipts with lines in it has been read, not at the end of the apply.
+#[tokio::test]
+async fn a_file_is_removed_once_its_last_chunk_is_read() {
+    use std::sync::{Arc, Mutex};
+
+    let mut batch = small_batch(41, 6);
+    // The output only answers the first two receipts (in key order): the rest get resets.
+    let mut receipts: Vec<ReceiptKey> = batch.summary.receipt_refs.clone();
+    receipts.sort();
+    let answered: Vec<String> = receipts[..2].iter().map(ReceiptKey::custom_id).collect();
+    let output_id = batch.spec.output_file_id.clone().unwrap();
+    for (id, content) in &mut batch.files {
+        if *id == output_id {
+            *content = content
+                .lines()
+                .filter(|l| answered.iter().any(|c| l.contains(c.as_str())))
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
+    }
+    let f = Fleet::new().await;
+    f.seed(&batch).await;
+    let dir = tempfile::tempdir().unwrap();
+    let budget = fleet_shared::finish::DownloadBudget::new(1 << 20);
+    // At every cursor write (after a chunk's writes): files on disk and room reserved.
+    let seen: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let mut services = {
+        let (seen, dir, budget) = (seen.clone(), dir.path().to_owned(), budget.clone());
+        hooked(
+            &f,
+            move |target, body| {
+                if target.ends_with(".UpdateItem") && body.to_string().contains("apply_cursor") {
+                    let reserved = budget.bytes() - budget.available();
+                    seen.lock().unwrap().push((files_in(&dir), reserved));
+                }
+            },
+            || {},
+        )
+    };
+    let hooked_store = services.store.clone();
+    services = budgeted(&f, dir.path(), &budget);
+    services.store = hooked_store;
+    services.file_sizes = Some(HeadSizes::of(&f));
+    services.options.receipts_per_chunk = 1;
+    let report = handle(
+        &services,
+        &batch.summary.batch_id,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.chunks, 6);
+    let seen = seen.lock().unwrap().clone();
+    let size = |id: &str| {
+        let content = &batch.files.iter().find(|(i, _)| i == id).unwrap().1;
+        (content.len() as u64).div_ceil(1024) * 1024
+    };
+    let input = size(&batch.spec.input_file_id);
+    let output = size(&output_id);
+    // The error file (if any) went right after indexing; the output after receipt 2's chunk;
+    // the input after the last one's.
+    assert_eq!(seen[0], (2, input + output), "{seen:?}");
+    assert_eq!(seen[1], (1, input), "{seen:?}");
+    assert_eq!(seen[4], (1, input), "{seen:?}");
+    assert_eq!(seen[5], (0, 0), "{seen:?}");
+    assert_eq!(files_in(dir.path()), 0);
 }

@@ -359,7 +359,14 @@ impl World {
             if !step(&mut done) {
                 return done;
             }
-            self.journal.insert(v.label.clone(), v.clone());
+            // As the apply: a conflict row (decided from a changed label) only where none is.
+            if v.previous_status == PENDING {
+                self.journal.insert(v.label.clone(), v.clone());
+            } else {
+                self.journal
+                    .entry(v.label.clone())
+                    .or_insert_with(|| v.clone());
+            }
         }
         for c in &plan.status_changes {
             if !step(&mut done) {
@@ -382,7 +389,15 @@ impl World {
             if !step(&mut done) {
                 return done;
             }
-            self.transition(c);
+            // The reset and its journal row right after (one step: the apply writes the row of
+            // every reset it made, whatever stops it next).
+            if !matches!(self.transition(c), Transition::Conflict) {
+                self.journal
+                    .insert(c.label.clone(), plan.reset_row(&c.label));
+            }
+        }
+        for label in &plan.already_reset {
+            self.journal.insert(label.clone(), plan.reset_row(label));
         }
         for m in &plan.vector_merges {
             if !step(&mut done) {

@@ -576,13 +576,18 @@ fn needs_review_is_an_invalid_verdict_for_vectors_and_corrections() {
 fn targets_without_verdict_go_from_pending_to_none_only_when_pending_now() {
     let missing = k(IMG_A, 1, 1, "DATE");
     let reviewed = k(IMG_A, 1, 2, "TAX");
+    let none = k(IMG_A, 1, 3, "TAX");
     let plan = Scenario::new("completed")
         .target(&missing, PENDING)
         .target(&reviewed, INVALID)
+        .target(&none, NONE)
         .plan();
     assert_eq!(plan.resets, vec![change(&missing, NONE)]);
     assert_eq!(plan.counters.targets.resets, 1);
     assert_eq!(plan.counters.targets.not_pending, 1);
+    // NONE already (an earlier run's reset whose row was lost, or someone else's): journaled.
+    assert_eq!(plan.already_reset, vec![none]);
+    assert_eq!(plan.counters.targets.already_reset, 1);
 }
 
 #[test]
@@ -922,6 +927,103 @@ fn rerun_after_every_possible_interruption_ends_in_the_same_state() {
         world.apply_until(s.plan(), budget);
         world.apply(s.with_world(&world).plan());
         assert_eq!(world, once, "interrupted after {budget} writes");
+    }
+}
+
+// ---- Journaled resets ----------------------------------------------------------------------
+
+#[test]
+fn reset_rows_are_written_after_each_reset_and_say_none_from_pending() {
+    let a = k(IMG_A, 1, 1, "DATE");
+    let plan = Scenario::new("completed").target(&a, PENDING).plan();
+    assert_eq!(plan.resets, vec![change(&a, NONE)]);
+    let row = plan.reset_row(&plan.resets[0].label);
+    assert_eq!(row.verdict, Verdict::Reset);
+    assert_eq!(row.verdict.as_str(), "NONE");
+    assert_eq!(row.previous_status, PENDING);
+    assert_eq!(row.suggested_label, None);
+    assert_eq!(row.source, "reset");
+    assert_eq!(row.validated_at, completed_at());
+    assert!(plan.verdicts.is_empty(), "not planned before the reset");
+}
+
+#[test]
+fn rerun_a_target_this_batch_reset_that_a_newer_batch_claimed_is_left_alone() {
+    let a = k(IMG_A, 1, 1, "DATE");
+    let b = k(IMG_A, 1, 1, "TAX");
+    for status in ["completed", "expired", "failed"] {
+        let reset = CompletionBatchVerdict::reset(BATCH_ID, &a, completed_at());
+        let plan = Scenario::new(status)
+            .target(&a, PENDING) // PENDING again: a newer batch asked about it
+            .target(&b, PENDING) // never reset: reset now
+            .journal_row(reset)
+            .plan();
+        assert_eq!(plan.resets, vec![change(&b, NONE)], "{status}");
+        assert_eq!(plan.counters.targets.reclaimed, 1, "{status}");
+        assert_eq!(plan.counters.journal_ignored, 0, "{status}");
+        assert!(plan.verdicts.is_empty(), "{status}");
+    }
+}
+
+#[test]
+fn rerun_a_target_this_batch_reset_is_not_reset_again_even_with_a_result_now() {
+    let a = k(IMG_A, 1, 1, "DATE");
+    let reset = CompletionBatchVerdict::reset(BATCH_ID, &a, completed_at());
+    let plan = Scenario::new("completed")
+        .target(&a, NONE)
+        .journal_row(reset)
+        .answer(1, vec![res(&a, true, None)])
+        .plan();
+    assert!(plan.resets.is_empty() && plan.status_changes.is_empty());
+    assert!(plan.verdicts.is_empty());
+    assert_eq!(plan.counters.targets.reset_recorded, 1);
+    assert_eq!(plan.counters.results.recorded, 1, "the journal decides");
+}
+
+#[test]
+fn a_failed_batch_keeps_its_reset_rows_and_ignores_verdict_rows() {
+    let a = k(IMG_A, 1, 1, "DATE");
+    let b = k(IMG_A, 1, 2, "DATE");
+    let plan = Scenario::new("failed")
+        .target(&a, PENDING)
+        .target(&b, PENDING)
+        .journal_row(CompletionBatchVerdict::reset(BATCH_ID, &a, completed_at()))
+        .journal_row(recorded(&b, Verdict::Valid, PENDING, None))
+        .plan();
+    assert_eq!(plan.resets, vec![change(&b, NONE)]);
+    assert_eq!(plan.counters.targets.reclaimed, 1);
+    assert_eq!(plan.counters.journal_ignored, 1);
+}
+
+#[test]
+fn a_reset_interrupted_anywhere_and_claimed_by_a_newer_batch_is_never_undone() {
+    // Run 1 resets `a` (no verdict) and is cut off after every possible write; a newer batch
+    // then claims `a` (PENDING again) before the re-run. The re-run must leave it PENDING
+    // unless the cut fell before the reset: then it was never reset, and resetting it is run
+    // 1's own unfinished decision.
+    let a = k(IMG_A, 1, 1, "DATE");
+    let b = k(IMG_A, 1, 2, "DATE");
+    let s = Scenario::new("completed")
+        .target(&a, PENDING)
+        .target(&b, PENDING)
+        .answer(1, vec![res(&b, true, None)]);
+    let total = s.world([]).apply(s.plan()).writes;
+    for budget in 0..=total {
+        let mut world = s.world([]);
+        world.apply_until(s.plan(), budget);
+        let reset_done = world.journal.contains_key(&a);
+        assert_eq!(
+            reset_done,
+            world.labels[&a].validation_status == NONE,
+            "budget {budget}: a reset and its row go together"
+        );
+        world.labels.get_mut(&a).unwrap().validation_status = PENDING; // claimed again
+        world.apply(s.with_world(&world).plan());
+        let expected = if reset_done { PENDING } else { NONE };
+        assert_eq!(
+            world.labels[&a].validation_status, expected,
+            "budget {budget}"
+        );
     }
 }
 

@@ -1,0 +1,314 @@
+//! The writes of one chunk, in the order processing-rules.md prescribes, each behind the
+//! [`Gate`] (stop token, drill budget).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::apply::Phases;
+use super::report::{ApplyReport, WriteCounts};
+use super::{FinishError, Services};
+use crate::model::status::CORE_LABELS;
+use crate::model::{CompletionBatchResult, CompletionBatchVerdict, ValidationStatus};
+use crate::pinecone::merge::MetadataChange;
+use crate::plan::{Plan, StatusChange};
+use crate::store::{BATCH_WRITE_LIMIT, Created, Transition};
+
+/// Checks, before every write, that the apply may go on (stop token, drill budget), and counts.
+pub(super) struct Gate<'a> {
+    pub(super) stop: &'a CancellationToken,
+    pub(super) services: &'a Services,
+    pub(super) writes: AtomicU64,
+}
+
+impl Gate<'_> {
+    /// Fails when the apply was told to stop; writes nothing, counts nothing (a chunk checks
+    /// it before reading, so a stopped handling does not read what it will not write).
+    pub(super) fn check(&self) -> Result<(), FinishError> {
+        if self.stop.is_cancelled() {
+            return Err(FinishError::Stopped {
+                writes: self.count() as usize,
+                why: "told to stop",
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes made through the gate so far.
+    pub(super) fn count(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Lets a write through whatever the stop token or the budget say (it still spends the
+    /// budget, so a drill's "stop before write k + 1" counts it), for a write that finishes
+    /// one already made: the journal rows of resets done.
+    pub(super) fn pass_anyway(&self) {
+        if let Some(budget) = &self.services.options.write_budget {
+            budget.take();
+        }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn pass(&self) -> Result<(), FinishError> {
+        self.check()?;
+        let writes = self.count() as usize;
+        if let Some(budget) = &self.services.options.write_budget {
+            if !budget.take() {
+                return Err(FinishError::Stopped {
+                    writes,
+                    why: "write budget spent",
+                });
+            }
+        }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Result keys (the SK's receipt, line, word and label) that this run found held by a row of an
+/// image id not larger than any later chunk's: written by an earlier chunk, or a put that was
+/// refused. Chunks go in image order, so a later row with such a key would be refused too: it is
+/// counted as a collision without being sent (a refused conditional put still costs a write).
+/// Exact, only core labels, and capped: past the cap rows are sent and the condition decides.
+pub(super) struct HeldResultKeys {
+    keys: HashSet<u128>,
+    cap: usize,
+}
+
+impl HeldResultKeys {
+    /// Keys are packed; at 16 bytes (plus the set's overhead) the cap is a few MB.
+    const CAP: usize = 200_000;
+
+    pub(super) fn new() -> Self {
+        HeldResultKeys {
+            keys: HashSet::new(),
+            cap: Self::CAP,
+        }
+    }
+
+    fn key(row: &CompletionBatchResult) -> Option<u128> {
+        let label = CORE_LABELS.iter().position(|c| *c == row.label.label)?;
+        let w = &row.label.word;
+        Some(
+            u128::from(w.receipt.receipt_id) << 72
+                | u128::from(w.line_id) << 40
+                | u128::from(w.word_id) << 8
+                | label as u128,
+        )
+    }
+
+    fn held(&self, row: &CompletionBatchResult) -> bool {
+        Self::key(row).is_some_and(|k| self.keys.contains(&k))
+    }
+
+    fn hold(&mut self, row: &CompletionBatchResult) {
+        if self.keys.len() < self.cap {
+            if let Some(k) = Self::key(row) {
+                self.keys.insert(k);
+            }
+        }
+    }
+}
+
+/// One chunk's writes, in order: journal; status changes; corrections; resets and their
+/// journal rows; vectors; result rows. The summary is written once after every chunk.
+pub(super) async fn execute(
+    services: &Services,
+    gate: &Gate<'_>,
+    plan: Plan,
+    held: &mut HeldResultKeys,
+    report: &mut ApplyReport,
+    phases: &mut Phases,
+) -> Result<Plan, FinishError> {
+    let store = &services.store;
+    let concurrency = services.options.label_concurrency.max(1);
+
+    // 1. The journal of decisions. Rows decided from PENDING are the same whoever writes them
+    // (a batch put); a row decided from a label found changed (a conflict) goes only where
+    // the label has none yet: it must not replace another applier's row from PENDING.
+    let (fresh, conflicts): (Vec<&CompletionBatchVerdict>, Vec<_>) = plan
+        .verdicts
+        .iter()
+        .partition(|v| v.previous_status == ValidationStatus::Pending);
+    report.verdict_rows += plan.verdicts.len() as u64;
+    let fresh = fresh
+        .into_iter()
+        .map(CompletionBatchVerdict::to_item)
+        .collect();
+    put_chunks(services, gate, fresh).await?;
+    let _: Vec<Created> = stream::iter(conflicts)
+        .map(|row| async move {
+            gate.pass()?;
+            Ok::<_, FinishError>(store.put_verdict_if_absent(row).await?)
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    phases.mark(report, "write_journal");
+
+    // 2. Status changes; labels someone else changed meanwhile drop out of what follows.
+    let outcomes = transitions(services, gate, &plan.status_changes, concurrency).await?;
+    let mut conflicts = BTreeSet::new();
+    for (change, t) in plan.status_changes.iter().zip(&outcomes) {
+        match t {
+            Transition::Applied | Transition::AlreadyInTarget => {
+                *report
+                    .labels_by_verdict
+                    .entry(change.to.to_string())
+                    .or_default() += 1;
+            }
+            Transition::Conflict { current } => {
+                warn!(batch_id = %plan.batch_id, label = %change.label, ?current, "label changed by someone else; left alone");
+                conflicts.insert(change.label.clone());
+            }
+        }
+    }
+    add_counts(&mut report.status_changes, &outcomes);
+    phases.mark(report, "write_labels");
+    let mut plan = plan.without_conflicts(&conflicts);
+
+    // Corrections: create only if absent.
+    let created: Vec<Created> = stream::iter(plan.corrections.iter())
+        .map(|label| async move {
+            gate.pass()?;
+            Ok::<_, FinishError>(store.create_label_if_absent(label).await?)
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
+    let new = created.iter().filter(|c| **c == Created::Created).count() as u64;
+    report.corrections_created += new;
+    report.corrections_existing += created.len() as u64 - new;
+
+    // Resets of targets without a verdict, each journaled once it succeeded. Every reset that
+    // passed the gate runs to its end (a stop refuses only those not started), and the rows of
+    // those done are written whatever happened to the others: a reset without its row is what
+    // a re-run cannot tell from a label a newer batch claimed (only a crash between the two
+    // leaves one).
+    let resets: Vec<Result<Transition<ValidationStatus>, FinishError>> = stream::iter(&plan.resets)
+        .map(|c| async move {
+            gate.pass()?;
+            Ok(store.transition_label(&c.label, c.from, c.to).await?)
+        })
+        .buffered(concurrency)
+        .collect()
+        .await;
+    let rows: Vec<crate::model::Item> = plan
+        .resets
+        .iter()
+        .zip(&resets)
+        .filter(|(_, t)| matches!(t, Ok(Transition::Applied | Transition::AlreadyInTarget)))
+        .map(|(c, _)| &c.label)
+        .chain(&plan.already_reset)
+        .map(|label| plan.reset_row(label).to_item())
+        .collect();
+    report.reset_rows += rows.len() as u64;
+    for chunk in rows.chunks(BATCH_WRITE_LIMIT) {
+        gate.pass_anyway();
+        store.put_items_batched(chunk.to_vec()).await?;
+    }
+    let resets: Vec<Transition<ValidationStatus>> = resets.into_iter().collect::<Result<_, _>>()?;
+    add_counts(&mut report.resets, &resets);
+    phases.mark(report, "write_corrections_resets");
+
+    // 3. Vector metadata.
+    let changes: Vec<(String, MetadataChange)> = plan
+        .vector_merges
+        .iter()
+        .map(|m| {
+            (
+                m.vector_id.clone(),
+                MetadataChange {
+                    add_valid: m.valid_labels.clone(),
+                    add_invalid: m.invalid_labels.clone(),
+                    proposed_label: m.proposed_label.clone(),
+                },
+            )
+        })
+        .collect();
+    for chunk in changes.chunks(services.options.vector_chunk.max(1)) {
+        gate.pass()?;
+        let r = services.pinecone.apply_merges(chunk.to_vec()).await?;
+        report.vectors_updated += r.updated;
+        report.vectors_unchanged += r.unchanged;
+        report.vectors_missing += r.missing;
+        report.pinecone_rate_limited += r.rate_limited;
+        if !r.missing_ids.is_empty() {
+            warn!(batch_id = %plan.batch_id, missing = r.missing, first = %r.missing_ids[0], "word vectors missing from the index");
+        }
+    }
+    phases.mark(report, "write_vectors");
+
+    // 4. CompletionBatchResult rows, each unless a smaller image's row holds its key.
+    let (known, send): (Vec<_>, Vec<_>) = plan.results.iter().partition(|r| held.held(r));
+    let written: Vec<bool> = stream::iter(&send)
+        .map(|row| async move {
+            gate.pass()?;
+            Ok::<_, FinishError>(store.put_result_row(row).await?)
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
+    for row in &send {
+        held.hold(row);
+    }
+    let kept = (known.len() + written.iter().filter(|w| !**w).count()) as u64;
+    report.result_rows += written.iter().filter(|w| **w).count() as u64;
+    report.result_rows_kept += kept;
+    let rows = &mut plan.counters.result_rows;
+    rows.written -= kept;
+    rows.collisions += kept;
+    phases.mark(report, "write_results");
+    Ok(plan)
+}
+
+async fn transitions(
+    services: &Services,
+    gate: &Gate<'_>,
+    changes: &[StatusChange],
+    concurrency: usize,
+) -> Result<Vec<Transition<ValidationStatus>>, FinishError> {
+    stream::iter(changes)
+        .map(|c| async move {
+            gate.pass()?;
+            Ok::<_, FinishError>(
+                services
+                    .store
+                    .transition_label(&c.label, c.from, c.to)
+                    .await?,
+            )
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await
+}
+
+fn add_counts(c: &mut WriteCounts, outcomes: &[Transition<ValidationStatus>]) {
+    for t in outcomes {
+        match t {
+            Transition::Applied => c.applied += 1,
+            Transition::AlreadyInTarget => c.already += 1,
+            Transition::Conflict { .. } => c.conflicts += 1,
+        }
+    }
+}
+
+/// Unconditional puts of deterministic rows, one gated call per chunk of 25, several at once.
+async fn put_chunks(
+    services: &Services,
+    gate: &Gate<'_>,
+    items: Vec<crate::model::Item>,
+) -> Result<(), FinishError> {
+    stream::iter(items.chunks(BATCH_WRITE_LIMIT))
+        .map(|chunk| async move {
+            gate.pass()?;
+            services.store.put_items_batched(chunk.to_vec()).await?;
+            Ok::<_, FinishError>(())
+        })
+        .buffer_unordered(services.options.label_concurrency.max(1))
+        .try_collect()
+        .await
+}
