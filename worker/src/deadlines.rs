@@ -20,7 +20,7 @@ pub fn stuck_validating(
     if batch.status != OpenAiStatus::Validating {
         return None;
     }
-    let since = u64::try_from(now - submitted_at).unwrap_or(0);
+    let since = u64::try_from(now.saturating_sub(submitted_at)).unwrap_or(0);
     (since > limit.as_secs()).then_some(since)
 }
 
@@ -60,7 +60,7 @@ mod tests {
         let e = 10_000;
         assert!(!overdue_for_cancel(
             &batch("in_progress", Some(e)),
-            e + 3600
+            e.saturating_add(3600)
         ));
         assert!(overdue_for_cancel(&batch("in_progress", Some(e)), e + 3601));
         assert!(overdue_for_cancel(&batch("validating", Some(e)), e + 7200));

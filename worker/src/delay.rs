@@ -48,19 +48,19 @@ pub fn next_check_delay(bounds: RecheckBounds, obs: &Observation<'_>, rng: &mut 
         _ => {
             let doubled = min * 2f64.powi(i32::try_from(obs.checks.min(30)).unwrap_or(30));
             let started = obs.in_progress_at.or(obs.created_at);
-            let age = started.map_or(0.0, |t| (obs.now - t).max(0) as f64);
+            let age = started.map_or(0.0, |t| obs.now.saturating_sub(t).max(0) as f64);
             doubled.max(age / AGE_DIVISOR)
         }
     };
     let mut delay = (base * (1.0 + rng.random_range(0.0..JITTER))).clamp(min, max);
     if let Some(expires_at) = obs.expires_at {
-        let remaining = expires_at - obs.now;
+        let remaining = expires_at.saturating_sub(obs.now);
         delay = if remaining <= 0 {
             // Past its window: the final status is due any moment.
             min
         } else {
             delay
-                .min((remaining + EXPIRY_MARGIN_SECONDS) as f64)
+                .min(remaining.saturating_add(EXPIRY_MARGIN_SECONDS) as f64)
                 .max(min)
         };
     }
@@ -81,7 +81,7 @@ pub fn schedule(now: i64, wait_seconds: u32) -> Schedule {
     if wait_seconds > SQS_MAX_DELAY_SECONDS {
         Schedule {
             delay_seconds: SQS_MAX_DELAY_SECONDS,
-            not_before: Some(now + i64::from(wait_seconds)),
+            not_before: Some(now.saturating_add(i64::from(wait_seconds))),
         }
     } else {
         Schedule {
@@ -117,8 +117,8 @@ pub fn remaining_hop(now: i64, not_before: i64) -> Option<u32> {
 /// Seconds until a lease held by someone else runs out, plus one so the re-check finds it
 /// free; at least 1 and at most one SQS delay.
 pub fn lease_recheck_delay(now_ms: i64, expires_at_ms: i64) -> u32 {
-    let remaining_ms = (expires_at_ms - now_ms).max(0);
-    let seconds = (remaining_ms + 999) / 1000 + 1;
+    let remaining_ms = expires_at_ms.saturating_sub(now_ms).max(0);
+    let seconds = remaining_ms.saturating_add(999) / 1000 + 1;
     u32::try_from(seconds.clamp(1, i64::from(SQS_MAX_DELAY_SECONDS))).unwrap_or(1)
 }
 
@@ -336,5 +336,41 @@ mod tests {
         assert_eq!(clamp_due(NOW, i64::MAX, 3600), NOW + 3600);
         assert_eq!(remaining_hop(NOW, clamp_due(NOW, i64::MAX, 900)), Some(900));
         assert_eq!(remaining_hop(NOW, i64::MIN), None, "long past: due");
+    }
+
+    #[test]
+    fn timestamps_from_outside_never_overflow() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for (created, started, expires) in [
+            (Some(i64::MIN), Some(i64::MIN), Some(i64::MAX)),
+            (Some(i64::MAX), Some(i64::MAX), Some(i64::MIN)),
+            (None, Some(i64::MIN), Some(i64::MIN)),
+        ] {
+            for status in [
+                OpenAiStatus::InProgress,
+                OpenAiStatus::Validating,
+                OpenAiStatus::Finalizing,
+            ] {
+                let o = Observation {
+                    status: &status,
+                    checks: u32::MAX,
+                    now: NOW,
+                    created_at: created,
+                    in_progress_at: started,
+                    expires_at: expires,
+                };
+                let d = next_check_delay(BOUNDS, &o, &mut rng);
+                assert!(
+                    (BOUNDS.min_seconds..=BOUNDS.max_seconds).contains(&d),
+                    "{d}"
+                );
+            }
+        }
+        assert_eq!(
+            lease_recheck_delay(i64::MIN, i64::MAX),
+            SQS_MAX_DELAY_SECONDS
+        );
+        assert_eq!(lease_recheck_delay(i64::MAX, i64::MIN), 1);
+        assert_eq!(schedule(i64::MAX, 3600).not_before, Some(i64::MAX));
     }
 }
