@@ -951,6 +951,13 @@ async fn a_completed_batch_without_output_resets_every_pending_target_and_counts
         .expect("summary");
     let batch = f.services.check(&summary).await.expect("check");
     assert_eq!(batch.output_file_id, None);
+    // The apply records its progress only while it holds the batch's lease.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    f.services
+        .store
+        .acquire_lease(&summary.batch_id, "it-clients", 60_000, now_ms)
+        .await
+        .expect("lease");
     let report = f
         .services
         .apply(
