@@ -275,6 +275,7 @@ fn skipped(c: &PlanCounters) -> BTreeMap<String, u64> {
         ("bad_id", r.bad_id),
         ("other_receipt", r.other_receipt),
         ("is_valid_not_bool", r.is_valid_not_bool),
+        ("bad_correct_label", r.bad_correct_label),
         ("not_target", r.not_target),
         ("not_in_table", r.not_in_table),
         ("already_valid", r.already_valid),
