@@ -63,22 +63,21 @@
 //! range of its receipts' keys.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::chunk::ChunkContext;
-use super::downloads::{self, ChunkFile, Downloads};
-use super::index::{Files, LineLog, count_error_file, index_input, index_output};
+use super::downloads;
+use super::index::{Files, Indexed, LineLog, index_batch};
 use super::report::ApplyReport;
+use super::resume::{self, Resume};
 use super::writes::{Gate, HeldResultKeys, execute};
-use super::{FinishError, Services, resume};
-use crate::model::{BatchStatus, BatchSummary};
+use super::{FinishError, Services};
+use crate::model::BatchSummary;
 use crate::openai::BatchObject;
 use crate::parse::BatchIndex;
-use crate::plan::{Outcome, PlanCounters, SummaryUpdate, batch_timestamp, summary_update};
+use crate::plan::{Outcome, PlanCounters, SummaryUpdate, summary_update};
 use crate::store::Transition;
 
 /// Records how long each phase took, for the report (where did an apply's time go?).
@@ -101,6 +100,7 @@ impl Phases {
     }
 }
 
+/// The table of contents of an apply.
 pub(super) async fn run(
     services: &Services,
     summary: &BatchSummary,
@@ -121,7 +121,7 @@ pub(super) async fn run(
     let batch_id = summary.batch_id.as_str();
     let mut phases = Phases::new();
 
-    // Where an earlier handling stopped; and whether the lease is ours at all.
+    // 1. Where an earlier handling stopped; and whether the lease is ours at all.
     let cursor = resume::Cursor {
         services,
         batch_id,
@@ -132,106 +132,53 @@ pub(super) async fn run(
     report.resumed_after = resume.after.as_ref().map(|r| r.custom_id());
     report.receipts_resumed = resume.receipts;
 
-    // The files, within the download budget.
-    let Downloads {
-        output,
-        errors,
-        input,
-    } = downloads::download(services, batch_id, batch, outcome, stop).await?;
+    // 2. The files, within the download budget.
+    let downloads = downloads::download(services, batch_id, batch, outcome, stop).await?;
     phases.mark(&mut report, "download");
 
-    // Pass 1: where each receipt's lines are. Lines that name no receipt are counted here.
-    let log = LineLog {
-        batch_id: batch_id.into(),
-        logged: Arc::new(AtomicUsize::new(0)),
-        max: services.options.max_logged_lines,
-    };
-    let fallback = input.is_none();
-    report.plan = PlanCounters {
-        timestamp_field: batch_timestamp(batch, outcome).1.to_owned(),
-        ..PlanCounters::default()
-    };
-    let mut index = BatchIndex::new();
-    if let Some(d) = &output {
-        index_output(&d.file, &mut index, &mut report.plan, fallback, &log).await?;
-    }
-    if let Some(d) = &errors {
-        count_error_file(&d.file, &mut index, &mut report.plan, fallback).await?;
-    }
-    drop(errors); // counted: removed, its budget share given back
-    match &input {
-        Some(d) => {
-            report.targets_source = "input_file".into();
-            report.unreadable_requests = index_input(&d.file, &mut index, &log).await?;
-        }
-        None => {
-            report.targets_source = "fallback".into();
-            for r in &summary.receipt_refs {
-                index.add_named(r.clone());
-            }
-        }
-    }
-    report.receipts = index.len() as u64;
-    let after = resume.after.as_ref();
-    let mut files = Files {
-        output: ChunkFile::open(output, index.last_with_output(), after, "output file")?,
-        input: ChunkFile::open(input, index.last_with_input(), after, "input file")?,
-    };
-    phases.mark(&mut report, "index");
-
-    // Pass 2: chunk by chunk after the cursor, read, plan, write, record the cursor.
-    let gate = Gate {
-        stop,
-        services,
-        writes: Default::default(),
-    };
-    let ctx = ChunkContext {
-        services,
+    // 3. Pass 1: where each receipt's lines are (lines that name no receipt are counted).
+    let log = LineLog::new(batch_id, services.options.max_logged_lines);
+    let Indexed {
+        index,
+        files,
+        fallback,
+    } = index_batch(
         summary,
         batch,
-        fallback,
-        log: &log,
+        downloads,
+        resume.after.as_ref(),
+        &log,
+        &mut report,
+    )
+    .await?;
+    phases.mark(&mut report, "index");
+
+    // 4. Pass 2: the chunks after the cursor, each read, planned, written and recorded.
+    let gate = Gate::new(stop, services);
+    let pass = Pass2 {
+        ctx: ChunkContext {
+            services,
+            summary,
+            batch,
+            fallback,
+            log: &log,
+        },
+        cursor: &cursor,
+        gate: &gate,
     };
-    let mut held = HeldResultKeys::new();
-    let mut done = resume.done;
-    let mut receipts_done = resume.receipts;
-    for chunk in index.chunks_after(resume.after.as_ref(), services.options.receipts_per_chunk) {
-        gate.check()?;
-        let writes_before = gate.count();
-        let mut part = ApplyReport::default();
-        let plan = ctx.plan(&chunk, &files, &mut part, &mut phases).await?;
-        let (last, _) = chunk[chunk.len() - 1];
-        files.release_read(last); // a file read to its end is removed before the writes
-        let plan = execute(services, &gate, plan, &mut held, &mut part, &mut phases).await?;
-        part.plan = plan.counters;
-        part.chunks = 1;
-        // This chunk's writes, and the cursor's own.
-        part.writes = gate.count() - writes_before + 1;
-        done.absorb(&part);
-        receipts_done += chunk.len() as u64;
-        cursor.record(&gate, last, receipts_done, &done).await?;
-        phases.mark(&mut done, "write_cursor");
-    }
-    drop(files);
+    let done = pass.run(&index, files, resume, &mut phases).await?;
     report.absorb(&done);
 
-    // The summary, last: conditional on PENDING.
-    let final_summary = summary_update(outcome, batch.output_file_id.clone());
-    if let Some(update) = &final_summary {
+    // 5. The summary, last: conditional on PENDING.
+    let update = summary_update(outcome, batch.output_file_id.clone());
+    if let Some(update) = &update {
         gate.pass()?;
         report.writes += 1;
-        let t = store_finish(services, batch_id, update).await?;
-        if let Transition::Conflict { current } = t {
-            warn!(
-                batch_id,
-                ?current,
-                "summary no longer PENDING; another run finished it"
-            );
-        }
+        write_summary(services, batch_id, update).await?;
     }
     phases.mark(&mut report, "write_summary");
 
-    report.summary_status = final_summary.map(|s| s.status);
+    report.summary_status = update.map(|s| s.status);
     report.skipped = skipped(&report.plan);
     info!(
         batch_id,
@@ -250,15 +197,68 @@ pub(super) async fn run(
     Ok(report)
 }
 
-async fn store_finish(
+/// What pass 2 needs besides the index and the files.
+struct Pass2<'a> {
+    ctx: ChunkContext<'a>,
+    cursor: &'a resume::Cursor<'a>,
+    gate: &'a Gate<'a>,
+}
+
+impl Pass2<'_> {
+    /// Reads, plans and writes the chunks after `resume`'s cursor, recording the cursor after
+    /// each; returns what the done chunks (the earlier handlings' included) counted.
+    async fn run(
+        &self,
+        index: &BatchIndex,
+        mut files: Files,
+        resume: Resume,
+        phases: &mut Phases,
+    ) -> Result<ApplyReport, FinishError> {
+        let (services, gate) = (self.ctx.services, self.gate);
+        let mut held = HeldResultKeys::new();
+        let mut done = resume.done;
+        let mut receipts_done = resume.receipts;
+        let chunks = index.chunks_after(resume.after.as_ref(), services.options.receipts_per_chunk);
+        for chunk in chunks {
+            gate.check()?;
+            let writes_before = gate.count();
+            let mut part = ApplyReport::default();
+            let plan = self.ctx.plan(&chunk, &files, &mut part, phases).await?;
+            let (last, _) = chunk[chunk.len() - 1];
+            files.release_read(last); // a file read to its end is removed before the writes
+            let plan = execute(services, gate, plan, &mut held, &mut part, phases).await?;
+            part.plan = plan.counters;
+            part.chunks = 1;
+            // This chunk's writes, and the cursor's own.
+            part.writes = gate.count() - writes_before + 1;
+            done.absorb(&part);
+            receipts_done += chunk.len() as u64;
+            self.cursor.record(gate, last, receipts_done, &done).await?;
+            phases.mark(&mut done, "write_cursor");
+        }
+        Ok(done)
+    }
+}
+
+/// The BatchSummary's status change, conditional on PENDING: the write that marks the batch
+/// done. Found finished already: another run got there (a warning, not an error).
+async fn write_summary(
     services: &Services,
     batch_id: &str,
     update: &SummaryUpdate,
-) -> Result<Transition<BatchStatus>, FinishError> {
-    Ok(services
+) -> Result<(), FinishError> {
+    let t = services
         .store
         .finish_summary(batch_id, update.status, update.result_file_id.as_deref())
-        .await?)
+        .await?;
+    if let Transition::Conflict { current } = t {
+        warn!(
+            batch_id,
+            ?current,
+            "summary no longer PENDING; another run finished it"
+        );
+    }
+    Ok(())
 }
 
 /// Everything skipped, by reason, for the report and metrics.
@@ -275,6 +275,7 @@ fn skipped(c: &PlanCounters) -> BTreeMap<String, u64> {
         ("bad_id", r.bad_id),
         ("other_receipt", r.other_receipt),
         ("is_valid_not_bool", r.is_valid_not_bool),
+        ("bad_correct_label", r.bad_correct_label),
         ("not_target", r.not_target),
         ("not_in_table", r.not_in_table),
         ("already_valid", r.already_valid),

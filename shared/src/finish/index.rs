@@ -8,25 +8,36 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tracing::warn;
 
 use super::FinishError;
-use super::downloads::ChunkFile;
-use crate::model::ReceiptKey;
+use super::downloads::{ChunkFile, Downloads};
+use super::report::ApplyReport;
+use crate::model::{BatchSummary, ReceiptKey};
+use crate::openai::BatchObject;
 use crate::openai::client::DownloadedFile;
 use crate::parse::{
     AsyncLineReader, BatchIndex, InputLine, LineRef, ParsedLine, locate_custom_id,
     parse_input_read, parse_output_read, peek_custom_id,
 };
-use crate::plan::PlanCounters;
+use crate::plan::{Outcome, PlanCounters, batch_timestamp};
 
 /// Output lines that give no verdicts are logged one by one up to a cap per batch, from the
 /// first pass and from the chunks alike.
 #[derive(Clone)]
 pub(super) struct LineLog {
     pub(super) batch_id: Arc<str>,
-    pub(super) logged: Arc<AtomicUsize>,
-    pub(super) max: usize,
+    logged: Arc<AtomicUsize>,
+    max: usize,
 }
 
 impl LineLog {
+    /// Logs at most `max` lines one by one for the batch.
+    pub(super) fn new(batch_id: &str, max: usize) -> Self {
+        LineLog {
+            batch_id: batch_id.into(),
+            logged: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
     pub(super) fn line(&self, file: &str, n: u64, parsed: &ParsedLine) {
         let (kind, detail) = match parsed {
             ParsedLine::Malformed(m) => (m.kind.as_str(), m.detail.as_str()),
@@ -45,6 +56,70 @@ impl LineLog {
             );
         }
     }
+}
+
+/// What pass 1 hands pass 2.
+pub(super) struct Indexed {
+    pub(super) index: BatchIndex,
+    pub(super) files: Files,
+    /// OpenAI no longer has the input file: the targets are the named receipts' PENDING
+    /// labels.
+    pub(super) fallback: bool,
+}
+
+/// Pass 1: indexes the batch's downloaded files (the error file is counted, then removed),
+/// and opens those the chunks after `after` will read. Fills the report's header: where the
+/// targets come from, the receipts, the lines that name none, the unreadable requests.
+pub(super) async fn index_batch(
+    summary: &BatchSummary,
+    batch: &BatchObject,
+    downloads: Downloads,
+    after: Option<&ReceiptKey>,
+    log: &LineLog,
+    report: &mut ApplyReport,
+) -> Result<Indexed, FinishError> {
+    let Downloads {
+        output,
+        errors,
+        input,
+    } = downloads;
+    let fallback = input.is_none();
+    report.plan = PlanCounters {
+        timestamp_field: batch_timestamp(batch, Outcome::of(&batch.status))
+            .1
+            .to_owned(),
+        ..PlanCounters::default()
+    };
+    let mut index = BatchIndex::new();
+    if let Some(d) = &output {
+        index_output(&d.file, &mut index, &mut report.plan, fallback, log).await?;
+    }
+    if let Some(d) = &errors {
+        count_error_file(&d.file, &mut index, &mut report.plan, fallback).await?;
+    }
+    drop(errors); // counted: removed, its budget share given back
+    match &input {
+        Some(d) => {
+            report.targets_source = "input_file".into();
+            report.unreadable_requests = index_input(&d.file, &mut index, log).await?;
+        }
+        None => {
+            report.targets_source = "fallback".into();
+            for r in &summary.receipt_refs {
+                index.add_named(r.clone());
+            }
+        }
+    }
+    report.receipts = index.len() as u64;
+    let files = Files {
+        output: ChunkFile::open(output, index.last_with_output(), after, "output file")?,
+        input: ChunkFile::open(input, index.last_with_input(), after, "input file")?,
+    };
+    Ok(Indexed {
+        index,
+        files,
+        fallback,
+    })
 }
 
 /// The downloaded files the chunks read lines from; each is removed once read to its end.
@@ -67,7 +142,7 @@ impl Files {
 /// Pass 1 over the output file: each line is placed with its receipt, read up to its
 /// `custom_id` only; a line that names no receipt (blank, not JSON, no usable `custom_id`, over
 /// the length cap) is classified and counted at once.
-pub(super) async fn index_output(
+async fn index_output(
     file: &DownloadedFile,
     index: &mut BatchIndex,
     counters: &mut PlanCounters,
@@ -100,7 +175,7 @@ pub(super) async fn index_output(
 
 /// The error file's lines are counted only (processing-rules.md gives them no verdicts); for
 /// the fallback they name receipts.
-pub(super) async fn count_error_file(
+async fn count_error_file(
     file: &DownloadedFile,
     index: &mut BatchIndex,
     counters: &mut PlanCounters,
@@ -122,7 +197,7 @@ pub(super) async fn count_error_file(
 /// request whose `### Targets` cannot be read (processing-rules.md, Inputs) marks its own
 /// receipt (its `custom_id`) for the fallback: that receipt's PENDING labels are its targets,
 /// and no other receipt's. Returns how many requests could not be read.
-pub(super) async fn index_input(
+async fn index_input(
     file: &DownloadedFile,
     index: &mut BatchIndex,
     log: &LineLog,

@@ -9,7 +9,13 @@
 //! Memory does not grow with the batch's files: a first pass indexes where each receipt's
 //! lines are, then the batch is planned and written a chunk of receipts at a time
 //! ([`ApplyOptions::receipts_per_chunk`]); see `apply.rs` for why that decides exactly what a
-//! plan of the whole batch would.
+//! plan of the whole batch would, and why two applies overlapping for a moment end alike.
+//!
+//! Progress is kept: after each chunk the apply records how far it got on the batch's
+//! fleet-state item, while it holds the batch's lease, and a later handling resumes there
+//! (`resume.rs`): a batch of any size finishes however many handlings it takes. Disk is kept
+//! too: the downloads of all applies of a process share one [`DownloadBudget`], and each file
+//! is removed as soon as the apply has read it to its end.
 
 mod apply;
 mod budget;

@@ -21,7 +21,7 @@ pub struct WriteCounts {
 
 /// What an apply did. A batch applied over several handlings (each resuming after the last
 /// receipt the previous one finished) reports the whole batch: the counts of the chunks done
-/// earlier are kept beside the cursor and added in ([`ApplyReport::absorb`]).
+/// earlier are kept beside the cursor and added in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ApplyReport {

@@ -19,12 +19,20 @@ use crate::store::{BATCH_WRITE_LIMIT, Created, Transition};
 
 /// Checks, before every write, that the apply may go on (stop token, drill budget), and counts.
 pub(super) struct Gate<'a> {
-    pub(super) stop: &'a CancellationToken,
-    pub(super) services: &'a Services,
-    pub(super) writes: AtomicU64,
+    stop: &'a CancellationToken,
+    services: &'a Services,
+    writes: AtomicU64,
 }
 
-impl Gate<'_> {
+impl<'a> Gate<'a> {
+    pub(super) fn new(stop: &'a CancellationToken, services: &'a Services) -> Self {
+        Gate {
+            stop,
+            services,
+            writes: AtomicU64::new(0),
+        }
+    }
+
     /// Fails when the apply was told to stop; writes nothing, counts nothing (a chunk checks
     /// it before reading, so a stopped handling does not read what it will not write).
     pub(super) fn check(&self) -> Result<(), FinishError> {

@@ -30,7 +30,7 @@ pub use lines::{
 };
 pub use malformed::{Malformed, MalformedKind};
 pub use output::{
-    ParsedLine, ParsedResult, RequestFailure, ResultSkip, locate_custom_id, parse_output_line,
-    parse_output_read, peek_custom_id,
+    MAX_CORRECT_LABEL, ParsedLine, ParsedResult, RequestFailure, ResultSkip, locate_custom_id,
+    parse_output_line, parse_output_read, peek_custom_id,
 };
 pub use result_id::{ResultId, ResultIdError};

@@ -107,6 +107,10 @@ pub enum ResultSkip {
     },
     #[error("is_valid missing or not a boolean")]
     IsValidNotBool,
+    /// `correct_label` longer than [`MAX_CORRECT_LABEL`] characters or with a character outside
+    /// `[A-Za-z0-9_ ]`: text the model was steered into, not a label name; never stored.
+    #[error("correct_label of {length} characters is not a label name")]
+    BadCorrectLabel { length: usize },
 }
 
 impl ResultSkip {
@@ -118,6 +122,7 @@ impl ResultSkip {
             ResultSkip::BadId(_) => "bad_id",
             ResultSkip::OtherReceipt { .. } => "other_receipt",
             ResultSkip::IsValidNotBool => "is_valid_not_bool",
+            ResultSkip::BadCorrectLabel { .. } => "bad_correct_label",
         }
     }
 }
@@ -418,7 +423,14 @@ fn check_result(
         return Err(ResultSkip::IsValidNotBool);
     };
     let correct_label = match entry.take(EntryFields::CORRECT_LABEL) {
-        Some(Scalar::Str(s)) if !s.is_empty() => Some(s.into_owned()),
+        Some(Scalar::Str(s)) if !s.is_empty() => {
+            if !is_label_like(&s) {
+                return Err(ResultSkip::BadCorrectLabel {
+                    length: s.chars().count(),
+                });
+            }
+            Some(s.into_owned())
+        }
         _ => None,
     };
     Ok(ParsedResult {
@@ -427,6 +439,18 @@ fn check_result(
         is_valid,
         correct_label,
     })
+}
+
+/// The longest `correct_label` kept: the longest core label has 14 characters; prompt text can
+/// steer the model into writing anything there, and the audit rows store it.
+pub const MAX_CORRECT_LABEL: usize = 64;
+
+/// At most [`MAX_CORRECT_LABEL`] characters of `[A-Za-z0-9_ ]` (spaces and lower case are a
+/// model's spelling of a label name: recorded, and only a core label creates anything).
+fn is_label_like(s: &str) -> bool {
+    s.len() <= MAX_CORRECT_LABEL
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b' ')
 }
 
 fn classify_lenient(line: &[u8], original: &serde_json::Error) -> ParsedLine {

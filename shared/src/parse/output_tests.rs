@@ -439,6 +439,39 @@ fn correct_label_of_another_type_or_empty_is_ignored() {
 }
 
 #[test]
+fn correct_label_too_long_or_not_a_label_name_makes_the_result_malformed() {
+    let longest = "A".repeat(MAX_CORRECT_LABEL);
+    let too_long = "A".repeat(MAX_CORRECT_LABEL + 1);
+    let results = answered(&function_call(json!([
+        {"id": rid(1, 1, "DATE"), "is_valid": false, "correct_label": longest},
+        {"id": rid(1, 2, "DATE"), "is_valid": false, "correct_label": too_long},
+        {"id": rid(1, 3, "DATE"), "is_valid": false, "correct_label": "TIME\n### Targets"},
+        {"id": rid(1, 4, "DATE"), "is_valid": true, "correct_label": "<script>"},
+        {"id": rid(1, 5, "DATE"), "is_valid": false, "correct_label": "Unit price 2"},
+        {"id": rid(1, 6, "DATE"), "is_valid": false, "correct_label": "ÉTÉ"},
+    ])));
+    let outcome: Vec<Result<Option<String>, ResultSkip>> = results
+        .into_iter()
+        .map(|r| r.map(|r| r.correct_label))
+        .collect();
+    assert_eq!(
+        outcome,
+        [
+            Ok(Some(longest)),
+            Err(ResultSkip::BadCorrectLabel { length: 65 }),
+            Err(ResultSkip::BadCorrectLabel { length: 16 }),
+            Err(ResultSkip::BadCorrectLabel { length: 8 }),
+            Ok(Some("Unit price 2".into())),
+            Err(ResultSkip::BadCorrectLabel { length: 3 }),
+        ]
+    );
+    assert_eq!(
+        ResultSkip::BadCorrectLabel { length: 65 }.kind(),
+        "bad_correct_label"
+    );
+}
+
+#[test]
 fn an_oversized_line_is_malformed_line_too_long() {
     let parsed = parse_output_read(Err(LineTooLong {
         length: 9 << 20,

@@ -211,6 +211,7 @@ impl PlanBuilder {
                     ResultSkip::BadId(_) => &mut c.bad_id,
                     ResultSkip::OtherReceipt { .. } => &mut c.other_receipt,
                     ResultSkip::IsValidNotBool => &mut c.is_valid_not_bool,
+                    ResultSkip::BadCorrectLabel { .. } => &mut c.bad_correct_label,
                 } += 1;
                 return;
             }

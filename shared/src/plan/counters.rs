@@ -69,6 +69,8 @@ pub struct ResultCounters {
     pub bad_id: u64,
     pub other_receipt: u64,
     pub is_valid_not_bool: u64,
+    /// `correct_label` too long or not a label name: the whole result is skipped.
+    pub bad_correct_label: u64,
     pub not_target: u64,
     pub not_in_table: u64,
     /// Results of a batch whose outcome applies no output (never expected: a failed batch has
@@ -88,6 +90,7 @@ impl ResultCounters {
         self.bad_id += o.bad_id;
         self.other_receipt += o.other_receipt;
         self.is_valid_not_bool += o.is_valid_not_bool;
+        self.bad_correct_label += o.bad_correct_label;
         self.not_target += o.not_target;
         self.not_in_table += o.not_in_table;
         self.ignored += o.ignored;

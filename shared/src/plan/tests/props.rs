@@ -408,8 +408,8 @@ proptest! {
         prop_assert_eq!(
             r.total,
             r.applied + r.recorded + r.already_valid + r.duplicate_overridden + r.not_an_object
-                + r.missing_id + r.bad_id + r.other_receipt + r.is_valid_not_bool + r.not_target
-                + r.not_in_table + r.ignored
+                + r.missing_id + r.bad_id + r.other_receipt + r.is_valid_not_bool
+                + r.bad_correct_label + r.not_target + r.not_in_table + r.ignored
         );
         prop_assert_eq!(plan.counters.verdicts.total(), plan.verdicts.len() as u64);
         prop_assert_eq!(

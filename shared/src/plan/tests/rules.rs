@@ -930,6 +930,26 @@ fn rerun_after_every_possible_interruption_ends_in_the_same_state() {
     }
 }
 
+#[test]
+fn rule_4_a_correct_label_that_is_not_a_label_name_skips_its_result_and_is_never_written() {
+    let a = k(IMG_A, 1, 1, "DATE");
+    let b = k(IMG_A, 1, 2, "DATE");
+    let plan = Scenario::new("completed")
+        .target(&a, PENDING)
+        .target(&b, PENDING)
+        .answer(
+            1,
+            vec![
+                Err(ResultSkip::BadCorrectLabel { length: 300 }),
+                res(&b, false, Some("TIME")),
+            ],
+        )
+        .plan();
+    assert_eq!(plan.counters.results.bad_correct_label, 1);
+    assert_eq!(plan.resets, vec![change(&a, NONE)], "no verdict: reset");
+    assert_eq!(plan.status_changes, vec![change(&b, INVALID)]);
+}
+
 // ---- Journaled resets ----------------------------------------------------------------------
 
 #[test]
