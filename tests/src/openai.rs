@@ -744,6 +744,7 @@ fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/v1/batches/{id}", get(get_batch))
         .route("/v1/batches/{id}/cancel", post(cancel_batch))
+        .route("/v1/files/{id}", get(file_object))
         .route("/v1/files/{id}/content", get(file_content))
         .route_layer(from_fn_with_state(shared.clone(), auth));
     let admin = Router::new()
@@ -917,6 +918,29 @@ async fn cancel_batch(State(shared): State<Arc<Shared>>, Path(id): Path<String>)
         batch.last_status = Some("cancelling".to_owned());
     }
     axum::Json(batch.object("cancelling")).into_response()
+}
+
+/// `GET /v1/files/{id}`: the file object, as the real API describes a batch's file.
+async fn file_object(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let Some(content) = shared.lock().files.get(&id).cloned() else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            &format!("No such File object: {id}"),
+            "invalid_request_error",
+            None,
+        );
+    };
+    axum::Json(json!({
+        "id": id,
+        "object": "file",
+        "bytes": content.len(),
+        "created_at": 1_750_000_000,
+        "filename": format!("{id}.jsonl"),
+        "purpose": "batch_output",
+        "status": "processed",
+        "status_details": null,
+    }))
+    .into_response()
 }
 
 async fn file_content(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {

@@ -63,6 +63,8 @@ setting_flags! {
     shutdown_grace_seconds => "SHUTDOWN_GRACE_SECONDS", "Drain time after SIGTERM/SIGINT [default: 25]";
     max_concurrent_applies => "MAX_CONCURRENT_APPLIES",
         "Finished batches applied at once, 1..=64, at most MAX_IN_FLIGHT [default: 2]";
+    download_budget_mb => "DOWNLOAD_BUDGET_MB",
+        "Disk the downloads of this worker's applies may take at once, in MiB; size the pod's volume above it [default: 1536]";
     deployment_unready_seconds => "DEPLOYMENT_UNREADY_SECONDS",
         "How long /readyz answers 503 after an error of the deployment (rejected key, access denied, missing table or queue) [default: 60]";
     log_format => "LOG_FORMAT", "json or text [default: json]";

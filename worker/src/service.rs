@@ -81,5 +81,11 @@ pub fn build_services(
             settings.pinecone.api_key.clone(),
         )
     })?;
-    Ok(Services::new(store, openai, pinecone))
+    let mut services = Services::new(store, openai.clone(), pinecone);
+    // One budget per process, shared by its applies; sizes asked of OpenAI before downloading.
+    services.options.download_budget = Some(fleet_shared::finish::DownloadBudget::new(
+        settings.download_budget_bytes,
+    ));
+    services.file_sizes = Some(std::sync::Arc::new(openai));
+    Ok(services)
 }

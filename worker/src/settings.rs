@@ -61,6 +61,9 @@ pub struct Settings {
     /// Finished batches applied at once by this process (status checks are bounded by
     /// `max_in_flight` alone): applies hold files on disk and memory, checks hold nothing.
     pub max_concurrent_applies: usize,
+    /// Disk the downloads of this process's applies may take at once, in bytes
+    /// (`DOWNLOAD_BUDGET_MB`; the pod's volume is sized for it).
+    pub download_budget_bytes: u64,
     /// How long `/readyz` answers 503 after an error of the deployment (a rejected key, access
     /// denied, a missing table or queue).
     pub unready_after_deployment_error: Duration,
@@ -150,6 +153,7 @@ impl Settings {
             .number_in("MAX_CONCURRENT_APPLIES", 2, 1, 64)
             .min(max_in_flight);
         let unready = l.number_in("DEPLOYMENT_UNREADY_SECONDS", 60, 1, 86_400);
+        let budget_mb = l.number_in("DOWNLOAD_BUDGET_MB", 1536, 1, 1 << 20);
         let host = l
             .optional("HOSTNAME")
             .filter(|h| {
@@ -180,6 +184,7 @@ impl Settings {
             stuck_validating: Duration::from_secs(stuck),
             shutdown_grace: Duration::from_secs(grace),
             max_concurrent_applies: to_usize(applies),
+            download_budget_bytes: budget_mb << 20,
             unready_after_deployment_error: Duration::from_secs(unready),
             exit_when_idle,
             worker_id: format!("{host}-{:06x}", suffix & 0x00ff_ffff),
@@ -225,6 +230,7 @@ impl Settings {
             stuck_validating_seconds = self.stuck_validating.as_secs(),
             shutdown_grace_seconds = self.shutdown_grace.as_secs(),
             max_concurrent_applies = self.max_concurrent_applies,
+            download_budget_mb = self.download_budget_bytes >> 20,
             deployment_unready_seconds = self.unready_after_deployment_error.as_secs(),
             exit_when_idle = self.exit_when_idle,
             log_format = ?self.common.log_format,

@@ -46,6 +46,7 @@ fn defaults() {
     assert_eq!(s.metrics_addr, "0.0.0.0:9090".parse().unwrap());
     assert_eq!(s.max_in_flight, 16);
     assert_eq!(s.max_concurrent_applies, 2);
+    assert_eq!(s.download_budget_bytes, 1536 << 20);
     assert_eq!(s.unready_after_deployment_error, Duration::from_secs(60));
     assert_eq!(s.visibility_timeout_seconds, 120);
     assert_eq!(s.heartbeat, Duration::from_secs(40));
@@ -128,6 +129,14 @@ fn each_bad_value_is_named() {
         (
             &[("MAX_CONCURRENT_APPLIES", "0")],
             "MAX_CONCURRENT_APPLIES=0 is out of range (1..=64)",
+        ),
+        (
+            &[("DOWNLOAD_BUDGET_MB", "0")],
+            "DOWNLOAD_BUDGET_MB=0 is out of range",
+        ),
+        (
+            &[("DOWNLOAD_BUDGET_MB", "1.5")],
+            "DOWNLOAD_BUDGET_MB=\"1.5\" is not a whole number",
         ),
         (
             &[("DEPLOYMENT_UNREADY_SECONDS", "soon")],

@@ -146,11 +146,15 @@ impl Drop for Reservation {
 
 /// How an apply learns the size of an OpenAI file before downloading it: what its download
 /// would announce as `Content-Length`. `Ok(None)`: unknown (the apply then downloads alone,
-/// see the module's doc). The OpenAI client offers no such call yet (a `HEAD` of
-/// `/files/{id}/content`, or `GET /files/{id}`'s `bytes`); until it does, whoever builds the
-/// [`super::Services`] may plug one in.
+/// see the module's doc). The OpenAI client answers it with `GET /files/{id}`'s `bytes`.
 pub trait FileSizes: Send + Sync {
     fn size<'a>(&'a self, file_id: &'a str) -> BoxFuture<'a, Result<Option<u64>, OpenAiError>>;
+}
+
+impl FileSizes for crate::openai::client::OpenAiClient {
+    fn size<'a>(&'a self, file_id: &'a str) -> BoxFuture<'a, Result<Option<u64>, OpenAiError>> {
+        Box::pin(self.file_size(file_id))
+    }
 }
 
 /// One file to download for an apply.

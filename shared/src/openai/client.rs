@@ -209,6 +209,19 @@ impl OpenAiClient {
         same_batch(Endpoint::CancelBatch, batch_id, batch)
     }
 
+    /// `GET /files/{id}`: the file's size in bytes (`bytes`), which its download announces as
+    /// `Content-Length`; `None` when the answer does not say.
+    pub async fn file_size(&self, file_id: &str) -> Result<Option<u64>, OpenAiError> {
+        #[derive(serde::Deserialize)]
+        struct FileObject {
+            #[serde(default)]
+            bytes: Option<u64>,
+        }
+        let url = self.url(&["files", file_id]);
+        let file: FileObject = self.json_call(Endpoint::GetFile, Method::GET, url).await?;
+        Ok(file.bytes)
+    }
+
     /// `GET /files/{id}/content`, streamed to a temporary file in the configured directory.
     pub async fn download_file(&self, file_id: &str) -> Result<DownloadedFile, OpenAiError> {
         let dir = self.download_dir.clone().unwrap_or_else(std::env::temp_dir);

@@ -22,6 +22,8 @@ pub enum Endpoint {
     GetBatch,
     CancelBatch,
     DownloadFile,
+    /// `GET /files/{id}`: the file object (its size, before a download).
+    GetFile,
 }
 
 impl Endpoint {
@@ -37,6 +39,7 @@ impl CallName for Endpoint {
             Endpoint::GetBatch => "get_batch",
             Endpoint::CancelBatch => "cancel_batch",
             Endpoint::DownloadFile => "download_file",
+            Endpoint::GetFile => "get_file",
         }
     }
 }
