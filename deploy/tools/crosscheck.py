@@ -77,28 +77,40 @@ WEBHOOK_PATH = "/openai/webhook"
 WEBHOOK_SHUTDOWN_GRACE_SECONDS = 10
 
 # Exactly the AWS actions each binary calls, per resource (least privilege).
+# Table statements are keyed by the dynamodb:LeadingKeys prefixes they are
+# limited to ("table[BATCH#*]"): the receipts table is shared with other
+# programs, and each binary reaches only the partitions it works on (read from
+# shared/src/store and shared/src/model: BATCH#<id> summary, fleet state, audit
+# rows and journal; IMAGE#<uuid> word labels). Index statements are keyed by
+# the index ("index/GSI1"): a query on an index is not keyed by the table's
+# partition key, so LeadingKeys cannot limit it; they name the one index.
 EXPECTED_ACTIONS = {
     "WorkerRole": {
         "WorkQueue": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                       "sqs:SendMessage", "sqs:GetQueueAttributes"},
         "DeadLetterQueue": {"sqs:SendMessage"},
-        "table": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
-                  "dynamodb:Query", "dynamodb:BatchWriteItem"},
-        "table-index": {"dynamodb:Query"},
+        "table[BATCH#*]": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                           "dynamodb:Query", "dynamodb:BatchWriteItem"},
+        "table[IMAGE#*]": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                           "dynamodb:Query"},
     },
     "ProducerRole": {
         "WorkQueue": {"sqs:SendMessage", "sqs:GetQueueAttributes"},
         "DeadLetterQueue": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
                             "sqs:ChangeMessageVisibility", "sqs:StartMessageMoveTask",
                             "sqs:ListMessageMoveTasks"},
-        "table": {"dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:GetItem",
-                  "dynamodb:BatchGetItem"},
-        "table-index": {"dynamodb:Query"},
+        "table[BATCH#*]": {"dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:BatchGetItem"},
+        "index/GSI1": {"dynamodb:Query"},
     },
     "KedaScalerRole": {
         "WorkQueue": {"sqs:GetQueueAttributes"},
     },
 }
+# The leading-key condition every table statement must carry.
+LEADING_KEYS = "dynamodb:LeadingKeys"
+LEADING_KEYS_OPERATOR = "ForAllValues:StringLike"
+# A prefix pattern: a fixed key prefix ending in "#", then "*".
+LEADING_KEY_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*#\*$")
 # Valid action names of the two services (AWS service authorization
 # reference), so a misspelt action fails even where cfn-lint is not run.
 VALID_ACTIONS = {
@@ -779,15 +791,48 @@ def check_env(docs, idx, repo_root: Path, interface: Path) -> tuple[list[str], s
 
 # --------------------------------------------------------- CloudFormation
 def policy_resource_key(resource) -> str | None:
+    """The resource a statement names: a queue's logical id, "table", or
+    "index/NAME" ("index/*" for every index)."""
     if isinstance(resource, dict) and "Fn::GetAtt" in resource:
         return resource["Fn::GetAtt"][0]
     if isinstance(resource, dict) and "Fn::Sub" in resource:
         text = resource["Fn::Sub"] if isinstance(resource["Fn::Sub"], str) else resource["Fn::Sub"][0]
-        if re.search(r":table/\$\{TableName\}/index/\*$", text):
-            return "table-index"
-        if re.search(r":table/\$\{TableName\}$", text):
+        m = re.search(r":table/\$\{TableName\}/index/([A-Za-z0-9_.*-]+)$", text.strip())
+        if m:
+            return f"index/{m.group(1)}"
+        if re.search(r":table/\$\{TableName\}$", text.strip()):
             return "table"
     return None
+
+
+def leading_keys(role: str, sid: str, condition, errs: list[str]) -> list[str] | None:
+    """The LeadingKeys prefixes of a table statement's condition, or None
+    (with the reason in errs) when it does not limit every key a request names."""
+    where = f"{role} statement {sid}"
+    if not condition:
+        errs.append(f"{where} on the table has no {LEADING_KEYS} condition: it reaches every item of the "
+                    f"shared table (add {LEADING_KEYS_OPERATOR} {LEADING_KEYS} with the key prefixes it uses)")
+        return None
+    ops = {op: keys for op, keys in condition.items() if isinstance(keys, dict) and LEADING_KEYS in keys}
+    if set(ops) != {LEADING_KEYS_OPERATOR}:
+        if any(op.startswith("ForAnyValue:") for op in ops):
+            errs.append(f"{where}: {LEADING_KEYS} under ForAnyValue lets a BatchWriteItem or BatchGetItem "
+                        f"through when one key matches; use {LEADING_KEYS_OPERATOR}")
+        else:
+            errs.append(f"{where}: condition {sorted(condition)} does not limit {LEADING_KEYS} with "
+                        f"{LEADING_KEYS_OPERATOR}")
+        return None
+    other = sorted(set(condition) - {LEADING_KEYS_OPERATOR}) + sorted(
+        k for k in condition[LEADING_KEYS_OPERATOR] if k != LEADING_KEYS)
+    if other:
+        errs.append(f"{where}: unexpected condition keys {other} beside {LEADING_KEYS}")
+    values = condition[LEADING_KEYS_OPERATOR][LEADING_KEYS]
+    values = values if isinstance(values, list) else [values]
+    bad = [v for v in values if not isinstance(v, str) or not LEADING_KEY_PATTERN.match(v)]
+    if bad or not values:
+        errs.append(f"{where}: {LEADING_KEYS} values {bad or values} are not key prefixes like \"BATCH#*\"")
+        return None
+    return sorted(values)
 
 
 def check_iam(cfn, params) -> list[str]:
@@ -800,8 +845,12 @@ def check_iam(cfn, params) -> list[str]:
             continue
         got: dict[str, set[str]] = {}
         for pol in r["Properties"].get("Policies", []):
-            for st in pol["PolicyDocument"]["Statement"]:
+            for i, st in enumerate(pol["PolicyDocument"]["Statement"]):
+                sid = st.get("Sid") or f"#{i}"
                 if st.get("Effect") != "Allow":
+                    continue
+                if "NotAction" in st or "NotResource" in st:
+                    errs.append(f"{role} statement {sid}: NotAction/NotResource grants more than it names")
                     continue
                 acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
                 resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
@@ -811,11 +860,24 @@ def check_iam(cfn, params) -> list[str]:
                         errs.append(f"{role}: wildcard action {a}")
                     elif name not in VALID_ACTIONS.get(svc, set()):
                         errs.append(f"{role}: {a} is not a valid {svc or '?'} action")
-                for rs in resources:
-                    key = policy_resource_key(rs)
+                keys = [policy_resource_key(rs) for rs in resources]
+                for rs, key in zip(resources, keys):
                     if key is None:
                         errs.append(f"{role}: resource {rs!r} is not one of this stack's queues, table or indexes")
+                    elif key == "index/*":
+                        errs.append(f"{role} statement {sid}: resource names every index (index/*); name the "
+                                    f"indexes the binary queries")
+                keys = [k for k in keys if k is not None and k != "index/*"]
+                if "table" in keys and len(keys) > 1:
+                    errs.append(f"{role} statement {sid}: names the table beside {sorted(set(keys) - {'table'})}; "
+                                f"keep the table's leading-key statement apart")
+                    continue
+                if "table" in keys:
+                    prefixes = leading_keys(role, sid, st.get("Condition"), errs)
+                    if prefixes is None:
                         continue
+                    keys = [f"table[{','.join(prefixes)}]"]
+                for key in keys:
                     got.setdefault(key, set()).update(acts)
         for key in sorted(set(expected) | set(got)):
             extra = got.get(key, set()) - expected.get(key, set())
@@ -1035,7 +1097,8 @@ def main() -> int:
     c.report("grace period < terminationGracePeriodSeconds < visibility timeout; CronJob timing", errs, detail)
     errs, detail = check_env(docs, idx, a.repo_root, interface)
     c.report("every env var in the manifests is one the binaries read", errs, detail)
-    c.report("IAM: exactly the actions each binary calls, on this stack's resources; IRSA trust",
+    c.report("IAM: exactly the actions each binary calls, on this stack's resources, table items by "
+             "leading key (dynamodb:LeadingKeys), indexes by name; IRSA trust",
              check_iam(cfn, params))
     c.report("queues: redrive, redrive allow policy, retention", check_queues(cfn, params))
     errs, detail = check_params(cfn, a.deploy_dir / "cloudformation" / "parameters.example.json")
