@@ -361,6 +361,68 @@ def check_selectors_ports(docs, idx) -> list[str]:
     return errs
 
 
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+
+
+def namespace_peer(peer: dict) -> str | None:
+    """The namespace a NetworkPolicy peer names by its kubernetes.io/metadata.name
+    label (with or without a podSelector), or None for any other peer."""
+    ns = peer.get("namespaceSelector") or {}
+    labels = ns.get("matchLabels") or {}
+    if "ipBlock" in peer or ns.get("matchExpressions") or set(labels) != {NAMESPACE_LABEL}:
+        return None
+    return labels[NAMESPACE_LABEL]
+
+
+def check_metrics_networkpolicy(docs, idx) -> tuple[list[str], str]:
+    """The worker's metrics port is open to the monitoring namespace only, the
+    same namespace the webhook receiver's policy lets Prometheus in from."""
+    errs: list[str] = []
+    dep = deployment(docs, WORKER)
+    if dep is None:
+        return [f"no Deployment {WORKER}"], ""
+    labels = dep["spec"]["template"]["metadata"].get("labels", {})
+    env, _ = container_env(dep["spec"]["template"]["spec"]["containers"][0], idx)
+    port = int((env.get("METRICS_ADDR") or "0.0.0.0:9090").rsplit(":", 1)[1])
+    nps = [n for n in docs if n["kind"] == "NetworkPolicy" and matches(n["spec"]["podSelector"], labels)]
+    namespaces = set()
+    for n in nps:
+        name = n["metadata"]["name"]
+        if "Ingress" not in n["spec"].get("policyTypes", []):
+            errs.append(f"NetworkPolicy {name}: does not restrict ingress to the worker")
+        for r in n["spec"].get("ingress", []) or []:
+            peers = r.get("from") or []
+            if not peers:
+                errs.append(f"NetworkPolicy {name}: an ingress rule without 'from' opens the metrics port "
+                            f"to every pod and address")
+            for peer in peers:
+                ns = namespace_peer(peer)
+                if ns is None:
+                    errs.append(f"NetworkPolicy {name}: peer {peer} is not one namespace named by "
+                                f"{NAMESPACE_LABEL}")
+                else:
+                    namespaces.add(ns)
+            ports = {p.get("port") for p in r.get("ports", []) or []}
+            if ports != {port} and ports != {"metrics"}:
+                errs.append(f"NetworkPolicy {name}: an ingress rule allows ports {sorted(map(str, ports))}, "
+                            f"not only the metrics port {port}")
+    if not nps:
+        errs.append(f"no NetworkPolicy selects the {WORKER} pods")
+    if len(namespaces) > 1:
+        errs.append(f"the metrics port is open to several namespaces: {sorted(namespaces)}")
+    webhook_ns = set()
+    for n in (d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == WEBHOOK):
+        for r in n["spec"].get("ingress", []) or []:
+            for peer in r.get("from") or []:
+                ns = namespace_peer(peer)
+                if ns is not None and "ingress" not in json.dumps(peer):
+                    webhook_ns.add(ns)
+    if namespaces and webhook_ns and webhook_ns != namespaces:
+        errs.append(f"the worker's metrics port is open to {sorted(namespaces)}, the webhook receiver's to "
+                    f"{sorted(webhook_ns)}: Prometheus runs in one namespace")
+    return errs, f"port {port} from namespace {', '.join(sorted(namespaces)) or '-'}"
+
+
 def port_number(container: dict, port) -> int | None:
     """A container port given by name or number."""
     for p in container.get("ports", []):
@@ -1091,6 +1153,8 @@ def main() -> int:
              check_keda(docs, idx, worker_env))
     errs, detail = check_queue_and_names(docs, idx, worker_env, common_env, cfn, params, namespace)
     c.report("KEDA queue and settings name the CloudFormation queues, table, roles and namespace", errs, detail)
+    errs, detail = check_metrics_networkpolicy(docs, idx)
+    c.report("metrics port open only to the monitoring namespace (NetworkPolicy)", errs, detail)
     errs, detail = check_webhook(docs, idx)
     c.report("webhook receiver: replicas, probes, secret, Service, Ingress with TLS, PDB, NetworkPolicy", errs, detail)
     errs, detail = check_timing(docs, worker_env, cfn, params)
