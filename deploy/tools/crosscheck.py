@@ -1095,6 +1095,83 @@ def check_alerts(docs, readme: Path) -> tuple[list[str], str]:
     return errs, f"{len(rules)} alerts, each with a runbook section"
 
 
+# -------------------------------------------------------------- Dockerfile
+FROM_LINE = re.compile(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?\s*$", re.I)
+PINNED_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(?::[0-9]+)?/?[a-z0-9._/-]*:[A-Za-z0-9._-]+@sha256:([0-9a-f]{64})$")
+
+
+def dockerfile_lines(text: str) -> list[str]:
+    """Instructions with their continuation lines joined, comments dropped."""
+    out: list[str] = []
+    cur = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not cur and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            cur += line[:-1] + " "
+            continue
+        out.append(cur + line)
+        cur = ""
+    if cur:
+        out.append(cur)
+    return out
+
+
+def check_dockerfile(deploy_dir: Path, docs, idx) -> tuple[list[str], str]:
+    """Every base image pinned by digest (name:tag@sha256:...), and the image
+    exposes the ports the manifests listen on."""
+    errs: list[str] = []
+    path = deploy_dir / "Dockerfile"
+    lines = dockerfile_lines(path.read_text(encoding="utf-8"))
+    stages: set[str] = set()
+    bases = []
+    exposed: set[int] = set()
+    for line in lines:
+        word = line.split(None, 1)[0].upper()
+        if word == "FROM":
+            m = FROM_LINE.match(line)
+            if not m:
+                errs.append(f"Dockerfile: cannot read {line!r}")
+                continue
+            image, alias = m.group(1), m.group(2)
+            if image.lower() in stages:
+                pass  # an earlier stage of this file
+            elif "$" in image:
+                errs.append(f"Dockerfile: FROM {image} takes the image from a build argument; "
+                            f"name it pinned (name:tag@sha256:...) so the check can see it")
+            elif not PINNED_IMAGE.match(image):
+                errs.append(f"Dockerfile: base image {image} is not pinned by digest (name:tag@sha256:<64 hex>): "
+                            f"a tag moves when the image is rebuilt")
+            elif len(set(PINNED_IMAGE.match(image).group(1))) == 1:
+                errs.append(f"Dockerfile: base image {image} carries a placeholder digest")
+            else:
+                bases.append(image.split("@")[0])
+            if alias:
+                stages.add(alias.lower())
+        elif word == "EXPOSE":
+            for tok in line.split()[1:]:
+                num = tok.split("/")[0]
+                if num.isdigit():
+                    exposed.add(int(num))
+                else:
+                    errs.append(f"Dockerfile: EXPOSE {tok} is not a port number")
+    want = {}
+    for cm_name, var, default in (("fleet-worker", "METRICS_ADDR", "0.0.0.0:9090"),
+                                  ("fleet-webhook", "WEBHOOK_ADDR", "0.0.0.0:8080")):
+        # configMapGenerator names carry a hash suffix: fleet-worker-<hash>.
+        cm = next((d for d in docs if d["kind"] == "ConfigMap"
+                   and re.fullmatch(re.escape(cm_name) + r"(-[a-z0-9]+)?", d["metadata"]["name"])), None)
+        addr = ((cm or {}).get("data") or {}).get(var) or default
+        want[var] = int(addr.rsplit(":", 1)[1])
+    for var, port in want.items():
+        if port not in exposed:
+            errs.append(f"Dockerfile: port {port} ({var}) is not EXPOSEd (EXPOSE {' '.join(map(str, sorted(exposed)))})")
+    detail = (f"{len(bases)} base image(s) pinned by digest ({', '.join(bases)}); "
+              f"EXPOSE {' '.join(map(str, sorted(exposed)))}")
+    return errs, detail
+
+
 # ------------------------------------------------------------ checkov skips
 def check_skips(deploy_dir: Path, docs, cfn) -> tuple[list[str], str]:
     errs: list[str] = []
@@ -1170,6 +1247,8 @@ def main() -> int:
     c.report("receipts table: keys and indexes of data-model.md", check_table(cfn))
     errs, detail = check_alerts(docs, a.deploy_dir / "README.md")
     c.report("alerts: required ones present, known metrics and labels, runbooks", errs, detail)
+    errs, detail = check_dockerfile(a.deploy_dir, docs, idx)
+    c.report("Dockerfile: base images pinned by digest, the listening ports exposed", errs, detail)
     errs, detail = check_skips(a.deploy_dir, docs, cfn)
     c.report("checkov skips are justified inline", errs, detail)
     print(f"  crosscheck summary: {c.passed} of {c.passed + c.failed} checks ok")
