@@ -28,36 +28,11 @@ from urllib.parse import urlparse
 
 import yaml
 
+from fleet_metrics import check_expr, scan_exported, series_names
+
 # ---------------------------------------------------------------- contract
-# Prometheus metrics the binaries export or push (issue 6 brief).
-KNOWN_METRICS = {
-    "fleet_messages_total",
-    "fleet_dead_letter_sends_total",
-    "fleet_stuck_batches_total",
-    "fleet_worker_loop_heartbeat_timestamp_seconds",
-    "fleet_in_flight_messages",
-    "fleet_message_errors_total",
-    "fleet_producer_oldest_pending_batch_age_seconds",
-    "fleet_producer_batches_total",
-    "fleet_producer_last_success_timestamp_seconds",
-    "fleet_producer_queue_messages",
-    "fleet_deployment_errors_total",
-    "fleet_webhooks_total",
-    "fleet_webhook_handling_seconds",
-}
-KNOWN_LABEL_VALUES = {
-    "outcome": {"applied", "rechecked", "dead_lettered", "retried", "abandoned",
-                "deferred", "already_done", "lease_busy", "stopped", "superseded", "panicked",
-                # fleet_webhooks_total (producer/src/webhook)
-                "enqueued", "duplicate", "ignored_type", "unknown_batch", "not_pending",
-                "missing_header", "bad_timestamp", "stale_timestamp", "bad_signature",
-                "too_large", "bad_body", "bad_json", "bad_event", "error"},
-    "class": {"transient", "permanent", "deployment"},
-    "result": {"listed", "enqueued", "skipped", "skipped_dead_lettered", "failed", "bad_item"},
-    "cause": {"openai_key", "openai_quota", "pinecone_key", "aws_access", "aws_missing_resource"},
-    "queue": {"work", "dead_letter"},
-    "state": {"visible", "in_flight", "delayed"},
-}
+# The metrics the binaries export are read from the Rust sources
+# (fleet_metrics.py), as are the label values queries may filter on.
 REQUIRED_ALERTS = {
     "FleetDeadLetterQueueNotEmpty": "dead-letter queue not empty",
     "FleetOldestPendingBatchTooOld": "oldest pending batch too old",
@@ -1062,8 +1037,13 @@ def slug(heading: str) -> str:
     return s.replace(" ", "-")
 
 
-def check_alerts(docs, readme: Path) -> tuple[list[str], str]:
+def check_alerts(docs, readme: Path, repo_root: Path) -> tuple[list[str], str]:
     errs: list[str] = []
+    kinds, bucketed, notes = scan_exported(repo_root)
+    exported = series_names(kinds, bucketed)
+    if not kinds:
+        errs.append(f"no fleet_ metric found in the Rust sources under {repo_root}: cannot check the alerts")
+    errs.extend(f"metric scan: {n}" for n in notes)
     rules = [r for d in docs if d["kind"] == "PrometheusRule"
              for g in d["spec"]["groups"] for r in g["rules"] if "alert" in r]
     names = {r["alert"] for r in rules}
@@ -1079,20 +1059,13 @@ def check_alerts(docs, readme: Path) -> tuple[list[str], str]:
     else:
         errs.append(f"{readme} missing (runbooks)")
     for r in rules:
-        for metric in re.findall(r"\b(fleet_[a-z0-9_]+)", r["expr"]):
-            if metric not in KNOWN_METRICS:
-                errs.append(f"alert {r['alert']}: metric {metric} is not one the binaries export")
-        for label, value in re.findall(r"\b([a-z_]+)\s*=~?\s*\"([^\"]*)\"", r["expr"]):
-            allowed = KNOWN_LABEL_VALUES.get(label)
-            if allowed is not None:
-                for v in value.split("|"):
-                    if v not in allowed:
-                        errs.append(f"alert {r['alert']}: {label}={v!r} is not one of {sorted(allowed)}")
+        errs.extend(check_expr(r["expr"], exported, f"alert {r['alert']}"))
         url = (r.get("annotations") or {}).get("runbook_url", "")
         anchor = url.partition("#")[2]
         if readme.is_file() and anchor not in anchors:
             errs.append(f"alert {r['alert']}: runbook anchor #{anchor} is no heading of {readme.name}")
-    return errs, f"{len(rules)} alerts, each with a runbook section"
+    return errs, (f"{len(rules)} alerts, each with a runbook section; metrics checked against the "
+                  f"{len(kinds)} the Rust sources record")
 
 
 # -------------------------------------------------------------- Dockerfile
@@ -1245,7 +1218,7 @@ def main() -> int:
     errs, detail = check_params(cfn, a.deploy_dir / "cloudformation" / "parameters.example.json")
     c.report("example stack parameters meet the template's constraints", errs, detail)
     c.report("receipts table: keys and indexes of data-model.md", check_table(cfn))
-    errs, detail = check_alerts(docs, a.deploy_dir / "README.md")
+    errs, detail = check_alerts(docs, a.deploy_dir / "README.md", a.repo_root)
     c.report("alerts: required ones present, known metrics and labels, runbooks", errs, detail)
     errs, detail = check_dockerfile(a.deploy_dir, docs, idx)
     c.report("Dockerfile: base images pinned by digest, the listening ports exposed", errs, detail)

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""The metrics the fleet's binaries export, read from the Rust sources, and
+the metric names a PromQL expression queries.
+
+Used by crosscheck.py (alert rules) and dashboard.py (the Grafana dashboard):
+both must query only what the binaries export, and a hand-kept list of names
+drifts from the code the day someone renames a metric. So the names are read
+from the code itself:
+
+  * `[pub] const NAME: &str = "fleet_...";` constants and `"fleet_..."`
+    literals given to the `metrics` macros (`counter!`, `gauge!`,
+    `histogram!`, `describe_*!`), the constants resolved by name;
+  * `*_metric: "fleet_..."` fields (shared/src/http.rs's `Service`, whose
+    request and retry counters are recorded through `counter!`).
+
+A constant no macro uses (the Pushgateway job name `fleet_producer`) is no
+metric. Test modules (`#[cfg(test)]` onwards, `*_tests.rs`) are not read.
+Histograms export `NAME_bucket` (only when buckets are configured for them,
+`set_buckets_for_metric`; otherwise the exporter renders a summary),
+`NAME_sum` and `NAME_count`.
+
+  fleet_metrics.py ROOT     print the exported names and their kinds
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+# The crates whose binaries run in the cluster (worker, producer) and the
+# library both link.
+SOURCE_DIRS = ("shared/src", "worker/src", "producer/src")
+
+# Series Prometheus itself writes for every scrape target: allowed in queries.
+SCRAPE_SERIES = {"up"}
+
+# Label values the binaries set, where a query filters on them (a typo in a
+# filter gives an empty panel or an alert that never fires, silently).
+KNOWN_LABEL_VALUES = {
+    "outcome": {"applied", "rechecked", "dead_lettered", "retried", "abandoned",
+                "deferred", "already_done", "lease_busy", "stopped", "superseded", "panicked",
+                # fleet_webhooks_total (producer/src/webhook)
+                "enqueued", "duplicate", "ignored_type", "unknown_batch", "not_pending",
+                "missing_header", "bad_timestamp", "stale_timestamp", "bad_signature",
+                "too_large", "bad_body", "bad_json", "bad_event", "error"},
+    "class": {"transient", "permanent", "deployment"},
+    "result": {"listed", "enqueued", "skipped", "skipped_dead_lettered", "failed", "bad_item"},
+    "cause": {"openai_key", "openai_quota", "pinecone_key", "aws_access", "aws_missing_resource"},
+    "queue": {"work", "dead_letter"},
+    "state": {"visible", "in_flight", "delayed"},
+}
+
+NAME = r"fleet_[a-z0-9_]+"
+CONST = re.compile(r"\bconst\s+([A-Z][A-Z0-9_]*)\s*:\s*&(?:'static\s+)?str\s*=\s*\"(" + NAME + r")\"\s*;")
+MACRO = re.compile(r"\b(counter|gauge|histogram|describe_counter|describe_gauge|describe_histogram)!\s*\(\s*([^,)]+)")
+FIELD = re.compile(r"\b[a-z_]*metric\s*:\s*\"(" + NAME + r")\"")
+BUCKETS = re.compile(r"set_buckets_for_metric\s*\(\s*Matcher::(Full|Prefix|Suffix)\s*\(\s*([^,)]+?)\s*(?:\.to_owned\(\)|\.to_string\(\)|\.into\(\))?\s*\)")
+CFG_TEST = re.compile(r"^\s*#\[cfg\(test\)\]", re.M)
+
+
+def _production_text(path: Path) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    m = CFG_TEST.search(text)
+    return text[: m.start()] if m else text
+
+
+def _literal(arg: str) -> str | None:
+    m = re.fullmatch(r"\"(" + NAME + r")\"", arg.strip())
+    return m.group(1) if m else None
+
+
+def scan_exported(repo_root: Path) -> tuple[dict[str, str], set[str], list[str]]:
+    """(name -> kind, histograms with buckets, notes) of every metric the
+    binaries record. kind is counter, gauge or histogram."""
+    texts = []
+    for d in SOURCE_DIRS:
+        base = repo_root / d
+        if base.is_dir():
+            texts += [(f, _production_text(f)) for f in sorted(base.rglob("*.rs"))
+                      if not f.name.endswith("_tests.rs")]
+    consts: dict[str, set[str]] = {}
+    for _, text in texts:
+        for name, value in CONST.findall(text):
+            consts.setdefault(name, set()).add(value)
+
+    def resolve(arg: str) -> set[str]:
+        lit = _literal(arg)
+        if lit:
+            return {lit}
+        ident = arg.strip().split("::")[-1]
+        return consts.get(ident, set()) if re.fullmatch(r"[A-Z][A-Z0-9_]*", ident) else set()
+
+    kinds: dict[str, str] = {}
+    notes: list[str] = []
+    for f, text in texts:
+        for macro, arg in MACRO.findall(text):
+            kind = macro.removeprefix("describe_")
+            names = resolve(arg)
+            if not names:
+                if re.search(r"\.\s*[a-z_]*metric\b", arg):
+                    continue  # a Service's metric field: read below
+                notes.append(f"{f.relative_to(repo_root)}: {macro}!({arg.strip()}) names no fleet_ metric "
+                             f"this scan can resolve")
+            for n in names:
+                kinds[n] = kind
+        for n in FIELD.findall(text):
+            kinds.setdefault(n, "counter")
+    bucketed: set[str] = set()
+    for _, text in texts:
+        for how, arg in BUCKETS.findall(text):
+            for n in resolve(arg):
+                bucketed.update(k for k, v in kinds.items() if v == "histogram" and (
+                    (how == "Full" and k == n) or (how == "Prefix" and k.startswith(n))
+                    or (how == "Suffix" and k.endswith(n))))
+    return kinds, bucketed, notes
+
+
+def series_names(kinds: dict[str, str], bucketed: set[str]) -> set[str]:
+    """Every series name a scrape of the binaries can show."""
+    names = set()
+    for n, kind in kinds.items():
+        if kind == "histogram":
+            names.update({f"{n}_sum", f"{n}_count"} | ({f"{n}_bucket"} if n in bucketed else set()))
+        else:
+            names.add(n)
+    return names
+
+
+# ------------------------------------------------------------------ PromQL
+KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+            "offset", "bool", "inf", "nan", "start", "end"}
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (Grafana variables such as
+    $__rate_interval allowed)."""
+    e = re.sub(r"\"(?:[^\"\\\\]|\\\\.)*\"|'(?:[^'\\\\]|\\\\.)*'|`[^`]*`", '""', expr)
+    e = re.sub(r"\{[^{}]*\}", " ", e)               # label matchers
+    e = re.sub(r"\[[^\[\]]*\]", " ", e)             # ranges and subqueries
+    e = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", e)
+    e = re.sub(r"\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*", " ", e)
+    e = re.sub(r"\boffset\s+-?[0-9a-z]+", " ", e)
+    e = re.sub(r"@\s*[0-9.]+|@\s*(?:start|end)\s*\(\s*\)", " ", e)
+    names = set()
+    for m in re.finditer(r"(?<![A-Za-z0-9_:.])([A-Za-z_:][A-Za-z0-9_:]*)", e):
+        word = m.group(1)
+        rest = e[m.end():].lstrip()
+        if rest.startswith("(") or word.lower() in KEYWORDS:
+            continue  # a function, an aggregation or a keyword
+        names.add(word)
+    return names
+
+
+def label_filters(expr: str) -> list[tuple[str, str, str]]:
+    """(label, operator, value) of the label matchers of an expression."""
+    out = []
+    for body in re.findall(r"\{([^{}]*)\}", expr):
+        for label, op, value in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*\"((?:[^\"\\\\]|\\\\.)*)\"",
+                                           body):
+            out.append((label, op, value))
+    return out
+
+
+def check_expr(expr: str, exported: set[str], where: str) -> list[str]:
+    """Problems of one expression: metrics the binaries do not export, label
+    values they never set."""
+    errs = []
+    for name in sorted(promql_metrics(expr)):
+        if name not in exported and name not in SCRAPE_SERIES:
+            errs.append(f"{where}: metric {name} is not one the binaries export")
+    for label, op, value in label_filters(expr):
+        allowed = KNOWN_LABEL_VALUES.get(label)
+        if allowed is None or op in ("!=", "!~"):
+            continue
+        values = value.split("|") if op == "=~" else [value]
+        for v in values:
+            if v and not re.search(r"[.*+?\\\\()\[\]$]", v) and v not in allowed:
+                errs.append(f"{where}: {label}={v!r} is not one of {sorted(allowed)}")
+    return errs
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    kinds, bucketed, notes = scan_exported(Path(argv[0]))
+    for n in sorted(kinds):
+        print(f"{n} {kinds[n]}{' (buckets)' if n in bucketed else ''}")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
