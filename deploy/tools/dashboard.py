@@ -261,8 +261,8 @@ def main() -> int:
     for metric, what in REQUIRED_METRICS.items():
         if metric not in selected:
             errs.append(f"no dashboard shows {what} (no query selects {metric})")
-    print(f"  metrics: {len(kinds)} recorded in the Rust sources; the dashboards select {len(selected)}, "
-          f"each exported; {len(REQUIRED_METRICS)} required views present"
+    print(f"  metrics: {len(kinds)} recorded in the Rust sources; the dashboards select {len(selected)} series "
+          f"names, each exported (or up); {len(REQUIRED_METRICS)} required views present"
           + ("" if scrape_jobs is None else f"; scrape jobs {sorted(scrape_jobs)}")
           if not errs else "")
     for e in errs:
