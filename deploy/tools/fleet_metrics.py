@@ -14,7 +14,8 @@ from the code itself:
     request and retry counters are recorded through `counter!`).
 
 A constant no macro uses (the Pushgateway job name `fleet_producer`) is no
-metric. Test modules (`#[cfg(test)]` onwards, `*_tests.rs`) are not read.
+metric. Test modules (`#[cfg(test)] mod x { ... }` blocks, and the files of
+`#[cfg(test)] mod x;`) are not read.
 Histograms export `NAME_bucket` (only when buckets are configured for them,
 `set_buckets_for_metric`; otherwise the exporter renders a summary),
 `NAME_sum` and `NAME_count`.
@@ -56,13 +57,63 @@ CONST = re.compile(r"\bconst\s+([A-Z][A-Z0-9_]*)\s*:\s*&(?:'static\s+)?str\s*=\s
 MACRO = re.compile(r"\b(counter|gauge|histogram|describe_counter|describe_gauge|describe_histogram)!\s*\(\s*([^,)]+)")
 FIELD = re.compile(r"\b[a-z_]*metric\s*:\s*\"(" + NAME + r")\"")
 BUCKETS = re.compile(r"set_buckets_for_metric\s*\(\s*Matcher::(Full|Prefix|Suffix)\s*\(\s*([^,)]+?)\s*(?:\.to_owned\(\)|\.to_string\(\)|\.into\(\))?\s*\)")
-CFG_TEST = re.compile(r"^\s*#\[cfg\(test\)\]", re.M)
+CFG_TEST = re.compile(r"#\[cfg\(test\)\]\s*((?:#\[[^\]]*\]\s*)*)(?:pub(?:\([^)]*\))?\s+)?mod\s+([a-z_][a-z0-9_]*)\s*([;{])")
 
 
-def _production_text(path: Path) -> str:
+def _block_end(text: str, start: int) -> int:
+    """Index after the brace block opening at text[start] ("{"), skipping
+    strings, raw strings, chars and comments."""
+    depth, i, n = 0, start, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+        elif text.startswith("/*", i):
+            i = text.find("*/", i + 2)
+            i = n if i < 0 else i + 2
+            continue
+        elif c == "r" and re.match(r'r#*"', text[i:i + 8]) and not (text[i - 1].isalnum() or text[i - 1] == "_"):
+            hashes = len(re.match(r"r(#*)\"", text[i:]).group(1))
+            end = text.find('"' + "#" * hashes, i + 2 + hashes)
+            i = n if end < 0 else end + 1 + hashes
+            continue
+        elif c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c == "'" and re.match(r"'(\\.|[^\\'])'", text[i:i + 4]):
+            i += text[i:i + 4].index("'", 1)
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n
+
+
+def _production_text(path: Path, skip: set[Path]) -> str:
+    """The file without its test modules; the files of `#[cfg(test)] mod x;`
+    modules are added to skip."""
     text = path.read_text(encoding="utf-8", errors="replace")
-    m = CFG_TEST.search(text)
-    return text[: m.start()] if m else text
+    out, pos = [], 0
+    for m in CFG_TEST.finditer(text):
+        if m.start() < pos:
+            continue
+        if m.group(3) == ";":
+            attr = re.search(r'#\[path\s*=\s*"([^"]+)"\]', m.group(1))
+            base = path.parent if path.name in ("mod.rs", "lib.rs", "main.rs") else path.parent / path.stem
+            if attr:
+                skip.add((path.parent / attr.group(1)).resolve())
+            else:
+                skip.update({(base / f"{m.group(2)}.rs").resolve(), (base / m.group(2) / "mod.rs").resolve()})
+            continue
+        out.append(text[pos:m.start()])
+        pos = _block_end(text, m.end() - 1)
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _literal(arg: str) -> str | None:
@@ -73,12 +124,14 @@ def _literal(arg: str) -> str | None:
 def scan_exported(repo_root: Path) -> tuple[dict[str, str], set[str], list[str]]:
     """(name -> kind, histograms with buckets, notes) of every metric the
     binaries record. kind is counter, gauge or histogram."""
-    texts = []
+    files: list[Path] = []
     for d in SOURCE_DIRS:
         base = repo_root / d
         if base.is_dir():
-            texts += [(f, _production_text(f)) for f in sorted(base.rglob("*.rs"))
-                      if not f.name.endswith("_tests.rs")]
+            files += sorted(base.rglob("*.rs"))
+    skip: set[Path] = set()
+    read = [(f, _production_text(f, skip)) for f in files]
+    texts = [(f, text) for f, text in read if f.resolve() not in skip]
     consts: dict[str, set[str]] = {}
     for _, text in texts:
         for name, value in CONST.findall(text):
