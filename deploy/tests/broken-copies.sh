@@ -202,21 +202,28 @@ copy=$(fresh_copy dashboard-duplicate-panel-id)
 json_edit "$copy/grafana/fleet.json" 'panels[5]["id"] = panels[4]["id"]'
 expect_rejected dashboard-duplicate-panel-id "dashboard" "dashboard" 'panel id .* used by' "$copy"
 
-# 14. A table statement of the worker's role without the leading-keys condition.
+# 14. A dashboard query that is no PromQL (rate() of an instant vector).
+copy=$(fresh_copy dashboard-promql-invalid)
+json_edit "$copy/grafana/fleet.json" '
+t = next(p for p in panels if p["title"] == "Superseded messages")["targets"][0]
+t["expr"] = "60 * sum(rate(fleet_superseded_messages_total))"'
+expect_rejected dashboard-promql-invalid "dashboard" "dashboard" 'not valid PromQL' "$copy"
+
+# 15. A table statement of the worker's role without the leading-keys condition.
 copy=$(fresh_copy iam-statement-without-leading-keys)
 replace "$copy/cloudformation/fleet.yaml" \
   $'                Condition:\n                  ForAllValues:StringLike:\n                    dynamodb:LeadingKeys:\n                      - "IMAGE#*"\n' ''
 expect_rejected iam-statement-without-leading-keys "cfn-lint,crosscheck,checkov" "crosscheck" \
   'no dynamodb:LeadingKeys condition' "$copy"
 
-# 15. The runtime base image by tag only, not pinned by digest.
+# 16. The runtime base image by tag only, not pinned by digest.
 copy=$(fresh_copy base-image-unpinned)
 replace "$copy/Dockerfile" \
   'FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f' \
   'FROM gcr.io/distroless/cc-debian12:nonroot'
 expect_rejected base-image-unpinned "hadolint,crosscheck,checkov" "crosscheck" 'not pinned by digest' "$copy"
 
-# 16. A rule added to the fleet's NetworkPolicy that opens the metrics port to every pod and address.
+# 17. A rule added to the fleet's NetworkPolicy that opens the metrics port to every pod and address.
 copy=$(fresh_copy metrics-networkpolicy-open)
 replace "$copy/k8s/base/networkpolicy.yaml" $'          protocol: TCP\n  egress:' \
   $'          protocol: TCP\n    - ports:\n        - port: 9090\n          protocol: TCP\n  egress:'

@@ -19,9 +19,11 @@ What is proven, per dashboard:
   * datasource: a `datasource` template variable of type datasource for
     prometheus, and every panel and target referring to it (${datasource}),
     so that the dashboard imports into any Grafana with any Prometheus;
-  * queries: every target has a PromQL expr, and every metric an expr selects
-    is one the binaries export (names read from the Rust sources; histograms
-    as _bucket/_sum/_count), label filters use values the binaries set;
+  * queries: every target has a PromQL expr that parses (promql-parser, with
+    Grafana's $__rate_interval and friends replaced by a duration), and every
+    metric it selects is one the binaries export (names read from the Rust
+    sources; histograms as _bucket/_sum/_count), label filters use values the
+    binaries set;
   * coverage: together the dashboards query the views operators need (queue
     depth and age, in-flight, outcomes, apply duration, verdicts,
     dead-letters, deployment errors, Pinecone pacing and 429s, superseded
@@ -41,7 +43,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft7Validator
 
-from fleet_metrics import check_expr, promql_metrics, scan_exported, series_names
+from fleet_metrics import check_expr, scan_exported, selectors, series_names
 
 SCHEMA_PATH = Path(__file__).with_name("grafana-dashboard.schema.json")
 # 36 made every datasource reference a {type, uid} object (names before); the
@@ -176,15 +178,18 @@ def check_queries(dash: dict, exported: set[str], scrape_jobs: set[str] | None,
                 errs.append(f"{where}: no PromQL expr")
                 continue
             count += 1
-            if expr.count("(") != expr.count(")") or expr.count("{") != expr.count("}"):
-                errs.append(f"{where}: unbalanced brackets in {expr!r}")
-            selected |= promql_metrics(expr)
-            errs.extend(check_expr(expr, exported, where))
+            e = check_expr(expr, exported, where)
+            errs.extend(e)
+            if any("not valid PromQL" in x for x in e):
+                continue
+            found = selectors(expr)
+            selected |= {name for name, _ in found if name}
             if scrape_jobs is not None:
-                for job in re.findall(r"\bup\s*\{[^}]*\bjob\s*=\s*\"([^\"]*)\"", expr):
-                    if job not in scrape_jobs:
-                        errs.append(f"{where}: up{{job={job!r}}}: no ServiceMonitor scrapes a Service of that "
-                                    f"name (scraped: {sorted(scrape_jobs)})")
+                for name, matchers in found:
+                    for label, op, job in matchers:
+                        if name == "up" and label == "job" and op == "=" and job not in scrape_jobs:
+                            errs.append(f"{where}: up{{job={job!r}}}: no ServiceMonitor scrapes a Service of "
+                                        f"that name (scraped: {sorted(scrape_jobs)})")
     return errs, selected, count
 
 

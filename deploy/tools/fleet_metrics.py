@@ -20,6 +20,10 @@ Histograms export `NAME_bucket` (only when buckets are configured for them,
 `set_buckets_for_metric`; otherwise the exporter renders a summary),
 `NAME_sum` and `NAME_count`.
 
+Queries are parsed with promql-parser (a PromQL parser; a query that does
+not parse, or calls rate() on an instant vector, fails) and their vector
+selectors read from the syntax tree.
+
   fleet_metrics.py ROOT     print the exported names and their kinds
 """
 
@@ -28,6 +32,8 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+
+import promql_parser
 
 # The crates whose binaries run in the cluster (worker, producer) and the
 # library both link.
@@ -181,55 +187,70 @@ def series_names(kinds: dict[str, str], bucketed: set[str]) -> set[str]:
 
 
 # ------------------------------------------------------------------ PromQL
-KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-            "offset", "bool", "inf", "nan", "start", "end"}
+# Grafana's built-in interval variables, replaced by a duration before parsing
+# (Grafana interpolates them before Prometheus sees the query).
+GRAFANA_INTERVALS = {"__rate_interval": "5m", "__interval": "1m", "__range": "6h", "__auto": "1m"}
+
+
+def grafana_interpolate(expr: str) -> str:
+    """expr with Grafana's interval variables replaced; ValueError for any
+    other template variable (its values are not known here)."""
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in GRAFANA_INTERVALS:
+            raise ValueError(f"template variable ${name} cannot be substituted offline")
+        return GRAFANA_INTERVALS[name]
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, expr)
+
+
+Selector = tuple[str | None, list[tuple[str, str, str]]]
+
+
+def selectors(expr: str) -> list[Selector]:
+    """(metric name, [(label, op, value)]) of every vector selector of a PromQL
+    expression, op one of = != =~ !~. ValueError when it does not parse."""
+    tree = promql_parser.parse(grafana_interpolate(expr))
+    m_op = promql_parser.MatchOp
+    ops = [(m_op.Equal, "="), (m_op.NotEqual, "!="), (m_op.Re, "=~"), (m_op.NotRe, "!~")]
+    found: list[Selector] = []
+
+    def visit(node) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            groups = [node.matchers.matchers] + list(node.matchers.or_matchers or [])
+            matchers = [(m.name, next(s for o, s in ops if m.op == o), m.value) for g in groups for m in g]
+            name = node.name or next((v for n, op, v in matchers if n == "__name__" and op == "="), None)
+            found.append((name, [m for m in matchers if m[0] != "__name__"]))
+
+    promql_parser.walk(tree, visit)
+    return found
 
 
 def promql_metrics(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects (Grafana variables such as
-    $__rate_interval allowed)."""
-    e = re.sub(r"\"(?:[^\"\\\\]|\\\\.)*\"|'(?:[^'\\\\]|\\\\.)*'|`[^`]*`", '""', expr)
-    e = re.sub(r"\{[^{}]*\}", " ", e)               # label matchers
-    e = re.sub(r"\[[^\[\]]*\]", " ", e)             # ranges and subqueries
-    e = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", e)
-    e = re.sub(r"\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*", " ", e)
-    e = re.sub(r"\boffset\s+-?[0-9a-z]+", " ", e)
-    e = re.sub(r"@\s*[0-9.]+|@\s*(?:start|end)\s*\(\s*\)", " ", e)
-    names = set()
-    for m in re.finditer(r"(?<![A-Za-z0-9_:.])([A-Za-z_:][A-Za-z0-9_:]*)", e):
-        word = m.group(1)
-        rest = e[m.end():].lstrip()
-        if rest.startswith("(") or word.lower() in KEYWORDS:
-            continue  # a function, an aggregation or a keyword
-        names.add(word)
-    return names
-
-
-def label_filters(expr: str) -> list[tuple[str, str, str]]:
-    """(label, operator, value) of the label matchers of an expression."""
-    out = []
-    for body in re.findall(r"\{([^{}]*)\}", expr):
-        for label, op, value in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*\"((?:[^\"\\\\]|\\\\.)*)\"",
-                                           body):
-            out.append((label, op, value))
-    return out
+    """The metric names a PromQL expression selects."""
+    return {name for name, _ in selectors(expr) if name}
 
 
 def check_expr(expr: str, exported: set[str], where: str) -> list[str]:
-    """Problems of one expression: metrics the binaries do not export, label
-    values they never set."""
+    """Problems of one expression: not PromQL, metrics the binaries do not
+    export, label values they never set."""
+    try:
+        found = selectors(expr)
+    except ValueError as e:
+        return [f"{where}: not valid PromQL ({e}): {expr.strip()!r}"]
     errs = []
-    for name in sorted(promql_metrics(expr)):
-        if name not in exported and name not in SCRAPE_SERIES:
+    for name, matchers in found:
+        if name is None:
+            errs.append(f"{where}: a selector without a fixed metric name cannot be checked")
+        elif name not in exported and name not in SCRAPE_SERIES:
             errs.append(f"{where}: metric {name} is not one the binaries export")
-    for label, op, value in label_filters(expr):
-        allowed = KNOWN_LABEL_VALUES.get(label)
-        if allowed is None or op in ("!=", "!~"):
-            continue
-        values = value.split("|") if op == "=~" else [value]
-        for v in values:
-            if v and not re.search(r"[.*+?\\\\()\[\]$]", v) and v not in allowed:
-                errs.append(f"{where}: {label}={v!r} is not one of {sorted(allowed)}")
+        for label, op, value in matchers:
+            allowed = KNOWN_LABEL_VALUES.get(label)
+            if allowed is None or op in ("!=", "!~"):
+                continue
+            values = value.split("|") if op == "=~" else [value]
+            for v in values:
+                if v and not re.search(r"[.*+?\\()\[\]{}^$]", v) and v not in allowed:
+                    errs.append(f"{where}: {label}={v!r} is not one of {sorted(allowed)}")
     return errs
 
 
