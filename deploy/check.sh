@@ -9,8 +9,8 @@
 #                      script's repository.
 #   --only STEPS       run only these steps (comma separated): yamllint,
 #                      kustomize, kubernetes-validate, crds, crosscheck,
-#                      cfn-lint, hadolint, checkov. kustomize runs whenever a
-#                      step needs its output.
+#                      dashboard, cfn-lint, hadolint, checkov. kustomize runs
+#                      whenever a step needs its output.
 #   --with-mutations   afterwards, run deploy/tests/broken-copies.sh: broken
 #                      copies of deploy/ must be rejected.
 #
@@ -48,7 +48,7 @@ done
 [[ -d $DEPLOY_DIR ]] || { echo "check.sh: no folder $DEPLOY_DIR" >&2; exit 2; }
 DEPLOY_DIR=$(cd "$DEPLOY_DIR" && pwd)
 
-ALL_STEPS="yamllint kustomize kubernetes-validate crds crosscheck cfn-lint hadolint checkov"
+ALL_STEPS="yamllint kustomize kubernetes-validate crds crosscheck dashboard cfn-lint hadolint checkov"
 for s in ${ONLY//,/ }; do
   [[ " $ALL_STEPS " == *" $s "* ]] || { echo "check.sh: unknown step $s (one of: $ALL_STEPS)" >&2; exit 2; }
 done
@@ -146,7 +146,7 @@ fi
 
 # ------------------------------------------------------------- kustomize
 needs_render=0
-for s in kustomize kubernetes-validate crds crosscheck checkov; do
+for s in kustomize kubernetes-validate crds crosscheck dashboard checkov; do
   if selected "$s"; then needs_render=1; fi
 done
 
@@ -234,6 +234,17 @@ if selected crosscheck; then
       --interface "$(cd "$REPO_ROOT/.." && pwd)/shared/spec/interface.md"
   else
     fail_step crosscheck "not run: no rendered example overlay"
+  fi
+fi
+
+# ------------------------------------------------------------- dashboard
+if selected dashboard; then
+  if [[ $RENDERED_OK -eq 1 && -f $WORK/rendered/overlay-example.yaml ]]; then
+    run_step --show dashboard "deploy/tools/dashboard.py: $(rel "$DEPLOY_DIR")/grafana/*.json against the Grafana dashboard schema and the metrics in the Rust sources" \
+      "$PY" "$SCRIPT_DIR/tools/dashboard.py" --grafana-dir "$DEPLOY_DIR/grafana" --repo-root "$REPO_ROOT" \
+      --rendered "$WORK/rendered/overlay-example.yaml"
+  else
+    fail_step dashboard "not run: no rendered example overlay"
   fi
 fi
 

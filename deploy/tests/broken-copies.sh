@@ -65,6 +65,19 @@ open(path, "w", encoding="utf-8").write("\n".join(lines))
 PYEOF
 }
 
+# json_edit FILE CODE: run the Python CODE on the JSON document `d` of FILE
+# (`panels`: its panels other than rows) and write it back.
+json_edit() {
+  python3 - "$@" <<'PYEOF'
+import json, sys
+path, code = sys.argv[1:3]
+d = json.load(open(path, encoding="utf-8"))
+panels = [p for p in d["panels"] if p.get("type") != "row"]
+exec(code)
+open(path, "w", encoding="utf-8").write(json.dumps(d, indent=2) + "\n")
+PYEOF
+}
+
 # expect_rejected NAME STEPS EXPECTED EVIDENCE COPY
 #   STEPS     the checks to run (check.sh --only)
 #   EXPECTED  space-separated check names that must each FAIL
@@ -90,11 +103,11 @@ expect_rejected() {
     PASSED=$((PASSED + 1))
     echo "ok - mutation $name rejected (failed: ${failed% })"
   fi
-  grep -E -- "$evidence" <<<"$out" | grep -vE '^(ok - |FAIL - (crosscheck|crds|kubernetes-validate|cfn-lint|hadolint|yamllint):)' |
+  grep -E -- "$evidence" <<<"$out" | grep -vE '^(ok - |FAIL - (crosscheck|dashboard|crds|kubernetes-validate|cfn-lint|hadolint|yamllint):)' |
     sed -E 's/^ *(- )?//' | awk '!seen[$0]++' | cut -c1-200 | sed 's/^/     evidence: /' | head -n 6 || true
 }
 
-STEPS_ALL=kubernetes-validate,crds,crosscheck,cfn-lint,checkov
+STEPS_ALL=kubernetes-validate,crds,crosscheck,dashboard,cfn-lint,checkov
 
 # 0. control: an unmodified copy passes every check used below.
 copy=$(fresh_copy control)
@@ -170,6 +183,52 @@ expect_rejected webhook-ingress-without-tls "kubernetes-validate,crosscheck" "cr
 copy=$(fresh_copy webhook-single-replica)
 replace "$copy/k8s/base/webhook-deployment.yaml" '  replicas: 2' '  replicas: 1'
 expect_rejected webhook-single-replica "crosscheck" "crosscheck" 'replicas is 1|minAvailable' "$copy"
+
+# 11. The dashboard queries a metric no binary exports (a misspelt name).
+copy=$(fresh_copy dashboard-metric-not-exported)
+json_edit "$copy/grafana/fleet.json" '
+t = next(p for p in panels if p["title"] == "Apply progress")["targets"][2]
+assert "fleet_skipped_results_total" in t["expr"]
+t["expr"] = t["expr"].replace("fleet_skipped_results_total", "fleet_skipped_result_total")'
+expect_rejected dashboard-metric-not-exported "dashboard" "dashboard" 'fleet_skipped_result_total' "$copy"
+
+# 12. A dashboard panel bound to one Grafana's datasource instead of the variable.
+copy=$(fresh_copy dashboard-datasource-hardcoded)
+json_edit "$copy/grafana/fleet.json" 'panels[3]["datasource"] = {"type": "prometheus", "uid": "P1809F7CD0C75ACF3"}'
+expect_rejected dashboard-datasource-hardcoded "dashboard" "dashboard" 'is not .*datasource' "$copy"
+
+# 13. Two dashboard panels with one id.
+copy=$(fresh_copy dashboard-duplicate-panel-id)
+json_edit "$copy/grafana/fleet.json" 'panels[5]["id"] = panels[4]["id"]'
+expect_rejected dashboard-duplicate-panel-id "dashboard" "dashboard" 'panel id .* used by' "$copy"
+
+# 14. A dashboard query that is no PromQL (rate() of an instant vector).
+copy=$(fresh_copy dashboard-promql-invalid)
+json_edit "$copy/grafana/fleet.json" '
+t = next(p for p in panels if p["title"] == "Superseded messages")["targets"][0]
+t["expr"] = "60 * sum(rate(fleet_superseded_messages_total))"'
+expect_rejected dashboard-promql-invalid "dashboard" "dashboard" 'not valid PromQL' "$copy"
+
+# 15. A table statement of the worker's role without the leading-keys condition.
+copy=$(fresh_copy iam-statement-without-leading-keys)
+replace "$copy/cloudformation/fleet.yaml" \
+  $'                Condition:\n                  ForAllValues:StringLike:\n                    dynamodb:LeadingKeys:\n                      - "IMAGE#*"\n' ''
+expect_rejected iam-statement-without-leading-keys "cfn-lint,crosscheck,checkov" "crosscheck" \
+  'no dynamodb:LeadingKeys condition' "$copy"
+
+# 16. The runtime base image by tag only, not pinned by digest.
+copy=$(fresh_copy base-image-unpinned)
+replace "$copy/Dockerfile" \
+  'FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f' \
+  'FROM gcr.io/distroless/cc-debian12:nonroot'
+expect_rejected base-image-unpinned "hadolint,crosscheck,checkov" "crosscheck" 'not pinned by digest' "$copy"
+
+# 17. A rule added to the fleet's NetworkPolicy that opens the metrics port to every pod and address.
+copy=$(fresh_copy metrics-networkpolicy-open)
+replace "$copy/k8s/base/networkpolicy.yaml" $'          protocol: TCP\n  egress:' \
+  $'          protocol: TCP\n    - ports:\n        - port: 9090\n          protocol: TCP\n  egress:'
+expect_rejected metrics-networkpolicy-open "kubernetes-validate,crosscheck" "crosscheck" \
+  "without 'from' opens the metrics port" "$copy"
 
 echo "broken-copies: $PASSED passed, $FAILED failed"
 [[ $FAILED -eq 0 ]]

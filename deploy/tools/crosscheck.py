@@ -28,36 +28,11 @@ from urllib.parse import urlparse
 
 import yaml
 
+from fleet_metrics import check_expr, scan_exported, series_names
+
 # ---------------------------------------------------------------- contract
-# Prometheus metrics the binaries export or push (issue 6 brief).
-KNOWN_METRICS = {
-    "fleet_messages_total",
-    "fleet_dead_letter_sends_total",
-    "fleet_stuck_batches_total",
-    "fleet_worker_loop_heartbeat_timestamp_seconds",
-    "fleet_in_flight_messages",
-    "fleet_message_errors_total",
-    "fleet_producer_oldest_pending_batch_age_seconds",
-    "fleet_producer_batches_total",
-    "fleet_producer_last_success_timestamp_seconds",
-    "fleet_producer_queue_messages",
-    "fleet_deployment_errors_total",
-    "fleet_webhooks_total",
-    "fleet_webhook_handling_seconds",
-}
-KNOWN_LABEL_VALUES = {
-    "outcome": {"applied", "rechecked", "dead_lettered", "retried", "abandoned",
-                "deferred", "already_done", "lease_busy", "stopped", "superseded", "panicked",
-                # fleet_webhooks_total (producer/src/webhook)
-                "enqueued", "duplicate", "ignored_type", "unknown_batch", "not_pending",
-                "missing_header", "bad_timestamp", "stale_timestamp", "bad_signature",
-                "too_large", "bad_body", "bad_json", "bad_event", "error"},
-    "class": {"transient", "permanent", "deployment"},
-    "result": {"listed", "enqueued", "skipped", "skipped_dead_lettered", "failed", "bad_item"},
-    "cause": {"openai_key", "openai_quota", "pinecone_key", "aws_access", "aws_missing_resource"},
-    "queue": {"work", "dead_letter"},
-    "state": {"visible", "in_flight", "delayed"},
-}
+# The metrics the binaries export are read from the Rust sources
+# (fleet_metrics.py), as are the label values queries may filter on.
 REQUIRED_ALERTS = {
     "FleetDeadLetterQueueNotEmpty": "dead-letter queue not empty",
     "FleetOldestPendingBatchTooOld": "oldest pending batch too old",
@@ -77,28 +52,40 @@ WEBHOOK_PATH = "/openai/webhook"
 WEBHOOK_SHUTDOWN_GRACE_SECONDS = 10
 
 # Exactly the AWS actions each binary calls, per resource (least privilege).
+# Table statements are keyed by the dynamodb:LeadingKeys prefixes they are
+# limited to ("table[BATCH#*]"): the receipts table is shared with other
+# programs, and each binary reaches only the partitions it works on (read from
+# shared/src/store and shared/src/model: BATCH#<id> summary, fleet state, audit
+# rows and journal; IMAGE#<uuid> word labels). Index statements are keyed by
+# the index ("index/GSI1"): a query on an index is not keyed by the table's
+# partition key, so LeadingKeys cannot limit it; they name the one index.
 EXPECTED_ACTIONS = {
     "WorkerRole": {
         "WorkQueue": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                       "sqs:SendMessage", "sqs:GetQueueAttributes"},
         "DeadLetterQueue": {"sqs:SendMessage"},
-        "table": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
-                  "dynamodb:Query", "dynamodb:BatchWriteItem"},
-        "table-index": {"dynamodb:Query"},
+        "table[BATCH#*]": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                           "dynamodb:Query", "dynamodb:BatchWriteItem"},
+        "table[IMAGE#*]": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                           "dynamodb:Query"},
     },
     "ProducerRole": {
         "WorkQueue": {"sqs:SendMessage", "sqs:GetQueueAttributes"},
         "DeadLetterQueue": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
                             "sqs:ChangeMessageVisibility", "sqs:StartMessageMoveTask",
                             "sqs:ListMessageMoveTasks"},
-        "table": {"dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:GetItem",
-                  "dynamodb:BatchGetItem"},
-        "table-index": {"dynamodb:Query"},
+        "table[BATCH#*]": {"dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:BatchGetItem"},
+        "index/GSI1": {"dynamodb:Query"},
     },
     "KedaScalerRole": {
         "WorkQueue": {"sqs:GetQueueAttributes"},
     },
 }
+# The leading-key condition every table statement must carry.
+LEADING_KEYS = "dynamodb:LeadingKeys"
+LEADING_KEYS_OPERATOR = "ForAllValues:StringLike"
+# A prefix pattern: a fixed key prefix ending in "#", then "*".
+LEADING_KEY_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*#\*$")
 # Valid action names of the two services (AWS service authorization
 # reference), so a misspelt action fails even where cfn-lint is not run.
 VALID_ACTIONS = {
@@ -347,6 +334,68 @@ def check_selectors_ports(docs, idx) -> list[str]:
                 if allowed and addr_port not in allowed and "metrics" not in allowed:
                     errs.append(f"NetworkPolicy {n['metadata']['name']} blocks the metrics port {addr_port}")
     return errs
+
+
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+
+
+def namespace_peer(peer: dict) -> str | None:
+    """The namespace a NetworkPolicy peer names by its kubernetes.io/metadata.name
+    label (with or without a podSelector), or None for any other peer."""
+    ns = peer.get("namespaceSelector") or {}
+    labels = ns.get("matchLabels") or {}
+    if "ipBlock" in peer or ns.get("matchExpressions") or set(labels) != {NAMESPACE_LABEL}:
+        return None
+    return labels[NAMESPACE_LABEL]
+
+
+def check_metrics_networkpolicy(docs, idx) -> tuple[list[str], str]:
+    """The worker's metrics port is open to the monitoring namespace only, the
+    same namespace the webhook receiver's policy lets Prometheus in from."""
+    errs: list[str] = []
+    dep = deployment(docs, WORKER)
+    if dep is None:
+        return [f"no Deployment {WORKER}"], ""
+    labels = dep["spec"]["template"]["metadata"].get("labels", {})
+    env, _ = container_env(dep["spec"]["template"]["spec"]["containers"][0], idx)
+    port = int((env.get("METRICS_ADDR") or "0.0.0.0:9090").rsplit(":", 1)[1])
+    nps = [n for n in docs if n["kind"] == "NetworkPolicy" and matches(n["spec"]["podSelector"], labels)]
+    namespaces = set()
+    for n in nps:
+        name = n["metadata"]["name"]
+        if "Ingress" not in n["spec"].get("policyTypes", []):
+            errs.append(f"NetworkPolicy {name}: does not restrict ingress to the worker")
+        for r in n["spec"].get("ingress", []) or []:
+            peers = r.get("from") or []
+            if not peers:
+                errs.append(f"NetworkPolicy {name}: an ingress rule without 'from' opens the metrics port "
+                            f"to every pod and address")
+            for peer in peers:
+                ns = namespace_peer(peer)
+                if ns is None:
+                    errs.append(f"NetworkPolicy {name}: peer {peer} is not one namespace named by "
+                                f"{NAMESPACE_LABEL}")
+                else:
+                    namespaces.add(ns)
+            ports = {p.get("port") for p in r.get("ports", []) or []}
+            if ports != {port} and ports != {"metrics"}:
+                errs.append(f"NetworkPolicy {name}: an ingress rule allows ports {sorted(map(str, ports))}, "
+                            f"not only the metrics port {port}")
+    if not nps:
+        errs.append(f"no NetworkPolicy selects the {WORKER} pods")
+    if len(namespaces) > 1:
+        errs.append(f"the metrics port is open to several namespaces: {sorted(namespaces)}")
+    webhook_ns = set()
+    for n in (d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == WEBHOOK):
+        for r in n["spec"].get("ingress", []) or []:
+            for peer in r.get("from") or []:
+                ns = namespace_peer(peer)
+                if ns is not None and "ingress" not in json.dumps(peer):
+                    webhook_ns.add(ns)
+    if namespaces and webhook_ns and webhook_ns != namespaces:
+        errs.append(f"the worker's metrics port is open to {sorted(namespaces)}, the webhook receiver's to "
+                    f"{sorted(webhook_ns)}: Prometheus runs in one namespace")
+    return errs, f"port {port} from namespace {', '.join(sorted(namespaces)) or '-'}"
 
 
 def port_number(container: dict, port) -> int | None:
@@ -779,15 +828,48 @@ def check_env(docs, idx, repo_root: Path, interface: Path) -> tuple[list[str], s
 
 # --------------------------------------------------------- CloudFormation
 def policy_resource_key(resource) -> str | None:
+    """The resource a statement names: a queue's logical id, "table", or
+    "index/NAME" ("index/*" for every index)."""
     if isinstance(resource, dict) and "Fn::GetAtt" in resource:
         return resource["Fn::GetAtt"][0]
     if isinstance(resource, dict) and "Fn::Sub" in resource:
         text = resource["Fn::Sub"] if isinstance(resource["Fn::Sub"], str) else resource["Fn::Sub"][0]
-        if re.search(r":table/\$\{TableName\}/index/\*$", text):
-            return "table-index"
-        if re.search(r":table/\$\{TableName\}$", text):
+        m = re.search(r":table/\$\{TableName\}/index/([A-Za-z0-9_.*-]+)$", text.strip())
+        if m:
+            return f"index/{m.group(1)}"
+        if re.search(r":table/\$\{TableName\}$", text.strip()):
             return "table"
     return None
+
+
+def leading_keys(role: str, sid: str, condition, errs: list[str]) -> list[str] | None:
+    """The LeadingKeys prefixes of a table statement's condition, or None
+    (with the reason in errs) when it does not limit every key a request names."""
+    where = f"{role} statement {sid}"
+    if not condition:
+        errs.append(f"{where} on the table has no {LEADING_KEYS} condition: it reaches every item of the "
+                    f"shared table (add {LEADING_KEYS_OPERATOR} {LEADING_KEYS} with the key prefixes it uses)")
+        return None
+    ops = {op: keys for op, keys in condition.items() if isinstance(keys, dict) and LEADING_KEYS in keys}
+    if set(ops) != {LEADING_KEYS_OPERATOR}:
+        if any(op.startswith("ForAnyValue:") for op in ops):
+            errs.append(f"{where}: {LEADING_KEYS} under ForAnyValue lets a BatchWriteItem or BatchGetItem "
+                        f"through when one key matches; use {LEADING_KEYS_OPERATOR}")
+        else:
+            errs.append(f"{where}: condition {sorted(condition)} does not limit {LEADING_KEYS} with "
+                        f"{LEADING_KEYS_OPERATOR}")
+        return None
+    other = sorted(set(condition) - {LEADING_KEYS_OPERATOR}) + sorted(
+        k for k in condition[LEADING_KEYS_OPERATOR] if k != LEADING_KEYS)
+    if other:
+        errs.append(f"{where}: unexpected condition keys {other} beside {LEADING_KEYS}")
+    values = condition[LEADING_KEYS_OPERATOR][LEADING_KEYS]
+    values = values if isinstance(values, list) else [values]
+    bad = [v for v in values if not isinstance(v, str) or not LEADING_KEY_PATTERN.match(v)]
+    if bad or not values:
+        errs.append(f"{where}: {LEADING_KEYS} values {bad or values} are not key prefixes like \"BATCH#*\"")
+        return None
+    return sorted(values)
 
 
 def check_iam(cfn, params) -> list[str]:
@@ -800,8 +882,12 @@ def check_iam(cfn, params) -> list[str]:
             continue
         got: dict[str, set[str]] = {}
         for pol in r["Properties"].get("Policies", []):
-            for st in pol["PolicyDocument"]["Statement"]:
+            for i, st in enumerate(pol["PolicyDocument"]["Statement"]):
+                sid = st.get("Sid") or f"#{i}"
                 if st.get("Effect") != "Allow":
+                    continue
+                if "NotAction" in st or "NotResource" in st:
+                    errs.append(f"{role} statement {sid}: NotAction/NotResource grants more than it names")
                     continue
                 acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
                 resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
@@ -811,11 +897,24 @@ def check_iam(cfn, params) -> list[str]:
                         errs.append(f"{role}: wildcard action {a}")
                     elif name not in VALID_ACTIONS.get(svc, set()):
                         errs.append(f"{role}: {a} is not a valid {svc or '?'} action")
-                for rs in resources:
-                    key = policy_resource_key(rs)
+                keys = [policy_resource_key(rs) for rs in resources]
+                for rs, key in zip(resources, keys):
                     if key is None:
                         errs.append(f"{role}: resource {rs!r} is not one of this stack's queues, table or indexes")
+                    elif key == "index/*":
+                        errs.append(f"{role} statement {sid}: resource names every index (index/*); name the "
+                                    f"indexes the binary queries")
+                keys = [k for k in keys if k is not None and k != "index/*"]
+                if "table" in keys and len(keys) > 1:
+                    errs.append(f"{role} statement {sid}: names the table beside {sorted(set(keys) - {'table'})}; "
+                                f"keep the table's leading-key statement apart")
+                    continue
+                if "table" in keys:
+                    prefixes = leading_keys(role, sid, st.get("Condition"), errs)
+                    if prefixes is None:
                         continue
+                    keys = [f"table[{','.join(prefixes)}]"]
+                for key in keys:
                     got.setdefault(key, set()).update(acts)
         for key in sorted(set(expected) | set(got)):
             extra = got.get(key, set()) - expected.get(key, set())
@@ -938,8 +1037,13 @@ def slug(heading: str) -> str:
     return s.replace(" ", "-")
 
 
-def check_alerts(docs, readme: Path) -> tuple[list[str], str]:
+def check_alerts(docs, readme: Path, repo_root: Path) -> tuple[list[str], str]:
     errs: list[str] = []
+    kinds, bucketed, notes = scan_exported(repo_root)
+    exported = series_names(kinds, bucketed)
+    if not kinds:
+        errs.append(f"no fleet_ metric found in the Rust sources under {repo_root}: cannot check the alerts")
+    errs.extend(f"metric scan: {n}" for n in notes)
     rules = [r for d in docs if d["kind"] == "PrometheusRule"
              for g in d["spec"]["groups"] for r in g["rules"] if "alert" in r]
     names = {r["alert"] for r in rules}
@@ -955,20 +1059,90 @@ def check_alerts(docs, readme: Path) -> tuple[list[str], str]:
     else:
         errs.append(f"{readme} missing (runbooks)")
     for r in rules:
-        for metric in re.findall(r"\b(fleet_[a-z0-9_]+)", r["expr"]):
-            if metric not in KNOWN_METRICS:
-                errs.append(f"alert {r['alert']}: metric {metric} is not one the binaries export")
-        for label, value in re.findall(r"\b([a-z_]+)\s*=~?\s*\"([^\"]*)\"", r["expr"]):
-            allowed = KNOWN_LABEL_VALUES.get(label)
-            if allowed is not None:
-                for v in value.split("|"):
-                    if v not in allowed:
-                        errs.append(f"alert {r['alert']}: {label}={v!r} is not one of {sorted(allowed)}")
+        errs.extend(check_expr(r["expr"], exported, f"alert {r['alert']}"))
         url = (r.get("annotations") or {}).get("runbook_url", "")
         anchor = url.partition("#")[2]
         if readme.is_file() and anchor not in anchors:
             errs.append(f"alert {r['alert']}: runbook anchor #{anchor} is no heading of {readme.name}")
-    return errs, f"{len(rules)} alerts, each with a runbook section"
+    return errs, (f"{len(rules)} alerts, each with a runbook section; metrics checked against the "
+                  f"{len(kinds)} the Rust sources record")
+
+
+# -------------------------------------------------------------- Dockerfile
+FROM_LINE = re.compile(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?\s*$", re.I)
+PINNED_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(?::[0-9]+)?/?[a-z0-9._/-]*:[A-Za-z0-9._-]+@sha256:([0-9a-f]{64})$")
+
+
+def dockerfile_lines(text: str) -> list[str]:
+    """Instructions with their continuation lines joined, comments dropped."""
+    out: list[str] = []
+    cur = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not cur and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            cur += line[:-1] + " "
+            continue
+        out.append(cur + line)
+        cur = ""
+    if cur:
+        out.append(cur)
+    return out
+
+
+def check_dockerfile(deploy_dir: Path, docs, idx) -> tuple[list[str], str]:
+    """Every base image pinned by digest (name:tag@sha256:...), and the image
+    exposes the ports the manifests listen on."""
+    errs: list[str] = []
+    path = deploy_dir / "Dockerfile"
+    lines = dockerfile_lines(path.read_text(encoding="utf-8"))
+    stages: set[str] = set()
+    bases = []
+    exposed: set[int] = set()
+    for line in lines:
+        word = line.split(None, 1)[0].upper()
+        if word == "FROM":
+            m = FROM_LINE.match(line)
+            if not m:
+                errs.append(f"Dockerfile: cannot read {line!r}")
+                continue
+            image, alias = m.group(1), m.group(2)
+            if image.lower() in stages:
+                pass  # an earlier stage of this file
+            elif "$" in image:
+                errs.append(f"Dockerfile: FROM {image} takes the image from a build argument; "
+                            f"name it pinned (name:tag@sha256:...) so the check can see it")
+            elif not PINNED_IMAGE.match(image):
+                errs.append(f"Dockerfile: base image {image} is not pinned by digest (name:tag@sha256:<64 hex>): "
+                            f"a tag moves when the image is rebuilt")
+            elif len(set(PINNED_IMAGE.match(image).group(1))) == 1:
+                errs.append(f"Dockerfile: base image {image} carries a placeholder digest")
+            else:
+                bases.append(image.split("@")[0])
+            if alias:
+                stages.add(alias.lower())
+        elif word == "EXPOSE":
+            for tok in line.split()[1:]:
+                num = tok.split("/")[0]
+                if num.isdigit():
+                    exposed.add(int(num))
+                else:
+                    errs.append(f"Dockerfile: EXPOSE {tok} is not a port number")
+    want = {}
+    for cm_name, var, default in (("fleet-worker", "METRICS_ADDR", "0.0.0.0:9090"),
+                                  ("fleet-webhook", "WEBHOOK_ADDR", "0.0.0.0:8080")):
+        # configMapGenerator names carry a hash suffix: fleet-worker-<hash>.
+        cm = next((d for d in docs if d["kind"] == "ConfigMap"
+                   and re.fullmatch(re.escape(cm_name) + r"(-[a-z0-9]+)?", d["metadata"]["name"])), None)
+        addr = ((cm or {}).get("data") or {}).get(var) or default
+        want[var] = int(addr.rsplit(":", 1)[1])
+    for var, port in want.items():
+        if port not in exposed:
+            errs.append(f"Dockerfile: port {port} ({var}) is not EXPOSEd (EXPOSE {' '.join(map(str, sorted(exposed)))})")
+    detail = (f"{len(bases)} base image(s) pinned by digest ({', '.join(bases)}); "
+              f"EXPOSE {' '.join(map(str, sorted(exposed)))}")
+    return errs, detail
 
 
 # ------------------------------------------------------------ checkov skips
@@ -1029,20 +1203,25 @@ def main() -> int:
              check_keda(docs, idx, worker_env))
     errs, detail = check_queue_and_names(docs, idx, worker_env, common_env, cfn, params, namespace)
     c.report("KEDA queue and settings name the CloudFormation queues, table, roles and namespace", errs, detail)
+    errs, detail = check_metrics_networkpolicy(docs, idx)
+    c.report("metrics port open only to the monitoring namespace (NetworkPolicy)", errs, detail)
     errs, detail = check_webhook(docs, idx)
     c.report("webhook receiver: replicas, probes, secret, Service, Ingress with TLS, PDB, NetworkPolicy", errs, detail)
     errs, detail = check_timing(docs, worker_env, cfn, params)
     c.report("grace period < terminationGracePeriodSeconds < visibility timeout; CronJob timing", errs, detail)
     errs, detail = check_env(docs, idx, a.repo_root, interface)
     c.report("every env var in the manifests is one the binaries read", errs, detail)
-    c.report("IAM: exactly the actions each binary calls, on this stack's resources; IRSA trust",
+    c.report("IAM: exactly the actions each binary calls, on this stack's resources, table items by "
+             "leading key (dynamodb:LeadingKeys), indexes by name; IRSA trust",
              check_iam(cfn, params))
     c.report("queues: redrive, redrive allow policy, retention", check_queues(cfn, params))
     errs, detail = check_params(cfn, a.deploy_dir / "cloudformation" / "parameters.example.json")
     c.report("example stack parameters meet the template's constraints", errs, detail)
     c.report("receipts table: keys and indexes of data-model.md", check_table(cfn))
-    errs, detail = check_alerts(docs, a.deploy_dir / "README.md")
+    errs, detail = check_alerts(docs, a.deploy_dir / "README.md", a.repo_root)
     c.report("alerts: required ones present, known metrics and labels, runbooks", errs, detail)
+    errs, detail = check_dockerfile(a.deploy_dir, docs, idx)
+    c.report("Dockerfile: base images pinned by digest, the listening ports exposed", errs, detail)
     errs, detail = check_skips(a.deploy_dir, docs, cfn)
     c.report("checkov skips are justified inline", errs, detail)
     print(f"  crosscheck summary: {c.passed} of {c.passed + c.failed} checks ok")
