@@ -230,5 +230,10 @@ replace "$copy/k8s/base/networkpolicy.yaml" $'          protocol: TCP\n  egress:
 expect_rejected metrics-networkpolicy-open "kubernetes-validate,crosscheck" "crosscheck" \
   "without 'from' opens the metrics port" "$copy"
 
+# 18. A download budget bigger than the worker's /tmp volume (big batches would get it evicted).
+copy=$(fresh_copy download-budget-too-big)
+replace "$copy/k8s/base/kustomization.yaml" '- DOWNLOAD_BUDGET_MB=768' '- DOWNLOAD_BUDGET_MB=4096'
+expect_rejected download-budget-too-big "crosscheck" "crosscheck" 'does not fit the worker' "$copy"
+
 echo "broken-copies: $PASSED passed, $FAILED failed"
 [[ $FAILED -eq 0 ]]

@@ -566,6 +566,54 @@ def check_security(docs) -> list[str]:
     return errs
 
 
+def quantity_bytes(q: str) -> int | None:
+    """A Kubernetes quantity ("1Gi", "512Mi", "2G", "1000") in bytes."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(q).strip())
+    if not m:
+        return None
+    unit = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+            "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[m.group(2)]
+    return int(m.group(1)) * unit
+
+
+# Room on the worker's /tmp beyond the download budget (the files' own rounding, anything else
+# written there).
+DOWNLOAD_HEADROOM_BYTES = 64 << 20
+
+
+def check_download_budget(docs, worker_env) -> list[str]:
+    """DOWNLOAD_BUDGET_MB (one budget per worker process, shared by its MAX_CONCURRENT_APPLIES
+    applies) plus headroom fits the /tmp emptyDir the downloads go to, and the container's
+    ephemeral-storage limit holds that volume: otherwise big batches finishing together get the
+    pod evicted."""
+    errs: list[str] = []
+    budget_mb = as_int(worker_env.get("DOWNLOAD_BUDGET_MB", "1536"), "DOWNLOAD_BUDGET_MB", errs)
+    applies = as_int(worker_env.get("MAX_CONCURRENT_APPLIES", "2"), "MAX_CONCURRENT_APPLIES", errs)
+    if budget_mb is None or applies is None:
+        return errs
+    for d in docs:
+        if d["kind"] != "Deployment" or d["metadata"]["name"] != "fleet-worker":
+            continue
+        spec = d["spec"]["template"]["spec"]
+        vols = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec["containers"]:
+            tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            if not tmp:
+                continue
+            size = quantity_bytes((vols.get(tmp[0]["name"], {}).get("emptyDir") or {}).get("sizeLimit", ""))
+            if size is None:
+                errs.append("worker /tmp emptyDir has no sizeLimit: the download budget cannot be checked")
+                continue
+            need = (budget_mb << 20) + DOWNLOAD_HEADROOM_BYTES
+            if need > size:
+                errs.append(f"DOWNLOAD_BUDGET_MB={budget_mb} (+{DOWNLOAD_HEADROOM_BYTES >> 20} MiB headroom) "
+                            f"does not fit the worker's /tmp emptyDir of {size >> 20} MiB")
+            limit = quantity_bytes(((c.get("resources") or {}).get("limits") or {}).get("ephemeral-storage", ""))
+            if limit is not None and limit < size:
+                errs.append(f"worker ephemeral-storage limit {limit >> 20} MiB is below its /tmp emptyDir {size >> 20} MiB")
+    return errs
+
+
 def check_keda(docs, idx, worker_env) -> list[str]:
     errs: list[str] = []
     sos = [d for d in docs if d["kind"] == "ScaledObject"]
@@ -590,11 +638,14 @@ def check_keda(docs, idx, worker_env) -> list[str]:
     mif = as_int(worker_env.get("MAX_IN_FLIGHT", "16"), "MAX_IN_FLIGHT", errs)
     if ql is not None and mif is not None and not 0 < ql <= mif:
         errs.append(f"queueLength {ql} must be within 1..MAX_IN_FLIGHT ({mif}): messages per replica")
+    # PINECONE_UPDATES_PER_SECOND is a per-process ceiling of an adaptive pacing (each worker
+    # finds its share of the namespace's limit), so it need not be divided by the replicas; one
+    # process alone must still stay under the namespace's limit.
     rate = as_int(worker_env.get("PINECONE_UPDATES_PER_SECOND", "90"), "PINECONE_UPDATES_PER_SECOND", errs)
-    mx = so.get("maxReplicaCount", 100)
-    if rate is not None and rate * mx > PINECONE_NAMESPACE_UPDATES_PER_SECOND:
-        errs.append(f"PINECONE_UPDATES_PER_SECOND {rate} x maxReplicaCount {mx} exceeds Pinecone's "
-                    f"{PINECONE_NAMESPACE_UPDATES_PER_SECOND} updates/s per namespace")
+    if rate is not None and rate > PINECONE_NAMESPACE_UPDATES_PER_SECOND:
+        errs.append(f"PINECONE_UPDATES_PER_SECOND {rate} is above Pinecone's "
+                    f"{PINECONE_NAMESPACE_UPDATES_PER_SECOND} updates/s per namespace for one worker alone")
+    errs += check_download_budget(docs, worker_env)
     tas = [d for d in docs if d["kind"] == "TriggerAuthentication"]
     for ta in tas:
         pi = ta["spec"].get("podIdentity") or {}
