@@ -1,6 +1,7 @@
 //! Reading and planning one chunk of receipts: its targets (from the input file's lines, or
-//! the fallback), the current labels, this batch's journal rows and its output lines, handed to
-//! the pure [`PlanBuilder`].
+//! the fallback), the current labels, then this batch's journal rows (in that order: see
+//! "Two applies at once" in `apply.rs`), and its output lines, handed to the pure
+//! [`PlanBuilder`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -72,15 +73,25 @@ impl ChunkContext<'_> {
         // applier changed is found with the journal row it wrote before changing it). Labels
         // of the receipts with targets; for the fallback, of every named receipt, whose
         // PENDING labels are the targets (and of a receipt whose request could not be read).
-        let mut labels = if self.fallback {
-            let named: BTreeSet<ReceiptKey> = chunk
+        let queried: BTreeSet<ReceiptKey> = if self.fallback {
+            chunk
                 .iter()
                 .filter(|(_, l)| l.named)
                 .map(|(r, _)| (*r).clone())
-                .collect();
-            let labels = read_labels(services, &named, report).await?;
-            targets = fallback_targets(&named, &labels);
-            labels
+                .collect()
+        } else {
+            let mut receipts = receipts_to_load(&targets, &[]);
+            receipts.extend(
+                chunk
+                    .iter()
+                    .filter(|(_, l)| l.targets_unreadable)
+                    .map(|(r, _)| (*r).clone()),
+            );
+            receipts
+        };
+        let mut labels = read_labels(services, &queried, report).await?;
+        if self.fallback {
+            targets = fallback_targets(&queried, &labels);
         } else {
             // A request whose targets could not be read falls back for its own receipt.
             let unreadable: BTreeSet<ReceiptKey> = chunk
@@ -88,20 +99,14 @@ impl ChunkContext<'_> {
                 .filter(|(_, l)| l.targets_unreadable)
                 .map(|(r, _)| (*r).clone())
                 .collect();
-            let mut receipts = receipts_to_load(&targets, &[]);
-            receipts.extend(unreadable.iter().cloned());
-            let labels = read_labels(services, &receipts, report).await?;
             targets.extend(fallback_targets(&unreadable, &labels));
-            labels
-        };
-        let read: BTreeSet<ReceiptKey> =
-            labels.iter().map(|l| l.key.word.receipt.clone()).collect();
+        }
         let journal = read_journal(services, batch_id, &in_chunk).await?;
         // A journal row of a receipt whose labels were not read (its label is no longer a
         // target: a re-run whose targets come from elsewhere than the run that decided it).
         let more: BTreeSet<ReceiptKey> = receipts_to_load(&BTreeSet::new(), &journal)
             .into_iter()
-            .filter(|r| !read.contains(r))
+            .filter(|r| !queried.contains(r))
             .collect();
         if !more.is_empty() {
             labels.extend(read_labels(services, &more, report).await?);

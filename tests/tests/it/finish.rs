@@ -1131,11 +1131,15 @@ async fn an_apply_without_the_lease_writes_nothing() {
 /// Issue 10, "Done when": two applies of one batch started 0–2 s apart, each with its own
 /// services and lease owner, the lease handed over to the second as the worker's would be and
 /// the first told to stop a moment later (it finishes the write in flight meanwhile), end in
-/// the state of one uninterrupted run, over several seeds.
+/// the state of one uninterrupted run, over several seeds (6; `FLEET_OVERLAP_SEEDS` for more).
 #[tokio::test]
 async fn two_applies_started_apart_end_like_one_run() {
+    let seeds: u64 = std::env::var("FLEET_OVERLAP_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
     let mut overlapped = 0;
-    for seed in 0..6u64 {
+    for seed in 0..seeds {
         let batch = small_batch(100 + seed, 10);
         let batch_id = batch.summary.batch_id.as_str();
         let chunked = |f: &Fleet| {
@@ -1197,6 +1201,7 @@ async fn two_applies_started_apart_end_like_one_run() {
         );
     }
     assert!(overlapped > 0, "no seed made the two applies overlap");
+    println!("{overlapped} of {seeds} seeds overlapped");
 }
 
 /// The journal of a chunk is read with one Query over the range of its receipts' keys, keeping
@@ -1986,4 +1991,49 @@ async fn a_correct_label_that_is_not_a_label_name_is_never_written() {
     for (k, v) in &snap.vectors {
         assert!(!serde_json::to_string(v).unwrap().contains("IGNORE"), "{k}");
     }
+}
+
+/// The apply's cursor is recorded only while the writer holds the batch's lease; once the
+/// lease passed, the write is refused (and says to whom) and the cursor stays as it was.
+#[tokio::test]
+async fn the_cursor_is_recorded_only_by_the_lease_holder() {
+    use fleet_shared::store::CursorWrite;
+    let f = Fleet::new().await;
+    let store = &f.env.store;
+    assert_eq!(
+        store.apply_cursor(BATCH).await.unwrap(),
+        fleet_shared::store::ApplyCursor::default()
+    );
+    let no_lease = store
+        .record_apply_cursor(BATCH, "a", "IMAGE#x#RECEIPT#00001", "{}")
+        .await
+        .unwrap();
+    assert_eq!(no_lease, CursorWrite::LeaseLost { owner: None });
+
+    take_lease(&f.services, BATCH, "a").await;
+    let cid = fixtures::custom_id(A, 1);
+    assert_eq!(
+        store
+            .record_apply_cursor(BATCH, "a", &cid, "{\"v\":1}")
+            .await
+            .unwrap(),
+        CursorWrite::Recorded
+    );
+    take_lease(&f.services, BATCH, "b").await;
+    assert_eq!(
+        store
+            .record_apply_cursor(BATCH, "a", &fixtures::custom_id(B, 1), "{}")
+            .await
+            .unwrap(),
+        CursorWrite::LeaseLost {
+            owner: Some("b".into())
+        }
+    );
+    let cursor = store.apply_cursor(BATCH).await.unwrap();
+    assert_eq!(cursor.lease_owner.as_deref(), Some("b"));
+    assert_eq!(cursor.last_receipt.as_deref(), Some(cid.as_str()));
+    assert_eq!(cursor.counts.as_deref(), Some("{\"v\":1}"));
+    // The lease and the cursor live on the fleet-state item, which keeps its other fields.
+    let state = store.fleet_state(BATCH).await.unwrap();
+    assert_eq!(state.lease_owner.as_deref(), Some("b"));
 }
