@@ -1,6 +1,9 @@
 //! The producer binary: parse, validate, then hand over to the library. Nothing touches AWS
 //! before the configuration is known to be good.
 
+// This target shares its package's dependency list; unused ones are caught on the library.
+#![allow(unused_crate_dependencies)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

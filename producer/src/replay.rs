@@ -256,7 +256,7 @@ pub async fn replay_at(
         let out = match sqs
             .receive_message()
             .queue_url(dlq)
-            .max_number_of_messages(SQS_BATCH_LIMIT as i32)
+            .max_number_of_messages(i32::try_from(SQS_BATCH_LIMIT).unwrap_or(10))
             .visibility_timeout(settings.visibility_seconds as i32)
             .wait_time_seconds(settings.poll_wait_seconds as i32)
             .message_attribute_names("All")

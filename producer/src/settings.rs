@@ -290,7 +290,10 @@ fn webhook_key(l: &mut Lookup<'_>) -> SigningKey {
 
 fn bulk_rate(l: &mut Lookup<'_>, rate: f64) -> Option<u32> {
     if rate.fract() == 0.0 && (1.0..=f64::from(BULK_RATE_MAX)).contains(&rate) {
-        Some(rate as u32)
+        // A whole number within 1..=BULK_RATE_MAX: the conversion is exact.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let rate = rate as u32;
+        Some(rate)
     } else {
         l.problem(format!(
             "--rate {rate} with --bulk: SQS moves a whole number of messages per second, \

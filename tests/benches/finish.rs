@@ -17,6 +17,9 @@
 //!
 //! Run: `cargo bench -p fleet-tests --bench finish` (moto is started on demand).
 
+// This target shares its package's dependency list; unused ones are caught on the library.
+#![allow(unused_crate_dependencies)]
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::time::{Duration, Instant};
@@ -131,7 +134,7 @@ fn generate(path: &std::path::Path, target_mb: usize) -> usize {
         }
         let receipt = ReceiptKey {
             image_id: ImageId::parse(&image).unwrap(),
-            receipt_id: 1 + (receipts % 2) as u32,
+            receipt_id: 1 + u32::try_from(receipts % 2).expect("0 or 1"),
         };
         receipts += 1;
         let results: Vec<_> = receipt_targets(&receipt)
@@ -355,7 +358,10 @@ fn main() {
     let receipts = env_usize("BENCH_APPLY_RECEIPTS", 1000);
     if receipts > 0 {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(apply_bench(receipts as u32, per_chunk));
+        rt.block_on(apply_bench(
+            u32::try_from(receipts).expect("a benchmark-sized count"),
+            per_chunk,
+        ));
     }
 }
 

@@ -22,6 +22,12 @@
 //! Both emulators expose a control API under `/_admin/…` (never authenticated, faulted or
 //! logged) mirroring the library methods, so the binaries can be driven over HTTP.
 
+// The unit tests see the dev-dependencies of the integration tests (`tests/it`) too.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
+// Used by the binaries (`src/bin`), which share this package's dependency list.
+use clap as _;
+
 pub mod aws_env;
 pub mod common;
 pub mod openai;

@@ -57,7 +57,7 @@ impl Rng {
     }
 
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+        &items[usize::try_from(self.below(items.len() as u64)).expect("below len fits")]
     }
 }
 
@@ -361,7 +361,7 @@ pub fn mixed(seed: u64, count: usize, receipts_per_batch: u32) -> Vec<ScenarioBa
             let shape = Shape {
                 receipts: receipts_per_batch,
                 outcome,
-                in_progress_polls: 1 + (i % 4) as u32,
+                in_progress_polls: 1 + u32::try_from(i % 4).expect("small"),
                 ..Shape::default()
             };
             batch(&mut rng, i, &shape)

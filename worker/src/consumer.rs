@@ -169,7 +169,7 @@ async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Resu
                 let pause = Duration::from_secs(1u64 << (receive_failures.min(5) - 1))
                     .min(Duration::from_secs(20));
                 metrics::counter!(m::RECEIVE_ERRORS).increment(1);
-                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "receive failed");
+                tracing::warn!(error = %e, retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), "receive failed");
                 drop(permits);
                 tokio::select! {
                     () = stop.cancelled() => break,

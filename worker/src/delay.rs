@@ -65,7 +65,9 @@ pub fn next_check_delay(bounds: RecheckBounds, obs: &Observation<'_>, rng: &mut 
         };
     }
     // `delay` is within 1..=86400 here, so the conversion cannot truncate.
-    delay.round() as u32
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let seconds = delay.round() as u32;
+    seconds
 }
 
 /// How a wait is sent: SQS delays a message by at most 15 minutes, so longer waits go as a

@@ -27,6 +27,9 @@
 //! - [`apply_batch`]: the `apply-batch` command.
 //! - [`clock`]: the wall clock, read only at the edges.
 
+// The unit tests see the dev-dependencies of the integration tests and benchmarks too.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
 pub mod apply_batch;
 pub mod cli;
 pub mod clock;

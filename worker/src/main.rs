@@ -1,5 +1,8 @@
 //! The worker binary: parse, validate, wire, run. Everything else lives in the library.
 
+// This target shares its package's dependency list; unused ones are caught on the library.
+#![allow(unused_crate_dependencies)]
+
 use std::io::Write as _;
 use std::process::ExitCode;
 

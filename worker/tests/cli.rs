@@ -3,6 +3,9 @@
 //! (Being an integration test of this package also makes `cargo test` build the binary that
 //! the fleet's end-to-end tests in `tests/` drive.)
 
+// This target shares its package's dependency list; unused ones are caught on the library.
+#![allow(unused_crate_dependencies)]
+
 use std::process::{Command, Output};
 
 const SECRET: &str = "sk-proj-VERYSECRET0123456789";

@@ -297,7 +297,7 @@ impl Receiver {
                     event = "pending_listed",
                     pending = pairs.len(),
                     bad_items = bad,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     "pending batches listed"
                 );
                 cache.replace(pairs, Instant::now());
@@ -316,7 +316,9 @@ async fn read_capped(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, BodyErr
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(BodyError::TooLarge);
     }
-    let mut buf = Vec::with_capacity(declared.unwrap_or(1024).min(MAX_BODY_BYTES as u64) as usize);
+    let mut buf = Vec::with_capacity(
+        usize::try_from(declared.unwrap_or(1024)).map_or(MAX_BODY_BYTES, |n| n.min(MAX_BODY_BYTES)),
+    );
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| BodyError::Read(format!("reading the body: {e}")))?;

@@ -95,7 +95,7 @@ impl Phases {
     pub(super) fn mark(&mut self, report: &mut ApplyReport, phase: &str) {
         let now = std::time::Instant::now();
         *report.phase_ms.entry(phase.to_owned()).or_default() +=
-            now.duration_since(self.last).as_millis() as u64;
+            u64::try_from(now.duration_since(self.last).as_millis()).unwrap_or(u64::MAX);
         self.last = now;
     }
 }

@@ -72,7 +72,7 @@ impl DownloadBudget {
             return None;
         }
         let permit = Arc::clone(&self.units)
-            .acquire_many_owned(units as u32)
+            .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
             .await
             .ok()?;
         Some(Reservation::new(self, permit))
@@ -127,7 +127,9 @@ impl Reservation {
     /// reservation into a reservation of its own: one file's share.
     fn split(&mut self, bytes: u64) -> Reservation {
         let held = self.permit.as_ref().map_or(0, |p| p.num_permits());
-        let units = (DownloadBudget::units_for(bytes) as usize).min(held);
+        let units = usize::try_from(DownloadBudget::units_for(bytes))
+            .unwrap_or(usize::MAX)
+            .min(held);
         let permit = self.permit.as_mut().and_then(|p| p.split(units));
         Reservation {
             budget: Arc::clone(&self.budget),

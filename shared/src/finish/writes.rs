@@ -38,7 +38,7 @@ impl<'a> Gate<'a> {
     pub(super) fn check(&self) -> Result<(), FinishError> {
         if self.stop.is_cancelled() {
             return Err(FinishError::Stopped {
-                writes: self.count() as usize,
+                writes: usize::try_from(self.count()).unwrap_or(usize::MAX),
                 why: "told to stop",
             });
         }
@@ -62,7 +62,7 @@ impl<'a> Gate<'a> {
 
     pub(super) fn pass(&self) -> Result<(), FinishError> {
         self.check()?;
-        let writes = self.count() as usize;
+        let writes = usize::try_from(self.count()).unwrap_or(usize::MAX);
         if let Some(budget) = &self.services.options.write_budget {
             if !budget.take() {
                 return Err(FinishError::Stopped {

@@ -261,7 +261,7 @@ impl PlanBuilder {
     pub fn finish(mut self) -> Plan {
         let mut plan = Plan::empty(self.batch_id.clone(), self.outcome, self.validated_at);
         let mut counters = std::mem::take(&mut self.counters);
-        let targets = counters.targets.total as usize;
+        let targets = usize::try_from(counters.targets.total).unwrap_or(usize::MAX);
         if self.outcome.applies_output() {
             plan.verdicts.reserve(targets);
             plan.status_changes.reserve(targets);

@@ -16,6 +16,9 @@
 //!   `file-err`, `file-in`;
 //! - vectors `word-1`, `word-2` (metadata) and `word-3` (none) in namespace `words`.
 
+// This target shares its package's dependency list; unused ones are caught on the library.
+#![allow(unused_crate_dependencies)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -2,6 +2,9 @@
 //! realistic set of batches into the table and the OpenAI/Pinecone emulators, and prints (and
 //! optionally checks) a summary a person can read. `scripts/run-local.sh` drives it.
 
+// This target shares its package's dependency list; unused ones are caught on the library.
+#![allow(unused_crate_dependencies)]
+
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
@@ -253,6 +256,8 @@ impl WebhookCounts {
                 .split_once("outcome=\"")
                 .and_then(|(_, rest)| rest.split('"').next())
                 .unwrap_or("unknown");
+            // A counter's value: a whole, non-negative number far below 2^53.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let n = value.parse::<f64>().unwrap_or(0.0) as u64;
             *by_outcome.entry(outcome.to_owned()).or_default() += n;
         }

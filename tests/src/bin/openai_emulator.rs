@@ -4,6 +4,9 @@
 //! URL plus `/v1`), then serves until SIGINT/SIGTERM. Drive it with the `/_admin/…` API
 //! documented in `fleet_tests::openai`.
 
+// This target shares its package's dependency list; unused ones are caught on the library.
+#![allow(unused_crate_dependencies)]
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -4,6 +4,9 @@
 //! `PINECONE_INDEX_HOST`), then serves until SIGINT/SIGTERM. Drive it with the `/_admin/…` API
 //! documented in `fleet_tests::pinecone`.
 
+// This target shares its package's dependency list; unused ones are caught on the library.
+#![allow(unused_crate_dependencies)]
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;

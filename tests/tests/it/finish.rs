@@ -728,7 +728,7 @@ async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
     .unwrap();
     assert_eq!(full.chunks, 4);
     let expected = data(&reference).await;
-    let total = full.writes as usize;
+    let total = usize::try_from(full.writes).expect("a test-sized count");
     assert!(
         total >= 200,
         "the drill needs at least 200 writes, the batch makes {total}"
@@ -844,7 +844,8 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
     // Cut off in the first, a middle and the last chunk of 4 receipts, re-run by 9.
     let probe = Fleet::new().await;
     probe.seed(&batch).await;
-    let total = run(&probe, &batch, 4, None).await.unwrap().writes as usize;
+    let total = usize::try_from(run(&probe, &batch, 4, None).await.unwrap().writes)
+        .expect("a test-sized count");
     for k in [5, total / 3, total / 2, total - 2] {
         let f = Fleet::new().await;
         f.seed(&batch).await;

@@ -358,8 +358,8 @@ fn audit_rows(n: usize) -> (Vec<Item>, Vec<CompletionBatchResult>) {
             label: LabelKey::new(
                 ImageId::parse(IMG_B).unwrap(),
                 3,
-                1 + (i / 10) as u32,
-                1 + (i % 10) as u32,
+                1 + u32::try_from(i / 10).expect("small"),
+                1 + u32::try_from(i % 10).expect("small"),
                 "TAX",
             ),
             status: BatchStatus::Completed,
