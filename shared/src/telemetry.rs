@@ -23,9 +23,9 @@ pub fn init(format: LogFormat, filter: &str) {
             .try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
     };
-    if result.is_ok() {
-        if let Some(e) = bad {
-            tracing::warn!(filter, error = %e, "RUST_LOG is not a valid filter; using info");
-        }
+    if result.is_ok()
+        && let Some(e) = bad
+    {
+        tracing::warn!(filter, error = %e, "RUST_LOG is not a valid filter; using info");
     }
 }

@@ -129,7 +129,7 @@ fn generate(path: &std::path::Path, target_mb: usize) -> usize {
     let mut image = rng.uuid();
     let mut receipts = 0usize;
     while written < target_mb * 1_000_000 {
-        if receipts % 2 == 0 {
+        if receipts.is_multiple_of(2) {
             image = rng.uuid();
         }
         let receipt = ReceiptKey {

@@ -26,10 +26,10 @@ pub fn workspace_root() -> PathBuf {
 /// moto_server that `scripts/moto.sh start` runs (started here if it is not running).
 pub fn local_endpoint() -> anyhow::Result<String> {
     for var in ["FLEET_TEST_AWS_ENDPOINT", "AWS_ENDPOINT_URL"] {
-        if let Ok(url) = std::env::var(var) {
-            if !url.is_empty() {
-                return Ok(url);
-            }
+        if let Ok(url) = std::env::var(var)
+            && !url.is_empty()
+        {
+            return Ok(url);
         }
     }
     let script = workspace_root().join("scripts/moto.sh");

@@ -520,13 +520,12 @@ impl Server {
     /// Stops accepting, waits up to 5 s for open requests, then aborts the rest.
     pub(crate) async fn shutdown(mut self) {
         self.token.cancel();
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut task)
                 .await
                 .is_err()
-            {
-                task.abort();
-            }
+        {
+            task.abort();
         }
     }
 }

@@ -640,14 +640,14 @@ async fn fetch(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> 
         ));
     }
     let mut state = shared.lock();
-    if let Some(rate) = state.fetch_rate.as_mut() {
-        if !rate.allow("") {
-            let limit = rate.per_second;
-            return rate_limited(&format!(
-                "TOO_MANY_REQUESTS: Request failed. You've reached the max fetch rate of \
+    if let Some(rate) = state.fetch_rate.as_mut()
+        && !rate.allow("")
+    {
+        let limit = rate.per_second;
+        return rate_limited(&format!(
+            "TOO_MANY_REQUESTS: Request failed. You've reached the max fetch rate of \
                  {limit} per second for this index (emulated)."
-            ));
-        }
+        ));
     }
     let mut vectors = Map::new();
     for id in &ids {
@@ -727,14 +727,14 @@ async fn update(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     }
 
     let mut state = shared.lock();
-    if let Some(rate) = state.rate.as_mut() {
-        if !rate.allow(namespace) {
-            return rate_limited(&format!(
-                "TOO_MANY_REQUESTS: Request failed. You've reached the max update rate \
+    if let Some(rate) = state.rate.as_mut()
+        && !rate.allow(namespace)
+    {
+        return rate_limited(&format!(
+            "TOO_MANY_REQUESTS: Request failed. You've reached the max update rate \
                      of {} per second for namespace '{namespace}' (emulated).",
-                rate.per_second
-            ));
-        }
+            rate.per_second
+        ));
     }
     let existing = state
         .namespaces

@@ -183,10 +183,8 @@ async fn count_error_file(
 ) -> Result<(), FinishError> {
     let mut lines = AsyncLineReader::new(file.open().await.map_err(io("error file"))?);
     while let Some((_, line)) = lines.next_line().await.map_err(io("error file"))? {
-        if fallback {
-            if let Some(r) = line.as_ref().ok().and_then(|b| peek_custom_id(b)) {
-                index.add_named(r);
-            }
+        if fallback && let Some(r) = line.as_ref().ok().and_then(|b| peek_custom_id(b)) {
+            index.add_named(r);
         }
         counters.error_lines.add(&parse_output_read(line));
     }

@@ -63,13 +63,13 @@ impl<'a> Gate<'a> {
     pub(super) fn pass(&self) -> Result<(), FinishError> {
         self.check()?;
         let writes = usize::try_from(self.count()).unwrap_or(usize::MAX);
-        if let Some(budget) = &self.services.options.write_budget {
-            if !budget.take() {
-                return Err(FinishError::Stopped {
-                    writes,
-                    why: "write budget spent",
-                });
-            }
+        if let Some(budget) = &self.services.options.write_budget
+            && !budget.take()
+        {
+            return Err(FinishError::Stopped {
+                writes,
+                why: "write budget spent",
+            });
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -113,10 +113,10 @@ impl HeldResultKeys {
     }
 
     fn hold(&mut self, row: &CompletionBatchResult) {
-        if self.keys.len() < self.cap {
-            if let Some(k) = Self::key(row) {
-                self.keys.insert(k);
-            }
+        if self.keys.len() < self.cap
+            && let Some(k) = Self::key(row)
+        {
+            self.keys.insert(k);
         }
     }
 }

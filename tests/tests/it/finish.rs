@@ -915,10 +915,10 @@ impl aws_sdk_dynamodb::config::Intercept for ProbeInterceptor {
             log.queries.push((value(":pk"), from));
         } else if target.ends_with(".UpdateItem") && body.to_string().contains("apply_cursor") {
             log.cursor_writes += 1;
-            if let Some((n, stop)) = &log.stop_at {
-                if log.cursor_writes == *n {
-                    stop.cancel();
-                }
+            if let Some((n, stop)) = &log.stop_at
+                && log.cursor_writes == *n
+            {
+                stop.cancel();
             }
         }
         Ok(())
@@ -1400,17 +1400,17 @@ async fn the_second_applier_reads_labels_then_journal_and_finishes_the_firsts_ve
         hooked(
             &f,
             move |target, body| {
-                if target.ends_with(".BatchWriteItem") {
-                    if let Some(rx) = may_write.lock().unwrap().take() {
-                        at_first_write
-                            .lock()
-                            .unwrap()
-                            .take()
-                            .unwrap()
-                            .send(())
-                            .unwrap();
-                        rx.recv().unwrap();
-                    }
+                if target.ends_with(".BatchWriteItem")
+                    && let Some(rx) = may_write.lock().unwrap().take()
+                {
+                    at_first_write
+                        .lock()
+                        .unwrap()
+                        .take()
+                        .unwrap()
+                        .send(())
+                        .unwrap();
+                    rx.recv().unwrap();
                 }
                 // A label's status change (not the lease taken through this client).
                 if target.ends_with(".UpdateItem") && body.to_string().contains("validation_status")

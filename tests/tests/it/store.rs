@@ -497,10 +497,10 @@ impl Intercept for PartialBatchWrites {
         if withheld.is_empty() {
             return Ok(());
         }
-        if let Some(Ok(output)) = ctx.output_or_error_mut() {
-            if let Some(out) = output.downcast_mut::<BatchWriteItemOutput>() {
-                out.unprocessed_items = Some([(self.table.clone(), withheld)].into());
-            }
+        if let Some(Ok(output)) = ctx.output_or_error_mut()
+            && let Some(out) = output.downcast_mut::<BatchWriteItemOutput>()
+        {
+            out.unprocessed_items = Some([(self.table.clone(), withheld)].into());
         }
         Ok(())
     }

@@ -714,10 +714,10 @@ impl WorkerProcess {
         let lines = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(addr) = v.get("http_addr").and_then(Value::as_str) {
-                        let _ = tx.send(addr.to_owned());
-                    }
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && let Some(addr) = v.get("http_addr").and_then(Value::as_str)
+                {
+                    let _ = tx.send(addr.to_owned());
                 }
                 lines.lock().unwrap().push(line);
             }
