@@ -115,9 +115,9 @@ pub struct PineconeReport {
     /// Vectors written only because their change asked for a [`MetadataChange::rewrite`]
     /// (the fetch showed every label).
     pub rewritten: u64,
-    /// The label lists each written vector holds after its write, by id: what the caller
-    /// verifies against the table once the writes are done (see [`super::merge`]). Vectors
-    /// not written are not here.
+    /// The label lists each write named, with the labels it wrote, by vector id
+    /// ([`super::merge::MergeOutcome::written_sets`]): what the caller verifies against the
+    /// table once the writes are done (see [`super::merge`]). Vectors not written are not here.
     pub written: BTreeMap<String, LabelSets>,
 }
 
@@ -297,7 +297,7 @@ impl PineconeClient {
                         report.rewritten += 1;
                     }
                 }
-                let sets = merged.sets();
+                let sets = merged.written_sets();
                 writes.push((id.as_str(), (merged.set_metadata, sets)));
             } else {
                 report.unchanged += 1;

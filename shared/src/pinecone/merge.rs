@@ -25,19 +25,21 @@
 //!   writes, so a batch B whose status changes land after that read but whose Pinecone write
 //!   lands before ours is in neither our read nor (stale) our fetch, and our write drops it.
 //!   So after writing, the apply reads the written words' labels again (one strongly
-//!   consistent Query per receipt, the fleet's usual read) and, for every word whose derived
-//!   sets are no longer within what it wrote, writes the union again ([`repair_lists`]);
-//!   bounded, a few rounds, then the apply fails as transient and is retried.
+//!   consistent Query per receipt, the fleet's usual read) and, for every list it wrote that
+//!   no longer holds every label the table derives for it, writes the union again
+//!   ([`repair_lists`]); bounded, a few rounds, then the apply fails as transient and is
+//!   retried.
 //!
 //! Why every label ends in the metadata once the applies are done (the fleet's own labels;
-//! `proposed_label` is one value, the later writer's, as before). Take the vector's last write,
-//! by an apply W at time `t`. W read the table again after `t` (at `v > t`) and found nothing
-//! new, so W's write holds every label in the table at `v`. A label L that reached the table
-//! after `v` did so in an apply X whose vector step comes after its table write, so after `t`:
-//! X either wrote (contradicting "W's is the last write") or skipped because its fetch showed
-//! every derived label, L included. But a fetch shows L only after some write containing L,
-//! and such a write derives L from the table, so comes after L's table write, after `t`: the
-//! same contradiction. Hence no label is missing. The argument needs each write to be followed
+//! `proposed_label` is one value, the later writer's, as before). `setMetadata` replaces only
+//! the keys it names, so each list is a register of its own; take one list's last write, by an
+//! apply W at time `t`. W read the table again after `t` (at `v > t`) and found nothing new for
+//! it, so W's write holds every label of that list in the table at `v`. A label L that reached
+//! the table after `v` did so in an apply X whose vector step comes after its table write, so
+//! after `t`: X either wrote the list (contradicting "W's is the last write") or skipped it
+//! because its fetch showed every derived label, L included. But a fetch shows L only after
+//! some write containing L, and such a write derives L from the table, so comes after L's
+//! table write, after `t`: the same contradiction. Hence no label is missing. The argument needs each write to be followed
 //! by its verification; an apply cut off between the two (a crash, a lost lease) leaves an
 //! unverified write, so its re-run (which finds its verdicts already applied) writes those
 //! words' lists again even when its fetch shows every label ([`MetadataChange::rewrite`]) and
@@ -134,12 +136,20 @@ impl MergeOutcome {
         !self.set_metadata.is_empty()
     }
 
-    /// The two lists after the merge, as sets: what a write of this outcome leaves in the
-    /// vector, to verify against the table afterwards ([`repair_lists`]).
-    pub fn sets(&self) -> LabelSets {
+    /// The lists this outcome writes, as sets, to verify against the table afterwards
+    /// ([`repair_lists`]). A list it does not write is empty here (a written list never is):
+    /// `setMetadata` leaves it as it was, so this write cannot have dropped a label from it.
+    pub fn written_sets(&self) -> LabelSets {
+        let written = |key: &str, labels: &[String]| {
+            if self.set_metadata.contains_key(key) {
+                labels.iter().cloned().collect()
+            } else {
+                BTreeSet::new()
+            }
+        };
         LabelSets {
-            valid: self.valid_labels.iter().cloned().collect(),
-            invalid: self.invalid_labels.iter().cloned().collect(),
+            valid: written(VALID_LABELS, &self.valid_labels),
+            invalid: written(INVALID_LABELS, &self.invalid_labels),
         }
     }
 }
@@ -219,37 +229,25 @@ pub fn word_label_sets<'a>(
     words
 }
 
-/// What to write again after a write left `written` in a vector and the table now derives
-/// `derived` for its word: for each list whose derived set is not within what was written,
-/// the sorted union (only those keys; `proposed_label` is never rewritten, it is one value and
-/// the later writer's). `None`: the write holds every label, nothing to repair. The sets the
-/// repair leaves are returned with it, to verify the repair in turn.
+/// What to write again after a write left `written` in a vector ([`MergeOutcome::written_sets`])
+/// and the table now derives `derived` for its word: for each list the write named whose
+/// derived set is not within what it wrote, the sorted union (only those keys; a list the
+/// write did not name, empty in `written`, is not its to repair, and `proposed_label` is one
+/// value, the later writer's, never rewritten). `None`: the write dropped nothing. The lists
+/// the repair leaves are returned with it, to verify the repair in turn.
 pub fn repair_lists(written: &LabelSets, derived: &LabelSets) -> Option<(Metadata, LabelSets)> {
-    if derived.is_within(written) {
-        return None;
-    }
     let mut after = written.clone();
     let mut set_metadata = Metadata::new();
-    for (key, have, want, into) in [
-        (
-            VALID_LABELS,
-            &written.valid,
-            &derived.valid,
-            &mut after.valid,
-        ),
-        (
-            INVALID_LABELS,
-            &written.invalid,
-            &derived.invalid,
-            &mut after.invalid,
-        ),
+    for (key, want, into) in [
+        (VALID_LABELS, &derived.valid, &mut after.valid),
+        (INVALID_LABELS, &derived.invalid, &mut after.invalid),
     ] {
-        if !want.is_subset(have) {
+        if !into.is_empty() && !want.is_subset(into) {
             into.extend(want.iter().filter(|l| !l.is_empty()).cloned());
             set_metadata.insert(key.to_owned(), string_list(into));
         }
     }
-    Some((set_metadata, after))
+    (!set_metadata.is_empty()).then_some((set_metadata, after))
 }
 
 fn string_list(labels: &BTreeSet<String>) -> Value {
@@ -597,11 +595,14 @@ mod tests {
             Value::Object(out.set_metadata.clone()),
             json!({"valid_labels": ["DATE"], "invalid_labels": ["TAX"]})
         );
-        assert_eq!(out.sets(), sets(&["DATE"], &["TAX"]));
+        assert_eq!(out.written_sets(), sets(&["DATE"], &["TAX"]));
+        // A list the write leaves alone is not its to verify.
+        let out = merge_metadata(&meta(json!({"valid_labels": ["DATE"]})), &change);
+        assert_eq!(out.written_sets(), sets(&[], &["TAX"]));
     }
 
     #[test]
-    fn repairs_write_only_the_lists_that_grew() {
+    fn repairs_write_only_the_written_lists_that_grew() {
         let wrote = sets(&["DATE"], &["TAX"]);
         assert_eq!(repair_lists(&wrote, &wrote), None);
         assert_eq!(repair_lists(&wrote, &sets(&[], &["TAX"])), None);
@@ -614,15 +615,20 @@ mod tests {
             json!({"invalid_labels": ["TAX", "TIP"]})
         );
         assert_eq!(after, sets(&["DATE"], &["TAX", "TIP"]));
-        // What was written stays: a repair only adds (a foreign entry the fetch showed).
-        let wrote = sets(&["DATE", "FOREIGN"], &[]);
+        // What was written stays (a foreign entry the fetch showed): a repair only adds.
+        let wrote = sets(&["DATE", "FOREIGN"], &["TIP"]);
         let (set_metadata, after) = repair_lists(&wrote, &sets(&["TIME"], &["TAX"])).expect("grew");
         assert_eq!(
             Value::Object(set_metadata),
-            json!({"valid_labels": ["DATE", "FOREIGN", "TIME"], "invalid_labels": ["TAX"]})
+            json!({"valid_labels": ["DATE", "FOREIGN", "TIME"], "invalid_labels": ["TAX", "TIP"]})
         );
-        assert_eq!(after, sets(&["DATE", "FOREIGN", "TIME"], &["TAX"]));
+        assert_eq!(after, sets(&["DATE", "FOREIGN", "TIME"], &["TAX", "TIP"]));
         assert_eq!(repair_lists(&after, &sets(&["TIME"], &["TAX"])), None);
+        // A list the write did not name is left to whoever wrote it.
+        assert_eq!(
+            repair_lists(&sets(&["DATE"], &[]), &sets(&["DATE"], &["TAX"])),
+            None
+        );
     }
 
     #[test]
@@ -783,7 +789,7 @@ mod tests {
                         return;
                     }
                     world.write(&out.set_metadata);
-                    self.written = out.sets();
+                    self.written = out.written_sets();
                     if self.crashes {
                         // Cut off before verifying; handled again from the start.
                         self.crashes = false;

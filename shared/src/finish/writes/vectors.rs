@@ -10,8 +10,8 @@
 //! 2. The merge fetches, merges and writes ([`crate::pinecone::PineconeClient::apply_merges`]),
 //!    one gated call per `vector_chunk` words, as before.
 //! 3. The receipts of the words written are read again (one strongly consistent Query each);
-//!    a word whose table labels are no longer within what was written gets the union written
-//!    again, and is verified again; at most [`REPAIR_ROUNDS`] rounds of repairs, each one
+//!    a list written that does not hold every label the table now derives for it is written
+//!    again as the union, and verified again; at most [`REPAIR_ROUNDS`] rounds of repairs, each one
 //!    gated write, then [`FinishError::VectorsUnsettled`] (transient: the batch is handled
 //!    again later). Words not written (unchanged, missing) need no verification: only a write
 //!    can drop a label.
@@ -86,8 +86,8 @@ pub(in crate::finish) async fn write_vectors(
     verify(services, gate, &plan.batch_id, pending, report).await
 }
 
-/// Reads the written words' labels again until every word's derived lists are within what its
-/// last write left (see the module's doc).
+/// Reads the written words' labels again until every list written holds every label the table
+/// derives for it (see the module's doc).
 async fn verify(
     services: &Services,
     gate: &Gate<'_>,
