@@ -115,7 +115,8 @@ impl HeldResultKeys {
 }
 
 /// One chunk's writes, in order: journal; status changes; corrections; resets and their
-/// journal rows; vectors (written, then verified against the table); result rows. The summary is written once after every chunk.
+/// journal rows; vectors (written, then verified against the table); result rows. The summary
+/// is written once after every chunk.
 pub(super) async fn execute(
     services: &Services,
     gate: &Gate<'_>,

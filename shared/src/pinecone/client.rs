@@ -315,10 +315,8 @@ impl PineconeClient {
             );
         }
 
-        for (id, set_metadata) in &writes {
-            report
-                .written
-                .insert((*id).to_owned(), set_metadata.1.clone());
+        for (id, (_, sets)) in &writes {
+            report.written.insert((*id).to_owned(), sets.clone());
         }
         let updated = self
             .update_all(

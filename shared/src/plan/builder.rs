@@ -1,5 +1,7 @@
 //! Deciding verdicts: output lines stream in, the decisions are made once all are in.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 
 use super::counters::{LineCounters, PlanCounters, TargetCounters};
@@ -8,7 +10,9 @@ use super::outcome::{Outcome, batch_timestamp, summary_update};
 use super::writes::{Effective, Plan, StatusChange, core_label_bit};
 use crate::model::keys::push_decimal;
 use crate::model::status::PROPOSED_BY_COMPLETION_BATCH;
-use crate::model::{CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus, Verdict};
+use crate::model::{
+    CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus, Verdict, WordKey,
+};
 use crate::parse::{ParsedLine, ParsedResult, ResultSkip};
 use crate::pinecone::merge::{LabelSets, word_label_sets};
 
@@ -105,7 +109,7 @@ pub struct PlanBuilder {
     last_found: usize,
     journal: Vec<CompletionBatchVerdict>,
     /// [`Plan::word_labels`].
-    word_labels: std::collections::BTreeMap<crate::model::WordKey, LabelSets>,
+    word_labels: BTreeMap<WordKey, LabelSets>,
     counters: PlanCounters,
 }
 

@@ -470,3 +470,99 @@ async fn two_workers_applying_at_the_same_moment_keep_every_label() {
         assert_every_label_kept(&f).await;
     }
 }
+
+/// Counts the base-table label Queries (`IMAGE#…` partitions) an apply makes, by receipt.
+#[derive(Debug, Clone, Default)]
+struct QueryCounter(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>);
+
+impl aws_sdk_dynamodb::config::Intercept for QueryCounter {
+    fn name(&self) -> &'static str {
+        "QueryCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let request = context.request();
+        let target = request.headers().get("x-amz-target").unwrap_or_default();
+        if target.ends_with(".Query") {
+            let body: Value = request
+                .body()
+                .bytes()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            let pk = body["ExpressionAttributeValues"][":pk"]["S"]
+                .as_str()
+                .unwrap_or_default();
+            let prefix = body["ExpressionAttributeValues"][":prefix"]["S"]
+                .as_str()
+                .unwrap_or_default();
+            if pk.starts_with("IMAGE#") {
+                let receipt = format!("{pk}#{}", prefix.split("#LINE#").next().unwrap_or(""));
+                *self.0.lock().unwrap().entry(receipt).or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The price of the verification: one more Query per receipt whose word vectors were written
+/// (strongly consistent, the fleet's usual read), none for a receipt with nothing written,
+/// and no repair when no other apply touched the words. Measured on a generated batch.
+#[tokio::test]
+async fn verification_reads_each_receipt_with_written_vectors_once_more() {
+    let f = Fleet::new().await;
+    f.pinecone.set_consistency_delay(DELAY);
+    let shape = fleet_tests::scenario::Shape {
+        receipts: 30,
+        targets_per_receipt: 8,
+        ..fleet_tests::scenario::Shape::default()
+    };
+    let mut batch =
+        fleet_tests::scenario::batch(&mut fleet_tests::scenario::Rng::new(2024), 0, &shape);
+    batch.spec.steps.clear();
+    f.seed(&batch).await;
+    let counter = QueryCounter::default();
+    let conf = f
+        .env
+        .clients
+        .dynamodb
+        .config()
+        .to_builder()
+        .interceptor(counter.clone())
+        .build();
+    let mut services = worker(&f);
+    services.store =
+        fleet_shared::store::Store::new(aws_sdk_dynamodb::Client::from_conf(conf), &f.env.table);
+    let report = handle(&services, &batch.summary.batch_id).await.unwrap();
+    assert_eq!(report.vectors_repaired, 0);
+    assert!(report.vectors_updated > 0);
+
+    let written: std::collections::BTreeSet<String> = f
+        .pinecone
+        .updates()
+        .iter()
+        .map(|u| {
+            let parts: Vec<&str> = u.id.split('#').take(4).collect();
+            format!("IMAGE#{}#RECEIPT#{}", parts[1], parts[3])
+        })
+        .collect();
+    let queries = counter.0.lock().unwrap().clone();
+    for (receipt, n) in &queries {
+        let want = if written.contains(receipt) { 2 } else { 1 };
+        assert_eq!(*n, want, "{receipt}: {n} label Queries");
+    }
+    assert!(written.iter().all(|r| queries.contains_key(r)));
+    println!(
+        "label Queries: {} over {} receipts ({} receipts with written vectors); \
+         Pinecone: {} fetches, {} updates",
+        queries.values().sum::<usize>(),
+        queries.len(),
+        written.len(),
+        f.pinecone.count("GET", "/vectors/fetch"),
+        f.pinecone.update_count()
+    );
+}
