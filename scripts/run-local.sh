@@ -86,9 +86,13 @@ say "creating the table and queues"
 set -a; . "$work/env"; set +a
 say "table $DYNAMODB_TABLE_NAME, queue $QUEUE_URL"
 
-start_emulator pinecone-emulator
+# The real index is eventually consistent: an update reaches fetches only after a while. The
+# emulator lags as much (2 s by default), so the demo runs the fleet's vector writes the way
+# production does (derived from the table, verified after writing).
+consistency_ms="${PINECONE_EMULATOR_CONSISTENCY_DELAY_MS:-2000}"
+start_emulator pinecone-emulator --consistency-delay-ms "$consistency_ms"
 pinecone_url=$(listening_url pinecone-emulator)
-say "Pinecone emulator at $pinecone_url"
+say "Pinecone emulator at $pinecone_url (updates visible to fetches after ${consistency_ms} ms)"
 say "seeding ($size, seed $seed)"
 "$bindir/fleet-demo" seed --size "$size" --seed "$seed" --openai-state "$work/openai-state.json" --pinecone "$pinecone_url"
 start_emulator openai-emulator --state "$work/openai-state.json"

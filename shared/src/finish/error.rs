@@ -47,6 +47,17 @@ pub enum FinishError {
         batch_id: String,
         holder: Option<String>,
     },
+    /// Other applies kept adding labels to words whose vectors this apply wrote, through every
+    /// round of verification: its last write is not known to hold them all, so the batch is
+    /// not finished; a later handling writes those words again (see `crate::pinecone::merge`).
+    #[error(
+        "batch {batch_id}: the vector metadata of {words} words still lacked labels after {rounds} rounds of repair"
+    )]
+    VectorsUnsettled {
+        batch_id: String,
+        words: usize,
+        rounds: usize,
+    },
 }
 
 impl FinishError {
@@ -62,7 +73,8 @@ impl FinishError {
             FinishError::Store(e) => e.class(),
             FinishError::Io { .. }
             | FinishError::Stopped { .. }
-            | FinishError::LeaseLost { .. } => ErrorClass::Transient,
+            | FinishError::LeaseLost { .. }
+            | FinishError::VectorsUnsettled { .. } => ErrorClass::Transient,
         }
     }
 
@@ -85,6 +97,7 @@ impl FinishError {
             FinishError::Stopped { .. } => "stopped",
             FinishError::LeaseLost { .. } => "lease_lost",
             FinishError::DownloadTooLarge { .. } => "download_too_large",
+            FinishError::VectorsUnsettled { .. } => "vectors_unsettled",
         }
     }
 
@@ -183,6 +196,15 @@ mod tests {
                 },
                 Transient,
                 "stopped",
+            ),
+            (
+                FinishError::VectorsUnsettled {
+                    batch_id: "b".into(),
+                    words: 1,
+                    rounds: 4,
+                },
+                Transient,
+                "vectors_unsettled",
             ),
         ];
         for (error, class, reason) in rows {

@@ -56,6 +56,13 @@ pub struct ApplyReport {
     pub vectors_updated: u64,
     pub vectors_unchanged: u64,
     pub vectors_missing: u64,
+    /// Vector writes made again because the table, read again after the first write, held
+    /// labels of another apply the write lacked (eventual consistency: see
+    /// `crate::pinecone::merge`).
+    pub vectors_repaired: u64,
+    /// Vectors written although the fetch showed every label: words whose verdicts an earlier,
+    /// cut-off run had applied, whose write it may not have verified.
+    pub vectors_rewritten: u64,
     pub pinecone_rate_limited: u64,
     pub verdict_rows: u64,
     /// Journal rows of resets (verdict `NONE`), written after their resets.
@@ -100,6 +107,8 @@ impl ApplyReport {
         self.vectors_updated += part.vectors_updated;
         self.vectors_unchanged += part.vectors_unchanged;
         self.vectors_missing += part.vectors_missing;
+        self.vectors_repaired += part.vectors_repaired;
+        self.vectors_rewritten += part.vectors_rewritten;
         self.pinecone_rate_limited += part.pinecone_rate_limited;
         self.verdict_rows += part.verdict_rows;
         self.reset_rows += part.reset_rows;
@@ -203,6 +212,13 @@ impl ApplyReport {
             "  vectors: {} updated, {} unchanged, {} missing from the index",
             self.vectors_updated, self.vectors_unchanged, self.vectors_missing
         );
+        if self.vectors_repaired + self.vectors_rewritten > 0 {
+            let _ = writeln!(
+                s,
+                "  vectors written again: {} repaired (another apply's labels found in the table after the write), {} rewritten (an earlier run's write, unverified)",
+                self.vectors_repaired, self.vectors_rewritten
+            );
+        }
         let _ = writeln!(
             s,
             "  audit rows: {} verdict, {} reset, {} result ({} key collisions)",

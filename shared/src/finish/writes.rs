@@ -1,6 +1,8 @@
 //! The writes of one chunk, in the order processing-rules.md prescribes, each behind the
 //! [`Gate`] (stop token, drill budget).
 
+mod vectors;
+
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,8 +14,7 @@ use super::apply::Phases;
 use super::report::{ApplyReport, WriteCounts};
 use super::{FinishError, Services};
 use crate::model::status::CORE_LABELS;
-use crate::model::{CompletionBatchResult, CompletionBatchVerdict, ValidationStatus};
-use crate::pinecone::merge::MetadataChange;
+use crate::model::{CompletionBatchResult, CompletionBatchVerdict, ValidationStatus, WordKey};
 use crate::plan::{Plan, StatusChange};
 use crate::store::{BATCH_WRITE_LIMIT, Created, Transition};
 
@@ -122,7 +123,8 @@ impl HeldResultKeys {
 }
 
 /// One chunk's writes, in order: journal; status changes; corrections; resets and their
-/// journal rows; vectors; result rows. The summary is written once after every chunk.
+/// journal rows; vectors (written, then verified against the table); result rows. The summary
+/// is written once after every chunk.
 pub(super) async fn execute(
     services: &Services,
     gate: &Gate<'_>,
@@ -175,6 +177,15 @@ pub(super) async fn execute(
         }
     }
     add_counts(&mut report.status_changes, &outcomes);
+    // Words whose verdicts an earlier run (or the other applier) had applied already: it may
+    // have written their vectors and stopped before verifying the write.
+    let rewrite: BTreeSet<WordKey> = plan
+        .status_changes
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, t)| matches!(t, Transition::AlreadyInTarget))
+        .map(|(c, _)| c.label.word.clone())
+        .collect();
     phases.mark(report, "write_labels");
     let mut plan = plan.without_conflicts(&conflicts);
 
@@ -222,32 +233,8 @@ pub(super) async fn execute(
     add_counts(&mut report.resets, &resets);
     phases.mark(report, "write_corrections_resets");
 
-    // 3. Vector metadata.
-    let changes: Vec<(String, MetadataChange)> = plan
-        .vector_merges
-        .iter()
-        .map(|m| {
-            (
-                m.vector_id.clone(),
-                MetadataChange {
-                    add_valid: m.valid_labels.clone(),
-                    add_invalid: m.invalid_labels.clone(),
-                    proposed_label: m.proposed_label.clone(),
-                },
-            )
-        })
-        .collect();
-    for chunk in changes.chunks(services.options.vector_chunk.max(1)) {
-        gate.pass()?;
-        let r = services.pinecone.apply_merges(chunk.to_vec()).await?;
-        report.vectors_updated += r.updated;
-        report.vectors_unchanged += r.unchanged;
-        report.vectors_missing += r.missing;
-        report.pinecone_rate_limited += r.rate_limited;
-        if !r.missing_ids.is_empty() {
-            warn!(batch_id = %plan.batch_id, missing = r.missing, first = %r.missing_ids[0], "word vectors missing from the index");
-        }
-    }
+    // 3. Vector metadata: derived from the table, written, verified (`vectors.rs`).
+    vectors::write_vectors(services, gate, &plan, &rewrite, report).await?;
     phases.mark(report, "write_vectors");
 
     // 4. CompletionBatchResult rows, each unless a smaller image's row holds its key.

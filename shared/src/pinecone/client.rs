@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::bucket::TokenBucket;
 pub use super::error::{Op, PineconeError};
-use super::merge::{Metadata, MetadataChange, merge_metadata};
+use super::merge::{LabelSets, Metadata, MetadataChange, merge_metadata};
 use crate::http::{CallError as _, Http, JSON_BODY_CAP, Service, error_chain};
 use crate::retry::RetryPolicy;
 use crate::secret::sensitive_header;
@@ -112,6 +112,13 @@ pub struct PineconeReport {
     pub rate_limited: u64,
     /// The missing vectors' ids, sorted.
     pub missing_ids: Vec<String>,
+    /// Vectors written only because their change asked for a [`MetadataChange::rewrite`]
+    /// (the fetch showed every label).
+    pub rewritten: u64,
+    /// The label lists each write named, with the labels it wrote, by vector id
+    /// ([`super::merge::MergeOutcome::written_sets`]): what the caller verifies against the
+    /// table once the writes are done (see [`super::merge`]). Vectors not written are not here.
+    pub written: BTreeMap<String, LabelSets>,
 }
 
 /// The Pinecone data-plane client for one namespace. Clones share the connection pool, the
@@ -246,8 +253,12 @@ impl PineconeClient {
     }
 
     /// Fetches the current metadata of every vector named, merges each change in
-    /// ([`merge_metadata`]), and writes only the vectors whose metadata changes. Several
-    /// changes for one id are folded together first ([`MetadataChange::absorb`]).
+    /// ([`merge_metadata`]), and writes only the vectors whose metadata changes (or whose
+    /// change asks for a [`MetadataChange::rewrite`]). Several changes for one id are folded
+    /// together first ([`MetadataChange::absorb`]). The report's `written` has the lists each
+    /// write left, for the caller's verification: under eventual consistency the fetch may be
+    /// stale, so what this writes is only as complete as the labels it is handed (see
+    /// [`super::merge`]).
     ///
     /// Safe to run again: a second run finds every label present and writes nothing. On an
     /// error the updates already made stay made, which a re-run then counts as unchanged.
@@ -277,7 +288,17 @@ impl PineconeClient {
             };
             let merged = merge_metadata(metadata, change);
             if merged.changed() {
-                writes.push((id.as_str(), merged.set_metadata));
+                if change.rewrite {
+                    let plain = MetadataChange {
+                        rewrite: false,
+                        ..change.clone()
+                    };
+                    if !merge_metadata(metadata, &plain).changed() {
+                        report.rewritten += 1;
+                    }
+                }
+                let sets = merged.written_sets();
+                writes.push((id.as_str(), (merged.set_metadata, sets)));
             } else {
                 report.unchanged += 1;
             }
@@ -294,27 +315,65 @@ impl PineconeClient {
             );
         }
 
-        // The futures are built up front (not by a closure inside the stream) so the compiler
-        // can prove the whole future Send (rust-lang/rust#102211).
-        let updates: Vec<_> = writes
-            .into_iter()
-            .map(|(id, set_metadata)| {
-                let rate_limited = &rate_limited;
-                async move {
-                    self.update_counting(id, &set_metadata, rate_limited)
-                        .await?;
-                    count_outcome("updated", 1);
-                    Ok::<_, PineconeError>(())
-                }
-            })
-            .collect();
-        let updated = futures::stream::iter(updates)
-            .buffer_unordered(self.update_concurrency)
-            .try_fold(0u64, |n, ()| async move { Ok(n + 1) })
+        for (id, (_, sets)) in &writes {
+            report.written.insert((*id).to_owned(), sets.clone());
+        }
+        let updated = self
+            .update_all(
+                writes.iter().map(|(id, (m, _))| (*id, m)).collect(),
+                &rate_limited,
+                "updated",
+            )
             .await;
         report.rate_limited = rate_limited.load(Ordering::Relaxed);
         report.updated = updated?;
         Ok(report)
+    }
+
+    /// Writes each `setMetadata` as it is, without fetching first: the repairs of a
+    /// verification (the caller knows the vectors exist, having fetched them moments before,
+    /// and what to write, from the table). Counted as `fleet_pinecone_updates_total{outcome =
+    /// "repaired"}`; the report has `updated` and `rate_limited` only.
+    pub async fn update_many(
+        &self,
+        writes: Vec<(String, Metadata)>,
+    ) -> Result<PineconeReport, PineconeError> {
+        let rate_limited = AtomicU64::new(0);
+        let updated = self
+            .update_all(
+                writes.iter().map(|(id, m)| (id.as_str(), m)).collect(),
+                &rate_limited,
+                "repaired",
+            )
+            .await;
+        Ok(PineconeReport {
+            rate_limited: rate_limited.load(Ordering::Relaxed),
+            updated: updated?,
+            ..PineconeReport::default()
+        })
+    }
+
+    /// The updates, `update_concurrency` at a time, each paced by the bucket; the number made.
+    async fn update_all(
+        &self,
+        writes: Vec<(&str, &Metadata)>,
+        rate_limited: &AtomicU64,
+        outcome: &'static str,
+    ) -> Result<u64, PineconeError> {
+        // The futures are built up front (not by a closure inside the stream) so the compiler
+        // can prove the whole future Send (rust-lang/rust#102211).
+        let updates: Vec<_> = writes
+            .into_iter()
+            .map(|(id, set_metadata)| async move {
+                self.update_counting(id, set_metadata, rate_limited).await?;
+                count_outcome(outcome, 1);
+                Ok::<_, PineconeError>(())
+            })
+            .collect();
+        futures::stream::iter(updates)
+            .buffer_unordered(self.update_concurrency)
+            .try_fold(0u64, |n, ()| async move { Ok(n + 1) })
+            .await
     }
 
     async fn fetch_counting(

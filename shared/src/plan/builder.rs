@@ -1,5 +1,7 @@
 //! Deciding verdicts: output lines stream in, the decisions are made once all are in.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 
 use super::counters::{LineCounters, PlanCounters, TargetCounters};
@@ -8,8 +10,11 @@ use super::outcome::{Outcome, batch_timestamp, summary_update};
 use super::writes::{Effective, Plan, StatusChange, core_label_bit};
 use crate::model::keys::push_decimal;
 use crate::model::status::PROPOSED_BY_COMPLETION_BATCH;
-use crate::model::{CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus, Verdict};
+use crate::model::{
+    CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus, Verdict, WordKey,
+};
 use crate::parse::{ParsedLine, ParsedResult, ResultSkip};
+use crate::pinecone::merge::{LabelSets, word_label_sets};
 
 /// The result that currently wins for one label.
 #[derive(Debug, Clone)]
@@ -103,6 +108,8 @@ pub struct PlanBuilder {
     /// The slot the previous result named (a hint for the next lookup).
     last_found: usize,
     journal: Vec<CompletionBatchVerdict>,
+    /// [`Plan::word_labels`].
+    word_labels: BTreeMap<WordKey, LabelSets>,
     counters: PlanCounters,
 }
 
@@ -127,6 +134,11 @@ impl PlanBuilder {
                 counters.journal_ignored += 1;
             }
         }
+        let word_labels = if outcome.applies_output() {
+            word_label_sets(&input.labels)
+        } else {
+            Default::default()
+        };
         let mut entries: Vec<Slot> =
             Vec::with_capacity(input.labels.len() + input.targets.len() + journal.len());
         for l in input.labels {
@@ -179,6 +191,7 @@ impl PlanBuilder {
             slots,
             last_found: 0,
             journal,
+            word_labels,
             counters,
         }
     }
@@ -390,6 +403,7 @@ impl PlanBuilder {
         tc.already_reset = plan.already_reset.len() as u64;
         plan.counters = counters;
         plan.summary = summary_update(self.outcome, self.output_file_id.take());
+        plan.word_labels = std::mem::take(&mut self.word_labels);
         plan.derive();
         plan
     }

@@ -1,6 +1,6 @@
 //! The plan: every write a finished batch makes, computed up front, in a deterministic order.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::BuildHasherDefault;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +12,7 @@ use crate::model::{
     CompletionBatchResult, CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus,
     Verdict, WordKey,
 };
+use crate::pinecone::merge::LabelSets;
 
 /// A conditional status change: apply it only while the label holds `from`; a label already
 /// holding `to` counts as done (an earlier run got there); anything else is a conflict.
@@ -132,6 +133,12 @@ pub struct Plan {
     pub corrections: Vec<ReceiptWordLabel>,
     /// One per word with an applied verdict, sorted by word.
     pub vector_merges: Vec<VectorMerge>,
+    /// The maintained lists the table's labels derive, by word, as handed in
+    /// ([`crate::pinecone::merge::word_label_sets`]): the labels other batches (and earlier
+    /// runs of this one) decided, which a word's vector write includes besides this batch's
+    /// verdicts, so that a stale fetch cannot make it drop them. Only words of
+    /// [`vector_merges`](Self::vector_merges) with at least one such label.
+    pub word_labels: BTreeMap<WordKey, LabelSets>,
     /// CompletionBatchResult rows, sorted by label; at most one per SK.
     pub results: Vec<CompletionBatchResult>,
     /// None while the batch is not terminal.
@@ -153,6 +160,7 @@ impl Plan {
             already_reset: Vec::new(),
             corrections: Vec::new(),
             vector_merges: Vec::new(),
+            word_labels: BTreeMap::new(),
             results: Vec::new(),
             summary: None,
             counters: PlanCounters::default(),
@@ -282,6 +290,9 @@ impl Plan {
         }
         counters.corrections.created = corrections.len() as u64;
         counters.vector_merges = merges.len() as u64;
+        // Merges are sorted by word.
+        self.word_labels
+            .retain(|w, _| merges.binary_search_by(|m| m.word.cmp(w)).is_ok());
         counters.result_rows.written = results.len() as u64;
         self.corrections = corrections;
         self.vector_merges = merges;

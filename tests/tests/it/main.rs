@@ -10,5 +10,6 @@ mod fleet;
 mod producer;
 mod store;
 mod support;
+mod vectors;
 mod webhook;
 mod worker;

@@ -696,6 +696,46 @@ fn vector_merge_unions_labels_per_word_and_proposes_from_the_smallest_judged_lab
     assert_eq!(plan.counters.vector_merges, 2);
 }
 
+#[test]
+fn vector_merges_come_with_the_labels_other_batches_decided_on_their_words() {
+    let w1_date = k(IMG_A, 1, 1, "DATE");
+    let w1_time = k(IMG_A, 1, 1, "TIME"); // another batch's verdict, already in the table
+    let w1_tax = k(IMG_A, 1, 1, "TAX"); // a reviewer's: not the fleet's to merge
+    let w1_tip = k(IMG_A, 1, 1, "TIP"); // another batch's, still in flight
+    let w2_date = k(IMG_A, 2, 1, "DATE"); // another batch's, on a word without a verdict
+    let by_batch = |key: &crate::model::LabelKey, status| ReceiptWordLabel {
+        label_proposed_by: Some(PROPOSED_BY_COMPLETION_BATCH.into()),
+        ..label(key, status)
+    };
+    let mut s = Scenario::new("completed")
+        .target(&w1_date, PENDING)
+        .label(&w1_tax, INVALID)
+        .answer(1, vec![res(&w1_date, true, None)]);
+    for l in [
+        by_batch(&w1_time, NEEDS_REVIEW),
+        by_batch(&w1_tip, PENDING),
+        by_batch(&w2_date, VALID),
+    ] {
+        s.labels.insert(l.key.clone(), l);
+    }
+    let plan = s.plan();
+    assert_eq!(plan.vector_merges.len(), 1);
+    assert_eq!(
+        plan.vector_merges[0].valid_labels,
+        BTreeSet::from(["DATE".to_owned()]),
+        "the merge itself is this batch's verdicts"
+    );
+    let words: Vec<_> = plan.word_labels.keys().cloned().collect();
+    assert_eq!(words, vec![w1_date.word.clone()], "only words with a merge");
+    let sets = &plan.word_labels[&w1_date.word];
+    assert!(sets.valid.is_empty());
+    assert_eq!(sets.invalid, BTreeSet::from(["TIME".to_owned()]));
+    // A conflict drops the merge, and the word's table labels with it.
+    let without = plan.without_conflicts(&BTreeSet::from([w1_date.clone()]));
+    assert!(without.vector_merges.is_empty());
+    assert!(without.word_labels.is_empty());
+}
+
 // ---- Audit rows ----------------------------------------------------------------------------
 
 #[test]
