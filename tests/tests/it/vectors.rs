@@ -253,11 +253,14 @@ async fn assert_every_label_kept(f: &Fleet) {
         .map(|u| u.unix_ms)
         .max()
         .unwrap_or(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let visible_at = last + DELAY.as_millis() as u64 + 100;
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .expect("milliseconds since 1970 fit");
+    let visible_at = last + u64::try_from(DELAY.as_millis()).expect("seconds") + 100;
     tokio::time::sleep(Duration::from_millis(visible_at.saturating_sub(now))).await;
     for (id, want) in expected() {
         assert_eq!(
@@ -329,7 +332,7 @@ async fn a_write_from_labels_read_before_the_other_batch_is_repaired() {
     let (one, two) = (worker(&f), worker(&f));
     const HOLD: Duration = Duration::from_secs(3);
     f.pinecone.fail_next(
-        FaultSpec::delay(HOLD.as_millis() as u64)
+        FaultSpec::delay(u64::try_from(HOLD.as_millis()).expect("seconds"))
             .on_path("/vectors/fetch")
             .times(1),
     );
