@@ -438,3 +438,58 @@ async fn a_missing_table_keeps_the_message_waiting_without_copies_or_dead_letter
         BatchStatus::Pending
     );
 }
+
+#[tokio::test]
+async fn exhausted_openai_quota_is_an_error_of_the_deployment_not_of_the_batch() {
+    let world = World::new().await; // maxReceiveCount 3
+    let b = finished_now(360);
+    world.seed(&b).await;
+    world.enqueue(&b.summary.batch_id).await;
+    world.openai.set_quota_exhausted(true);
+    let stop = CancellationToken::new();
+    let settings = world.settings(false, &[("RETRY_MAX_SECONDS", "2")]);
+    let log = SqsLog::default();
+    let deps = world.deps(&settings, log.client(&world.env.clients.sqs));
+    let running = tokio::spawn(worker::run(settings, deps, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let checks_while_exhausted = world.openai.batch_gets(&b.spec.id);
+    world.openai.set_quota_exhausted(false);
+    let (store, id) = (world.env.store.clone(), b.summary.batch_id.clone());
+    eventually(
+        "the batch completes once billing is fixed",
+        Duration::from_secs(60),
+        || {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                store
+                    .batch_summary(&id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.status == BatchStatus::Completed)
+            }
+        },
+    )
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(
+        world.dead_letters().await.is_empty(),
+        "nothing dead-lettered"
+    );
+    let deferrals: Vec<u32> = log
+        .sends_to(&world.env.queues.work_url)
+        .iter()
+        .map(|(m, _)| m.deferrals)
+        .filter(|d| *d > 0)
+        .collect();
+    assert!(
+        deferrals.len() >= 2,
+        "deferred with back-off: {deferrals:?}"
+    );
+    // Never retried hot: a handful of calls in 8 s, not a retry loop.
+    assert!(
+        checks_while_exhausted <= 12,
+        "{checks_while_exhausted} status calls while the quota was exhausted"
+    );
+}
