@@ -25,7 +25,7 @@ use fleet_shared::model::status::CORE_LABELS;
 use fleet_shared::model::{ImageId, LabelKey, ReceiptKey, ReceiptWordLabel, ValidationStatus};
 use fleet_shared::openai::BatchObject;
 use fleet_shared::parse::{
-    BatchIndex, LineReader, LineRef, ParsedLine, chunk_lines, locate_custom_id, parse_output_line,
+    BatchIndex, LineReader, LineRef, OutputParser, ParsedLine, chunk_lines, locate_custom_id,
     parse_output_read,
 };
 use fleet_shared::plan::{PlanBuilder, PlanCounters, PlanInput};
@@ -219,6 +219,7 @@ fn chunked_parse_and_plan(path: &std::path::Path, per_chunk: usize) -> Chunked {
 
     let file = std::fs::File::open(path).unwrap();
     let mut buf = Vec::new();
+    let mut parser = OutputParser::new();
     let mut state = Duration::ZERO;
     let mut chunks = 0;
     for chunk in index.chunks(per_chunk) {
@@ -236,7 +237,7 @@ fn chunked_parse_and_plan(path: &std::path::Path, per_chunk: usize) -> Chunked {
         });
         for at in chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.output) {
             let line = at.read_from(&file, &mut buf).unwrap();
-            builder.add_line(at.line_no, parse_output_line(line));
+            builder.add_line(at.line_no, parser.parse(line));
         }
         let plan = builder.finish();
         counters.merge(&plan.counters);
@@ -271,11 +272,12 @@ fn parse_only(path: &std::path::Path, per_chunk: usize) -> (f64, usize) {
     }
     let file = std::fs::File::open(path).unwrap();
     let mut buf = Vec::new();
+    let mut parser = OutputParser::new();
     let mut results = 0;
     for chunk in index.chunks(per_chunk) {
         for at in chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.output) {
             let line = at.read_from(&file, &mut buf).unwrap();
-            if let ParsedLine::Answered { results: r, .. } = parse_output_line(line) {
+            if let ParsedLine::Answered { results: r, .. } = parser.parse(line) {
                 results += r.len();
             }
         }
