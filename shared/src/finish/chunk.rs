@@ -15,7 +15,7 @@ use super::report::ApplyReport;
 use super::{FinishError, Services};
 use crate::model::{BatchSummary, CompletionBatchVerdict, ReceiptKey, ReceiptWordLabel};
 use crate::openai::BatchObject;
-use crate::parse::{InputLine, ReceiptLines, chunk_lines, parse_input_line, parse_output_line};
+use crate::parse::{InputLine, OutputParser, ReceiptLines, chunk_lines, parse_input_line};
 use crate::plan::{Plan, PlanBuilder, PlanInput, fallback_targets, receipts_to_load};
 
 /// What planning one chunk needs.
@@ -126,8 +126,9 @@ impl ChunkContext<'_> {
             let log = self.log.clone();
             builder = blocking("output file", move || {
                 let mut buf = Vec::new();
+                let mut parser = OutputParser::new();
                 for at in &lines {
-                    let parsed = parse_output_line(at.read_from(&file, &mut buf)?);
+                    let parsed = parser.parse(at.read_from(&file, &mut buf)?);
                     log.line("output", at.line_no, &parsed);
                     builder.add_line(at.line_no, parsed);
                 }

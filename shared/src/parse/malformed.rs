@@ -49,7 +49,26 @@ impl fmt::Display for MalformedKind {
     }
 }
 
-/// A line that was skipped whole; `detail` is for the log line, `kind` for the counters.
+/// The most of a detail kept, in bytes: a bad `custom_id` or a serde message quoting a value can
+/// carry megabytes of model output, and the detail goes into log lines.
+pub const MAX_DETAIL: usize = 200;
+
+/// `detail` cut to at most [`MAX_DETAIL`] bytes (on a character boundary, `…` marking the cut).
+fn bounded(detail: String) -> String {
+    if detail.len() <= MAX_DETAIL {
+        return detail;
+    }
+    let mut end = MAX_DETAIL;
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = String::with_capacity(end + 3);
+    cut.push_str(&detail[..end]);
+    cut.push('…');
+    cut
+}
+
+/// A line that was skipped whole; `detail` (at most [`MAX_DETAIL`] bytes and a `…`) is for the log line, `kind` for the counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed {
     pub kind: MalformedKind,
@@ -60,7 +79,7 @@ impl Malformed {
     pub fn new(kind: MalformedKind, detail: impl Into<String>) -> Self {
         Malformed {
             kind,
-            detail: detail.into(),
+            detail: bounded(detail.into()),
         }
     }
 }
@@ -74,5 +93,24 @@ impl From<LineTooLong> for Malformed {
 impl fmt::Display for Malformed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind, self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_are_cut_to_a_bounded_excerpt_on_a_character_boundary() {
+        let short = Malformed::new(MalformedKind::Shape, "short");
+        assert_eq!(short.detail, "short");
+        let long = Malformed::new(MalformedKind::CustomId, "é".repeat(1 << 20));
+        assert!(
+            long.detail.len() <= MAX_DETAIL + '…'.len_utf8(),
+            "{}",
+            long.detail.len()
+        );
+        assert!(long.detail.ends_with('…'));
+        assert!(long.detail.starts_with("éé"));
     }
 }

@@ -11,6 +11,7 @@
 //! a panic: every way a line, a result or an id can be wrong has its own variant, so it can be
 //! counted and logged with its position and processing goes on.
 
+mod fast;
 pub mod index;
 pub mod input;
 mod json;
@@ -30,7 +31,7 @@ pub use lines::{
 };
 pub use malformed::{Malformed, MalformedKind};
 pub use output::{
-    MAX_CORRECT_LABEL, ParsedLine, ParsedResult, RequestFailure, ResultSkip, locate_custom_id,
-    parse_output_line, parse_output_read, peek_custom_id,
+    MAX_CORRECT_LABEL, OutputParser, ParsedLine, ParsedResult, RequestFailure, ResultSkip,
+    locate_custom_id, parse_output_line, parse_output_read, peek_custom_id,
 };
 pub use result_id::{ResultId, ResultIdError};

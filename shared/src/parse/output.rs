@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use super::fast::{Scratch, parse_usual};
 use super::json::{EntryFields, ErrorFields, KeySeed, Picked, Scalar, StatusFields, not_an_object};
 use super::lines::LineTooLong;
 use super::malformed::{Malformed, MalformedKind};
@@ -209,11 +210,49 @@ fn malformed(kind: MalformedKind, detail: impl Into<String>) -> ParsedLine {
 
 /// Classifies one physical line (without its line ending). The line number is not needed here:
 /// the reader ([`super::LineReader`]) counts lines and the caller hands the number to the plan.
+/// A caller with many lines keeps one [`OutputParser`] instead (its buffer is reused).
 pub fn parse_output_line(line: &[u8]) -> ParsedLine {
-    let line = line.trim_ascii();
-    if line.is_empty() {
-        return ParsedLine::Blank;
+    OutputParser::new().parse(line)
+}
+
+/// [`parse_output_line`] with a buffer kept from line to line: the answer string (JSON inside a
+/// JSON string) is unescaped into it, so a file's lines are read without allocating one per
+/// line.
+#[derive(Debug, Default)]
+pub struct OutputParser {
+    scratch: Scratch,
+}
+
+impl OutputParser {
+    pub fn new() -> Self {
+        Self::default()
     }
+
+    /// As [`parse_output_line`]. A line of the usual shape (a completed request with one
+    /// choice and a `{"results": [...]}` answer) is read in one pass by [`super::fast`]; any
+    /// other line, by the general path, which judges every way a line can be wrong.
+    pub fn parse(&mut self, line: &[u8]) -> ParsedLine {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            return ParsedLine::Blank;
+        }
+        if let Some(parsed) = parse_usual(line, &mut self.scratch) {
+            return parsed;
+        }
+        parse_general(line)
+    }
+
+    /// As [`parse_output_read`].
+    pub fn parse_read(&mut self, line: Result<&[u8], LineTooLong>) -> ParsedLine {
+        match line {
+            Ok(bytes) => self.parse(bytes),
+            Err(e) => e.into(),
+        }
+    }
+}
+
+/// Every line the fast path does not take: read with derived structs, then leniently.
+fn parse_general(line: &[u8]) -> ParsedLine {
     match not_an_object(line) {
         None => {}
         Some(true) => return malformed(MalformedKind::Shape, "not a JSON object"),
@@ -247,6 +286,9 @@ pub fn peek_custom_id(line: &[u8]) -> Option<ReceiptKey> {
 /// judged: the line is classified in full when its receipt's turn comes, and a line this
 /// cannot place is classified at once (it can only be malformed).
 pub fn locate_custom_id(line: &[u8]) -> Option<ReceiptKey> {
+    if let Some(found) = scan_custom_id(line.trim_ascii()) {
+        return found;
+    }
     struct FirstCustomId<'s>(&'s mut Option<ReceiptKey>);
 
     impl<'de> Visitor<'de> for FirstCustomId<'_> {
@@ -276,6 +318,51 @@ pub fn locate_custom_id(line: &[u8]) -> Option<ReceiptKey> {
     let mut de = serde_json::Deserializer::from_slice(line.trim_ascii());
     let _ = de.deserialize_map(FirstCustomId(&mut found));
     found
+}
+
+/// [`locate_custom_id`] by a byte scan, for a line whose keys and values up to `custom_id` are
+/// plain strings (printable ASCII, no escapes), as OpenAI writes them: `None` when the line is
+/// anything else, and the deserializer decides.
+fn scan_custom_id(line: &[u8]) -> Option<Option<ReceiptKey>> {
+    /// A plain string starting at `at` (its opening quote): its contents and the index after it.
+    fn plain_string(line: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        if line.get(at) != Some(&b'"') {
+            return None;
+        }
+        let len = line[at + 1..].iter().position(|b| *b == b'"')?;
+        let s = &line[at + 1..at + 1 + len];
+        s.iter()
+            .all(|b| (0x20..0x7f).contains(b) && *b != b'\\')
+            .then_some((s, at + 2 + len))
+    }
+    let ws = |at: usize| {
+        at + line[at..]
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            .count()
+    };
+    if line.first() != Some(&b'{') {
+        return None;
+    }
+    let mut at = 1;
+    loop {
+        let (key, after) = plain_string(line, ws(at))?;
+        at = ws(after);
+        if line.get(at) != Some(&b':') {
+            return None;
+        }
+        let (value, after) = plain_string(line, ws(at + 1))?;
+        if key == b"custom_id" {
+            // Plain ASCII: a valid str.
+            let id = std::str::from_utf8(value).ok()?;
+            return Some(ReceiptKey::parse_custom_id(id).ok());
+        }
+        at = ws(after);
+        match line.get(at) {
+            Some(b',') => at += 1,
+            _ => return None,
+        }
+    }
 }
 
 fn receipt_of(custom_id: Option<&Scalar<'_>>) -> Result<(ReceiptKey, String), ParsedLine> {
@@ -408,7 +495,7 @@ pub(crate) fn entry_id(
     ResultId::parse_expecting(&id, expected).map_err(ResultSkip::BadId)
 }
 
-fn check_result(
+pub(crate) fn check_result(
     receipt: &ReceiptKey,
     mut entry: Picked<'_, EntryFields>,
 ) -> Result<ParsedResult, ResultSkip> {

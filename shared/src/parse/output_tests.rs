@@ -560,3 +560,100 @@ fn escaped_strings_in_ids_are_unescaped() {
     let line = line_with_message(json!({"function_call": {"arguments": args}}));
     assert_eq!(answered(&line), vec![ok(key(1, 1, "DATE"), true, None)]);
 }
+
+#[test]
+fn the_one_pass_reading_agrees_with_the_general_path_line_for_line() {
+    let results = json!([
+        {"id": rid(1, 1, "DATE"), "is_valid": true},
+        {"id": rid(1, 2, "TAX"), "is_valid": false, "correct_label": "TOTAL"},
+        {"id": rid(1, 3, "TAX"), "is_valid": "yes"},
+        5,
+    ]);
+    let args = json!({"results": results}).to_string();
+    let base: Value = serde_json::from_str(&function_call(results.clone())).unwrap();
+    let with = |path: &[&str], v: Value| {
+        let mut line = base.clone();
+        *line.pointer_mut(&format!("/{}", path.join("/"))).unwrap() = v;
+        line.to_string()
+    };
+    let msg = ["response", "body", "choices", "0", "message"];
+    let lines = [
+        base.to_string(),
+        line_with_message(
+            json!({"tool_calls": [{"function": {"arguments": args}}, {"function": null}]}),
+        ),
+        line_with_message(json!({"content": args, "function_call": null, "tool_calls": null})),
+        line_with_message(json!({"content": "prose", "function_call": {"arguments": args}})),
+        line_with_message(json!({"function_call": {"arguments": 3}, "content": args})),
+        line_with_message(json!({"content": "{\"results\": null}"})),
+        line_with_message(json!({"content": "{\"results\": [], \"results\": []}"})),
+        line_with_message(json!({"content": "{\"results\": []} trailing"})),
+        line_with_message(json!({"content": ["not", "a", "string"]})),
+        line_with_message(json!({"tool_calls": [5]})),
+        line_with_message(json!({})),
+        with(&["error"], json!({"code": "x", "message": "y"})),
+        with(&["error"], json!("odd")),
+        with(&["response", "status_code"], json!(500)),
+        with(&["response", "status_code"], json!("200")),
+        with(&["response", "body"], json!(null)),
+        with(&["response", "body", "choices"], json!([])),
+        with(&["response", "body", "choices", "0"], json!([1])),
+        with(&[&msg[..4], &["message"]].concat(), json!(null)),
+        with(&["custom_id"], json!("IMAGE#nope#RECEIPT#1")),
+        with(&["custom_id"], json!(7)),
+        with(&["response"], json!(null)),
+        format!(
+            "{} ",
+            base.to_string()
+                .replacen("\"custom_id\"", "\"custom_id\": 1, \"custom_id\"", 1)
+        ),
+        base.to_string()
+            .replacen("\"response\"", "\"response\": null, \"response\"", 1),
+        base.to_string().replace("#", "\\u0023"),
+        format!("{}x", base),
+    ];
+    let mut parser = OutputParser::new();
+    for line in &lines {
+        let general = parse_general(line.trim().as_bytes());
+        assert_eq!(parser.parse(line.as_bytes()), general, "{line}");
+    }
+    assert!(
+        matches!(parser.parse(lines[0].as_bytes()), ParsedLine::Answered { results, .. } if results.len() == 4)
+    );
+}
+
+#[test]
+fn a_multi_megabyte_bad_line_is_quoted_in_a_bounded_excerpt() {
+    let huge = "x".repeat(3 << 20);
+    let mut bad_id: Value = serde_json::from_str(&function_call(json!([]))).unwrap();
+    bad_id["custom_id"] = json!(format!("IMAGE#{huge}#RECEIPT#1"));
+    let mut bad_status: Value = bad_id.clone();
+    bad_status["custom_id"] = json!(custom_id());
+    bad_status["response"]["status_code"] = json!(huge);
+    let bad_args = line_with_message(json!({"content": format!("{{\"results\": [\"{huge}")}));
+    let lines = [
+        (bad_id.to_string(), MalformedKind::CustomId),
+        (bad_status.to_string(), MalformedKind::Shape),
+        (bad_args, MalformedKind::Arguments),
+        (format!("{{\"custom_id\": \"{huge}"), MalformedKind::NotJson),
+        (format!("{{\"custom_id\": {huge}}}"), MalformedKind::NotJson),
+    ];
+    for (line, kind) in lines {
+        let ParsedLine::Malformed(m) = parse(&line) else {
+            panic!("not malformed: {}", &line[..100]);
+        };
+        assert_eq!(m.kind, kind, "{}", m.detail);
+        assert!(
+            m.detail.len() <= 210,
+            "{} bytes: {}",
+            m.detail.len(),
+            m.detail
+        );
+    }
+    let input = format!("{{\"custom_id\": \"{huge}\", \"body\": 3}}");
+    let crate::parse::InputLine::Malformed(m) = crate::parse::parse_input_line(input.as_bytes())
+    else {
+        panic!("input line not malformed");
+    };
+    assert!(m.detail.len() <= 210, "{}", m.detail.len());
+}
