@@ -231,7 +231,7 @@ if selected crosscheck; then
     run_step --show crosscheck "deploy/tools/crosscheck.py on the example overlay, CloudFormation and Rust sources" \
       "$PY" "$SCRIPT_DIR/tools/crosscheck.py" --deploy-dir "$DEPLOY_DIR" \
       --rendered "$WORK/rendered/overlay-example.yaml" --repo-root "$REPO_ROOT" \
-      --interface "$(cd "$REPO_ROOT/.." && pwd)/shared/spec/interface.md"
+      --interface "$REPO_ROOT/docs/spec/interface.md"
   else
     fail_step crosscheck "not run: no rendered example overlay"
   fi

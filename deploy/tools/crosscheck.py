@@ -9,7 +9,7 @@ Usage:
   OVERLAY.yaml   `kustomize build DIR/k8s/overlays/example` output
   ROOT           the repository root, for the Rust sources (shared/src,
                  worker/src, producer/src)
-  --interface    interface.md (default: ROOT/../shared/spec/interface.md;
+  --interface    interface.md (default: ROOT/docs/spec/interface.md;
                  an embedded copy of its variable list is used if absent)
 
 The CloudFormation values are the template's parameter defaults overridden
@@ -100,7 +100,7 @@ VALID_ACTIONS = {
                  "DescribeStream", "GetRecords", "GetShardIterator", "ListStreams"},
 }
 
-# interface.md's variables (used when ../shared/spec/interface.md is absent).
+# interface.md's variables (used when docs/spec/interface.md is absent).
 DOCUMENTED_ENV = {
     "AWS_REGION", "AWS_ENDPOINT_URL", "DYNAMODB_TABLE_NAME", "QUEUE_URL",
     "DEAD_LETTER_QUEUE_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "PINECONE_INDEX_HOST",
@@ -1231,7 +1231,7 @@ def main() -> int:
     ap.add_argument("--repo-root", required=True, type=Path)
     ap.add_argument("--interface", type=Path)
     a = ap.parse_args()
-    interface = a.interface or (a.repo_root / ".." / "shared" / "spec" / "interface.md")
+    interface = a.interface or (a.repo_root / "docs" / "spec" / "interface.md")
 
     docs = [d for d in yaml.safe_load_all(a.rendered.read_text(encoding="utf-8")) if d]
     idx = k8s_index(docs)

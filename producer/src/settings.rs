@@ -19,7 +19,7 @@ pub const MAX_SCHEDULE_HORIZON_SECONDS: u64 = 86_400;
 pub const REPLAY_POLL_WAIT_SECONDS: u32 = 1;
 /// StartMessageMoveTask's limits of MaxNumberOfMessagesPerSecond.
 pub const BULK_RATE_MAX: u32 = 500;
-/// Default of `WEBHOOK_ADDR` (interface.md).
+/// Default of `WEBHOOK_ADDR` (docs/spec/interface.md).
 pub const DEFAULT_WEBHOOK_ADDR: &str = "0.0.0.0:8080";
 
 /// Where AWS is; `None` leaves the choice to the standard chain (profile, IRSA, IMDS).

@@ -4,7 +4,7 @@
 //! transient errors are retried with a growing back-off; errors of the deployment (a rejected
 //! key, access denied, a missing table or queue, exhausted billing) are retried with the same
 //! back-off but never cost a batch: they say nothing about the batch, and dead-lettering on them
-//! would empty the queue into the dead-letter queue on every key rotation (fleet-design.md).
+//! would empty the queue into the dead-letter queue on every key rotation (docs/spec/fleet-design.md).
 
 /// How to treat an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

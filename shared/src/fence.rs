@@ -1,5 +1,5 @@
 //! The lease fence: once a handling's lease may have passed to another worker, the calls it
-//! makes fail before they are sent (fleet-design.md: "the holder stops writing on its own once
+//! makes fail before they are sent (docs/spec/fleet-design.md: "the holder stops writing on its own once
 //! its last successful renewal is older than the lease length less a margin").
 //!
 //! The worker opens a [`Fence`] when it takes a batch's lease and moves it forward with every

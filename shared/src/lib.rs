@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - [`model`]: the DynamoDB items of data-model.md (encode, decode, keys, enumerations).
+//! - [`model`]: the DynamoDB items of docs/spec/data-model.md (encode, decode, keys, enumerations).
 //! - [`store`]: the receipts table through aws-sdk-dynamodb: queries, conditional status
 //!   changes, audit-row batches, leases and schedule markers.
 //! - [`error_class`]: transient, permanent or an error of the deployment: what the worker does.
@@ -15,7 +15,7 @@
 //! - [`aws`]: building SDK clients from the standard chain (`AWS_ENDPOINT_URL` for emulators).
 //! - [`openai`]: the OpenAI Batch API (batch object, client).
 //! - [`parse`]: streaming parsers of a batch's input, output and error files.
-//! - [`plan`]: processing-rules.md as a pure function from parsed lines and table state to writes.
+//! - [`plan`]: docs/spec/processing-rules.md as a pure function from parsed lines and table state to writes.
 //! - [`finish`]: loading, checking and applying one batch (carries out a plan, summary last).
 //! - [`queue`]: SQS sends (batched, delayed, dead-letter) and queue depths.
 //! - [`pinecone`]: the Pinecone data plane: metadata fetch, label merge, rate-limited updates.

@@ -1,4 +1,4 @@
-//! The work-queue message, schema v1 (fleet-design.md): small versioned JSON naming one batch.
+//! The work-queue message, schema v1 (docs/spec/fleet-design.md): small versioned JSON naming one batch.
 //! Required: `"v": 1` and `"batch_id"`; everything else is optional so an operator can
 //! enqueue a batch by hand with just the two. Unknown fields are ignored, for forward
 //! compatibility within a version.
@@ -29,7 +29,7 @@ pub struct BatchMessage {
     /// without checking while this is in the future (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<String>,
-    /// The token of the batch's chain of messages (fleet-design.md: one chain per batch). The
+    /// The token of the batch's chain of messages (docs/spec/fleet-design.md: one chain per batch). The
     /// fleet state holds the current one; a message with another token is a stale copy. A
     /// message without one (written by hand) starts a new chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,4 +1,4 @@
-//! The progress of one message's handling, for its deadline (fleet-design.md: the deadline
+//! The progress of one message's handling, for its deadline (docs/spec/fleet-design.md: the deadline
 //! runs from the last progress of the handling's own work, not from its start).
 //!
 //! The handling sets a [`Progress`] as a tokio task-local with [`Progress::scope`]; the store

@@ -244,7 +244,7 @@ pub async fn queue_depth(
     })
 }
 
-/// The String message attributes a dead-lettered message carries (fleet-design.md).
+/// The String message attributes a dead-lettered message carries (docs/spec/fleet-design.md).
 pub fn dead_letter_attributes(
     reason: &str,
     error_class: &str,

@@ -88,7 +88,7 @@ fn gsi(name: &str, hash: &str, range: Option<&str>) -> GlobalSecondaryIndex {
     b.build().expect("gsi")
 }
 
-/// Creates the receipts table of data-model.md: PK/SK, GSI1–GSI4, GSITYPE, on demand, TTL.
+/// Creates the receipts table of docs/spec/data-model.md: PK/SK, GSI1–GSI4, GSITYPE, on demand, TTL.
 pub async fn create_receipts_table(
     client: &aws_sdk_dynamodb::Client,
     name: &str,

@@ -1,4 +1,4 @@
-//! Emulator of the part of the OpenAI Batch API the fleet uses (spec: `openai-batch.md`).
+//! Emulator of the part of the OpenAI Batch API the fleet uses (spec: `docs/spec/openai-batch.md`).
 //!
 //! Endpoints, under `base_url()` = `http://127.0.0.1:PORT/v1`:
 //!
@@ -24,7 +24,7 @@
 //! fault's `retry_after` when it has one, else the emulator's retry wait
 //! ([`OpenAiEmulator::set_retry_wait`], default 50 ms).
 //!
-//! Deployment faults, for the errors of the deployment (fleet-design.md):
+//! Deployment faults, for the errors of the deployment (docs/spec/fleet-design.md):
 //!
 //! - key rejection windows ([`OpenAiEmulator::reject_keys_for`], `/_admin/reject_keys`): every
 //!   API call answers 401 `invalid_api_key`, as for a revoked key, until the window ends or is
@@ -262,7 +262,7 @@ impl BatchSpec {
     }
 
     /// A `completed` batch whose every request failed: no output file, only an error file
-    /// (openai-batch.md: every target is reset). `failed` requests, all counted as failed.
+    /// (docs/spec/openai-batch.md: every target is reset). `failed` requests, all counted as failed.
     pub fn completed_without_output(
         id: impl Into<String>,
         input_file_id: impl Into<String>,

@@ -1,5 +1,5 @@
 //! Emulator of the part of the Pinecone data plane the fleet uses (spec: end of
-//! `openai-batch.md`).
+//! `docs/spec/openai-batch.md`).
 //!
 //! Endpoints, under `base_url()` = `http://127.0.0.1:PORT` (the `PINECONE_INDEX_HOST`):
 //!

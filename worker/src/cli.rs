@@ -1,4 +1,4 @@
-//! The command line. Every setting of interface.md is also a flag of the same meaning; flags
+//! The command line. Every setting of docs/spec/interface.md is also a flag of the same meaning; flags
 //! are plain strings here so that a bad flag value and a bad environment value are reported the
 //! same way, by [`crate::settings::Settings::read`], with exit code 64.
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleet_shared::openai::{BatchObject, OpenAiStatus};
 
-/// processing-rules.md: "A batch still not terminal one hour after its `expires_at` is
+/// docs/spec/processing-rules.md: "A batch still not terminal one hour after its `expires_at` is
 /// cancelled at OpenAI and handled as it then ends."
 pub const CANCEL_AFTER_EXPIRY_SECONDS: i64 = 3600;
 

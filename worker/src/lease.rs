@@ -1,4 +1,4 @@
-//! Holding a batch's apply lease: one applier per batch (fleet-design.md).
+//! Holding a batch's apply lease: one applier per batch (docs/spec/fleet-design.md).
 //!
 //! - The owner is a fresh random token per handling, so two deliveries of one message to one
 //!   worker cannot both hold the lease.

@@ -1,4 +1,4 @@
-//! The binary's contract with operators (interface.md) that needs no AWS: help, usage errors
+//! The binary's contract with operators (docs/spec/interface.md) that needs no AWS: help, usage errors
 //! and configuration errors exit 64 before anything is done, and secrets are never printed.
 //! (Being an integration test of this package also makes `cargo test` build the binary that
 //! the fleet's end-to-end tests in `tests/` drive.)

@@ -4,7 +4,7 @@
 //! `RECHECK_MAX_SECONDS`. OpenAI sends a signed `batch.completed` (`failed`, `expired`,
 //! `cancelled`) event when a batch ends; on such an event for a batch the table holds as
 //! PENDING, the receiver starts a new chain of the batch's messages
-//! ([`fleet_shared::store::Store::start_chain`], fleet-design.md) and sends its first message
+//! ([`fleet_shared::store::Store::start_chain`], docs/spec/fleet-design.md) and sends its first message
 //! undelayed, so a worker checks and applies the batch within seconds. The chain makes the
 //! batch's older, delayed message a stale copy that the worker drops, so a webhook never adds a
 //! second live message.

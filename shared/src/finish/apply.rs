@@ -1,5 +1,5 @@
 //! Carrying out the rules: index the batch's files, then read, plan and write a chunk of
-//! receipts at a time in the order of processing-rules.md, recording after each chunk how far
+//! receipts at a time in the order of docs/spec/processing-rules.md, recording after each chunk how far
 //! the apply got, and the summary once, last. [`run`] is the table of contents; each step lives
 //! in its own file:
 //!
@@ -21,7 +21,7 @@
 //! on), which is what a re-run relies on; the BatchSummary is written once, after every chunk.
 //! The same argument lets a later handling skip the chunks an earlier one finished.
 //!
-//! The one rule that crosses receipts is the CompletionBatchResult key (data-model.md): two
+//! The one rule that crosses receipts is the CompletionBatchResult key (docs/spec/data-model.md): two
 //! verdicts on different images with the same receipt, line, word and label share one SK, and
 //! the smallest image id's row must be the one stored. Inside a chunk the plan keeps the
 //! smallest; across chunks each row is a conditional put that overwrites only a row of a

@@ -88,7 +88,7 @@ pub(super) async fn download(
 /// no longer has it (404, 410). Any other failure (403, 5xx, a timeout, a broken download) is
 /// an error of the apply, transient or permanent as the client classifies it, with nothing
 /// written: falling back to "the PENDING labels of the receipts" on a refused or failing file
-/// would reset labels another batch still has in flight (processing-rules.md, Inputs).
+/// would reset labels another batch still has in flight (docs/spec/processing-rules.md, Inputs).
 async fn download_optional(
     services: &Services,
     file_id: &str,

@@ -173,7 +173,7 @@ async fn index_output(
     Ok(())
 }
 
-/// The error file's lines are counted only (processing-rules.md gives them no verdicts); for
+/// The error file's lines are counted only (docs/spec/processing-rules.md gives them no verdicts); for
 /// the fallback they name receipts.
 async fn count_error_file(
     file: &DownloadedFile,
@@ -192,7 +192,7 @@ async fn count_error_file(
 }
 
 /// Pass 1 over the input file: each request is placed with the receipts of its targets. A
-/// request whose `### Targets` cannot be read (processing-rules.md, Inputs) marks its own
+/// request whose `### Targets` cannot be read (docs/spec/processing-rules.md, Inputs) marks its own
 /// receipt (its `custom_id`) for the fallback: that receipt's PENDING labels are its targets,
 /// and no other receipt's. Returns how many requests could not be read.
 async fn index_input(

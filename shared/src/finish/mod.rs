@@ -1,5 +1,5 @@
 //! Finishing one batch: load its summary, check it at OpenAI, and apply a terminal batch by
-//! processing-rules.md. The decisions come from [`crate::plan`] (pure); this module only reads
+//! docs/spec/processing-rules.md. The decisions come from [`crate::plan`] (pure); this module only reads
 //! what the plan needs and carries out its writes, in the prescribed order, the summary last.
 //!
 //! Every write is idempotent or conditional on the state it was decided from, so an apply cut

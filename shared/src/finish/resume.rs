@@ -12,7 +12,7 @@
 //! Why skipping is safe: receipts are applied in key order and a chunk's writes are all done
 //! before its cursor is recorded, so every receipt up to the cursor ended as one uninterrupted
 //! run would leave it; a chunk cut off part-way is planned again from the table as it is
-//! (processing-rules.md: re-runs). The summary, written once after the last chunk, is what
+//! (docs/spec/processing-rules.md: re-runs). The summary, written once after the last chunk, is what
 //! marks the batch done; once it is, the cursor is never read again (an apply of a summary that
 //! is no longer PENDING writes nothing).
 //!

@@ -1,4 +1,4 @@
-//! The writes of one chunk, in the order processing-rules.md prescribes, each behind the
+//! The writes of one chunk, in the order docs/spec/processing-rules.md prescribes, each behind the
 //! [`Gate`] (stop token, drill budget).
 
 mod vectors;

@@ -145,7 +145,7 @@ pub const RESET_SOURCE: &str = "reset";
 impl CompletionBatchVerdict {
     /// The journal row of a target reset from PENDING to NONE because it got no verdict,
     /// written right after the reset succeeds: a re-run that finds the label PENDING again
-    /// knows a newer batch claimed it (processing-rules.md, Order of writes, and re-runs).
+    /// knows a newer batch claimed it (docs/spec/processing-rules.md, Order of writes, and re-runs).
     pub fn reset(batch_id: &str, label: &LabelKey, validated_at: DateTime<Utc>) -> Self {
         CompletionBatchVerdict {
             batch_id: batch_id.to_owned(),

@@ -1,4 +1,4 @@
-//! BatchSummary: one per submitted OpenAI batch (data-model.md).
+//! BatchSummary: one per submitted OpenAI batch (docs/spec/data-model.md).
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};

@@ -4,7 +4,7 @@
 //! It lives beside the BatchSummary, at `PK = BATCH#{batch_id}`, `SK = FLEET#STATE`, with
 //! `TYPE = COMPLETION_BATCH_FLEET_STATE` and no GSI key attributes, so no index query other
 //! programs run can return it, and the BatchSummary item they read and write stays exactly as
-//! data-model.md says (another program replacing the summary item cannot wipe our lease either).
+//! docs/spec/data-model.md says (another program replacing the summary item cannot wipe our lease either).
 //! Times are Unix milliseconds (N) so that conditions compare numbers, not strings.
 //! `time_to_live` lets the table's TTL remove the item 30 days after its last write.
 

@@ -1,4 +1,4 @@
-//! Golden items: hand-written from data-model.md, compared attribute by attribute.
+//! Golden items: hand-written from docs/spec/data-model.md, compared attribute by attribute.
 
 use serde_json::{Value, json};
 

@@ -1,4 +1,4 @@
-//! Identifiers and the key strings built from them (data-model.md).
+//! Identifiers and the key strings built from them (docs/spec/data-model.md).
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! The receipts-table items, encoded exactly as data-model.md says.
+//! The receipts-table items, encoded exactly as docs/spec/data-model.md says.
 
 pub mod audit;
 pub mod batch_summary;

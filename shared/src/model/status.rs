@@ -1,4 +1,4 @@
-//! The enumerations of data-model.md, spelled exactly as the other programs write them.
+//! The enumerations of docs/spec/data-model.md, spelled exactly as the other programs write them.
 
 use std::fmt;
 use std::str::FromStr;
@@ -87,7 +87,7 @@ string_enum!(
 
 string_enum!(
     /// What a finished batch decided about one label: a verdict of the model, or (`NONE`) a
-    /// reset of a target that got none (processing-rules.md: resets are decisions too, and
+    /// reset of a target that got none (docs/spec/processing-rules.md: resets are decisions too, and
     /// are journaled as verdict rows with verdict `NONE`).
     Verdict, "verdict", {
         Valid => "VALID",

@@ -1,4 +1,4 @@
-//! ReceiptWordLabel: one label proposed for one word of a receipt (data-model.md).
+//! ReceiptWordLabel: one label proposed for one word of a receipt (docs/spec/data-model.md).
 
 use chrono::{DateTime, Utc};
 

@@ -1,4 +1,4 @@
-//! The OpenAI batch object: the fields the fleet reads (openai-batch.md).
+//! The OpenAI batch object: the fields the fleet reads (docs/spec/openai-batch.md).
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! HTTP client of the OpenAI Batch API calls the fleet makes (openai-batch.md): read a batch,
+//! HTTP client of the OpenAI Batch API calls the fleet makes (docs/spec/openai-batch.md): read a batch,
 //! cancel it, download a file.
 //!
 //! Retries happen here ([`Http::call`]), bounded by [`RetryPolicy`], so that a brief throttle

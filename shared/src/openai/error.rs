@@ -1,5 +1,5 @@
 //! What can go wrong calling OpenAI, and what the caller should do about it
-//! ([`OpenAiError::error_class`], openai-batch.md "Errors").
+//! ([`OpenAiError::error_class`], docs/spec/openai-batch.md "Errors").
 
 use std::fmt;
 use std::io;
@@ -166,7 +166,7 @@ pub enum OpenAiError {
 }
 
 impl OpenAiError {
-    /// What the caller should do (openai-batch.md "Errors", fleet-design.md):
+    /// What the caller should do (docs/spec/openai-batch.md "Errors", docs/spec/fleet-design.md):
     ///
     /// - 401, and 403 on the batch object: the key is rejected: an error of the deployment.
     /// - 429 `insufficient_quota`: billing, an error of the deployment (never a rate limit).

@@ -6,7 +6,7 @@
 //! input files records, per receipt, the byte offsets of its lines ([`LineRef`]), and each chunk
 //! of receipts then reads its own lines back with positioned reads. The index holds a few dozen
 //! bytes per receipt and per line reference; a batch holds at most 50,000 requests
-//! (openai-batch.md), whatever the size of its files.
+//! (docs/spec/openai-batch.md), whatever the size of its files.
 
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //!
 //! The targets are what the batch may touch: reading them from the requests, instead of taking
 //! every PENDING label of a receipt, keeps one batch from resetting labels another batch still
-//! has in flight (processing-rules.md, Inputs).
+//! has in flight (docs/spec/processing-rules.md, Inputs).
 
 use std::collections::{BTreeMap, BTreeSet};
 

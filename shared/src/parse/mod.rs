@@ -1,4 +1,4 @@
-//! Streaming parsers for the files of an OpenAI batch (openai-batch.md): the input file's
+//! Streaming parsers for the files of an OpenAI batch (docs/spec/openai-batch.md): the input file's
 //! targets, the output and error files' answers, and the 12-part result ids inside them.
 //!
 //! Nothing here does I/O beyond the reader (or file) it is handed, and nothing holds more than

@@ -1,4 +1,4 @@
-//! Lines of a batch's output file and error file (openai-batch.md), classified one at a time.
+//! Lines of a batch's output file and error file (docs/spec/openai-batch.md), classified one at a time.
 //!
 //! Speed matters on a file of hundreds of MB: the line is read once into borrowed views (the
 //! chat completion's other fields are skipped, not built), and only the answer's `arguments`
@@ -437,7 +437,7 @@ fn classify(de: LineDe<'_>) -> ParsedLine {
 
 /// The answer string. Structured calls come before `content`: a model answering with a tool call
 /// may also say something in `content`, never the other way round. Only the first tool call is
-/// read, as openai-batch.md describes; the prompt asks for exactly one.
+/// read, as docs/spec/openai-batch.md describes; the prompt asks for exactly one.
 fn answer_of(message: MessageDe<'_>) -> Option<(&'static str, Cow<'_, str>)> {
     if let Some(Scalar::Str(a)) = message.function_call.and_then(|c| c.arguments) {
         return Some(("function_call.arguments", a));

@@ -1,4 +1,4 @@
-//! The 12-part result id that names one judged label (openai-batch.md).
+//! The 12-part result id that names one judged label (docs/spec/openai-batch.md).
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! HTTP client of the Pinecone data plane (end of openai-batch.md): fetch metadata, update
+//! HTTP client of the Pinecone data plane (end of docs/spec/openai-batch.md): fetch metadata, update
 //! metadata, and the fetch-merge-update of a batch's label verdicts.
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,7 +22,7 @@ use crate::http::{CallError as _, Http, JSON_BODY_CAP, Service, error_chain};
 use crate::retry::RetryPolicy;
 use crate::secret::sensitive_header;
 
-/// The namespace of word vectors (data-model.md).
+/// The namespace of word vectors (docs/spec/data-model.md).
 pub const DEFAULT_NAMESPACE: &str = "words";
 /// The data-plane API version this client speaks; pinned so that a server-side default change
 /// cannot alter response shapes under us.

@@ -1,5 +1,5 @@
-//! The label merge of a word vector's metadata (processing-rules.md "Vector metadata",
-//! data-model.md "Vector metadata (Pinecone)"), as pure functions.
+//! The label merge of a word vector's metadata (docs/spec/processing-rules.md "Vector metadata",
+//! docs/spec/data-model.md "Vector metadata (Pinecone)"), as pure functions.
 //!
 //! Pinecone's `setMetadata` overwrites the keys it names, so the merge is computed here from
 //! the fetched metadata and only keys whose value changes are sent. Re-applying a change
@@ -7,7 +7,7 @@
 //!
 //! # Eventual consistency: the lists are derived from the table, then verified
 //!
-//! Pinecone is eventually consistent (openai-batch.md): a fetch may not yet show an update
+//! Pinecone is eventually consistent (docs/spec/openai-batch.md): a fetch may not yet show an update
 //! another batch made a moment before, and `setMetadata` of the union computed from that fetch
 //! would then drop the other batch's label for good. The spec allows two remedies; the fleet
 //! uses both halves of one: **the maintained lists are derived from the table, which reads

@@ -85,7 +85,7 @@ fn is_own_correction(l: &ReceiptWordLabel, validated_at: DateTime<Utc>) -> bool 
 ///
 /// # Reading of the conflict rule
 ///
-/// processing-rules.md: "A label changed meanwhile by someone else is left alone and counted as
+/// docs/spec/processing-rules.md: "A label changed meanwhile by someone else is left alone and counted as
 /// a conflict: no vector merge and no CompletionBatchResult row for it (its verdict row stays: it
 /// records what the model said)." The verdict rows are the journal of what the model said and
 /// are written before any status change, so a conflict found by the conditional write leaves its
@@ -411,7 +411,7 @@ impl PlanBuilder {
 
 /// A target whose reset this batch journaled is never reset again: NONE, it is done; PENDING
 /// again, a newer batch asked about it since, and that batch's verdict must land (a re-run
-/// cannot tell it from an unfinished reset otherwise: processing-rules.md).
+/// cannot tell it from an unfinished reset otherwise: docs/spec/processing-rules.md).
 fn recorded_reset(tc: &mut TargetCounters, current: Option<ValidationStatus>) {
     match current {
         None => tc.missing += 1,

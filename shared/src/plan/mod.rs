@@ -1,4 +1,4 @@
-//! processing-rules.md as a pure function: from a batch's state (the OpenAI batch object, its
+//! docs/spec/processing-rules.md as a pure function: from a batch's state (the OpenAI batch object, its
 //! targets, the current labels of its receipts, its journal) and its parsed output lines, to
 //! every write the batch makes. No I/O and no clock, so the rules are tested here without a
 //! server, and a re-run computes the same writes as the first run.

@@ -88,7 +88,7 @@ impl std::hash::Hasher for FastHasher {
 
 type FastSet<T> = HashSet<T, BuildHasherDefault<FastHasher>>;
 
-/// A bit per core label (data-model.md lists 22), 0 for any other name.
+/// A bit per core label (docs/spec/data-model.md lists 22), 0 for any other name.
 pub(crate) fn core_label_bit(label: &str) -> u32 {
     CORE_LABELS
         .iter()
@@ -96,7 +96,7 @@ pub(crate) fn core_label_bit(label: &str) -> u32 {
         .map_or(0, |i| 1 << i)
 }
 
-/// Every write of one batch, in the order processing-rules.md prescribes:
+/// Every write of one batch, in the order docs/spec/processing-rules.md prescribes:
 ///
 /// 1. [`verdicts`](Self::verdicts) (the journal) first;
 /// 2. [`status_changes`](Self::status_changes), then

@@ -218,7 +218,7 @@ impl Store {
     }
 
     /// Puts a CompletionBatchResult unless its key already holds the row of a smaller image id
-    /// (data-model.md: the SK has no image id; the smallest image's verdict is the one kept).
+    /// (docs/spec/data-model.md: the SK has no image id; the smallest image's verdict is the one kept).
     /// Colliding rows have the same receipt id, so their `GSI3PK`
     /// (`IMAGE#{uuid}#RECEIPT#{r:05}`) orders them by image id; `>=` lets a re-run write its own
     /// row again. `Ok(false)`: a smaller image's row holds the key, nothing written.

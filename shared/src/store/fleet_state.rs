@@ -2,7 +2,7 @@
 //! "scheduled until" marker, the current chain token and the dead-letter mark.
 //! Callers pass the current time in Unix milliseconds, so tests can move the clock.
 //!
-//! - **Chain** (fleet-design.md, one chain per batch): the producer, the webhook receiver and
+//! - **Chain** (docs/spec/fleet-design.md, one chain per batch): the producer, the webhook receiver and
 //!   a worker that meets a tokenless message start a chain by writing a fresh token; a message
 //!   carrying any other token is a stale copy and is deleted without work.
 //! - **Dead-letter mark**: set by the worker that dead-letters a batch; the producer does not

@@ -1,5 +1,5 @@
 //! The receipts table through aws-sdk-dynamodb: only the operations the fleet needs, each
-//! conditional where data-model.md asks for it.
+//! conditional where docs/spec/data-model.md asks for it.
 //!
 //! Retries: every call goes through the SDK's standard retry mode (exponential backoff with
 //! jitter, bounded attempts; see [`crate::aws`]); `UnprocessedItems` of batch writes are retried

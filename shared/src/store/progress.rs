@@ -1,6 +1,6 @@
 //! How far a batch's apply got: its cursor, kept on the batch's fleet-state item (see
 //! [`crate::model::fleet_state`]) beside the lease, so that a later handling resumes after the
-//! last chunk of receipts done instead of starting over (fleet-design.md: the progress of a
+//! last chunk of receipts done instead of starting over (docs/spec/fleet-design.md: the progress of a
 //! long apply is kept).
 //!
 //! Two attributes of the item, written together after each chunk:

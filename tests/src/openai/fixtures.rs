@@ -1,4 +1,4 @@
-//! Builders of batch input/output/error file lines, as `openai-batch.md` describes them.
+//! Builders of batch input/output/error file lines, as `docs/spec/openai-batch.md` describes them.
 //!
 //! Every `*_line` function returns one NDJSON line without a trailing newline; join lines with
 //! [`ndjson`]. Line ids (`batch_req_…`, `req_…`, `chatcmpl-…`) are derived from the custom id,

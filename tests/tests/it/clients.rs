@@ -910,7 +910,7 @@ async fn pinecone_eventual_consistency_is_visible_to_the_client() {
     assert_eq!(seen[&id]["valid_labels"], json!(["DATE", "TIME"]));
 }
 
-/// openai-batch.md: a `completed` batch whose requests all failed has no output file, only an
+/// docs/spec/openai-batch.md: a `completed` batch whose requests all failed has no output file, only an
 /// error file, and every target is reset. (The apply already does it; this pins it down
 /// against the emulator's batch of that shape.)
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Finishing a batch end to end (moto + emulators): every row of the batch-outcome table and
-//! every "fixes:" item of processing-rules.md, asserting whole items; and the crash drill.
+//! every "fixes:" item of docs/spec/processing-rules.md, asserting whole items; and the crash drill.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -381,7 +381,7 @@ fn verdict_row(k: &LabelKey, verdict: &str, suggested: Value, line: u32) -> Valu
     })
 }
 
-/// The journal row of a reset (processing-rules.md: resets are decisions too).
+/// The journal row of a reset (docs/spec/processing-rules.md: resets are decisions too).
 fn reset_row(k: &LabelKey) -> Value {
     json!({
         "PK": s(&format!("BATCH#{BATCH}")),
@@ -1491,7 +1491,7 @@ async fn the_second_applier_reads_labels_then_journal_and_finishes_the_firsts_ve
     assert!(diff.is_empty(), "{} differences: {diff:#?}", diff.len());
 }
 
-/// processing-rules.md, journaled resets: a label that run 1 reset (and journaled), and that
+/// docs/spec/processing-rules.md, journaled resets: a label that run 1 reset (and journaled), and that
 /// batch 2 then asked about again (PENDING), is not reset by run 1's re-run; batch 2's verdict
 /// lands.
 #[tokio::test]
@@ -1600,7 +1600,7 @@ async fn a_label_reset_by_run_1_and_claimed_by_batch_2_keeps_batch_2s_verdict() 
     );
 }
 
-/// processing-rules.md, Inputs: an input file OpenAI refuses (403 three times) is an error of
+/// docs/spec/processing-rules.md, Inputs: an input file OpenAI refuses (403 three times) is an error of
 /// the apply, retried with nothing written, never a reason to fall back to "the PENDING labels
 /// of the receipts" (which would reset another batch's label in flight); once it answers, the
 /// batch is applied exactly as with the file at once.
@@ -1686,7 +1686,7 @@ async fn only_a_gone_input_file_falls_back_and_a_rejected_one_writes_nothing() {
     assert_eq!(data(&f).await, before, "nothing written");
 }
 
-/// processing-rules.md, Inputs: a request whose `### Targets` cannot be read falls back for its
+/// docs/spec/processing-rules.md, Inputs: a request whose `### Targets` cannot be read falls back for its
 /// own receipt only (that receipt's PENDING labels are its targets), counted and logged; the
 /// other receipts keep the targets their requests name (another batch's PENDING label on
 /// receipt A is untouched).
