@@ -166,6 +166,20 @@ impl World {
         self.send(&BatchMessage::new(batch_id).to_body()).await;
     }
 
+    /// Waits until the batch's summary is COMPLETED (bounded by `limit`).
+    async fn until_completed(&self, batch_id: &str, limit: Duration) {
+        let store = &self.env.store;
+        eventually("the batch to complete", limit, || async move {
+            store
+                .batch_summary(batch_id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.status == BatchStatus::Completed)
+        })
+        .await;
+    }
+
     async fn summary_status(&self, batch_id: &str) -> BatchStatus {
         self.env
             .store

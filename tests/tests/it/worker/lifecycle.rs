@@ -91,19 +91,9 @@ async fn a_rotated_key_dead_letters_nothing_turns_readyz_503_and_every_batch_com
     world.openai.set_api_key(None);
 
     for b in &batches {
-        let (store, id) = (world.env.store.clone(), b.summary.batch_id.clone());
-        eventually("every batch completes", Duration::from_secs(60), || {
-            let (store, id) = (store.clone(), id.clone());
-            async move {
-                store
-                    .batch_summary(&id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|s| s.status == BatchStatus::Completed)
-            }
-        })
-        .await;
+        world
+            .until_completed(&b.summary.batch_id, Duration::from_secs(60))
+            .await;
     }
     eventually("/readyz 200 after", Duration::from_secs(10), || {
         let readyz = readyz.clone();
@@ -454,23 +444,10 @@ async fn exhausted_openai_quota_is_an_error_of_the_deployment_not_of_the_batch()
     tokio::time::sleep(Duration::from_secs(8)).await;
     let checks_while_exhausted = world.openai.batch_gets(&b.spec.id);
     world.openai.set_quota_exhausted(false);
-    let (store, id) = (world.env.store.clone(), b.summary.batch_id.clone());
-    eventually(
-        "the batch completes once billing is fixed",
-        Duration::from_secs(60),
-        || {
-            let (store, id) = (store.clone(), id.clone());
-            async move {
-                store
-                    .batch_summary(&id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|s| s.status == BatchStatus::Completed)
-            }
-        },
-    )
-    .await;
+    // Once billing is fixed, the batch completes.
+    world
+        .until_completed(&b.summary.batch_id, Duration::from_secs(60))
+        .await;
     stop.cancel();
     running.await.unwrap().unwrap();
     assert!(
