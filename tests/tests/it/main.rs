@@ -2,6 +2,7 @@
 //! They run against moto_server (`scripts/moto.sh`, started on demand) and the emulators.
 
 mod clients;
+mod conformance;
 mod finish;
 mod fleet;
 mod producer;
