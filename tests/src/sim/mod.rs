@@ -30,7 +30,9 @@
 //! eventual consistency of index reads (an index is up to date as soon as the write returns),
 //! transactions, streams, and keys other than strings.
 
+pub mod batches;
 pub mod expr;
+pub mod fleet;
 pub mod http;
 pub mod table;
 

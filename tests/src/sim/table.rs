@@ -462,6 +462,11 @@ impl SimTable {
         self.lock().index_upkeep = Some(names.iter().map(|s| (*s).to_owned()).collect());
     }
 
+    /// Drops a table and everything in it (memory back between two phases of a run).
+    pub fn drop_table(&self, table: &str) -> bool {
+        self.lock().tables.remove(table).is_some()
+    }
+
     pub fn stats(&self) -> Stats {
         self.lock().stats.clone()
     }
