@@ -27,6 +27,9 @@ cargo build --workspace --all-targets --locked
 step "Rust tests"
 cargo test --workspace --locked
 
+step "simulation of the fleet, small scenario (scripts/simulate.sh for the full ones)"
+SIM_PROFILE=dev scripts/simulate.sh smoke
+
 if [ -x deploy/check.sh ]; then
   step "offline deploy check"
   deploy/check.sh --with-mutations

@@ -6,6 +6,7 @@ mod conformance;
 mod finish;
 mod fleet;
 mod producer;
+mod sim_apply;
 mod store;
 mod support;
 mod worker;
