@@ -82,13 +82,14 @@ fn main() -> ExitCode {
         }
     };
     let mut failed = false;
+    let mut references = fleet::References::new();
     for scenario in &scenarios {
         let setup = Setup {
             worker_bin: worker_bin.clone(),
             work_dir: cli.work_dir.join(&scenario.name),
         };
         let started = std::time::Instant::now();
-        match runtime.block_on(fleet::run(scenario, &setup)) {
+        match runtime.block_on(fleet::run(scenario, &setup, &mut references)) {
             Ok(m) => {
                 println!("{}", m.result_line());
                 println!(

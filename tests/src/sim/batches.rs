@@ -13,6 +13,12 @@ use crate::scenario::{self, Outcome, Rng, Shape};
 /// Receipts per generated piece.
 const PIECE: u32 = 250;
 
+/// Receipt refs a BatchSummary keeps. A summary naming all 50,000 receipts of OpenAI's largest
+/// batch would be about 3 MB, far past DynamoDB's 400 KB item limit (SimTable refuses it as
+/// DynamoDB would), so no such summary can exist; the apply reads its targets from the input
+/// file and uses the refs only when that file is gone. Big batches keep the first ones.
+pub const MAX_SUMMARY_REFS: usize = 4_000;
+
 /// One batch of a simulation: its shape.
 #[derive(Debug, Clone)]
 pub struct BatchPlan {
@@ -20,6 +26,9 @@ pub struct BatchPlan {
     pub outcome: Outcome,
     /// Status checks answered `in_progress` before the batch ends (0: terminal at once).
     pub in_progress_polls: u32,
+    /// Labels asked about per receipt (the generator's default is 5; the big batch
+    /// judges about 7 words per receipt).
+    pub targets_per_receipt: u32,
 }
 
 /// A generated batch: the summary, the OpenAI batch and its files. Labels and vectors went
@@ -63,6 +72,7 @@ pub fn generate(
                 receipts: n,
                 outcome: plan.outcome,
                 in_progress_polls: plan.in_progress_polls.max(1),
+                targets_per_receipt: plan.targets_per_receipt.max(1),
                 ..Shape::default()
             },
         );
@@ -86,7 +96,8 @@ pub fn generate(
             Some((summary, _)) => summary.receipt_refs.extend(piece.summary.receipt_refs),
         }
     }
-    let (summary, spec) = base.expect("at least one piece");
+    let (mut summary, spec) = base.expect("at least one piece");
+    summary.receipt_refs.truncate(MAX_SUMMARY_REFS);
     let final_status = spec
         .steps
         .last()

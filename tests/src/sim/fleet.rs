@@ -66,6 +66,11 @@ impl Scenario {
             receipts,
             outcome: Outcome::Completed,
             in_progress_polls: 0,
+            targets_per_receipt: 5,
+        };
+        let big = BatchPlan {
+            targets_per_receipt: 7,
+            ..one(50_000)
         };
         let mut rng = Rng::new(seed ^ 0x5eed);
         let fraction = |rng: &mut Rng, lo: u64, hi: u64| (lo + rng.below(hi - lo)) as f64 / 100.0;
@@ -94,7 +99,7 @@ impl Scenario {
                 name: name.into(),
                 seed,
                 workers: 1,
-                batches: vec![one(50_000)],
+                batches: vec![big.clone()],
                 scale: 25.0,
                 events: Vec::new(),
                 faults: false,
@@ -111,7 +116,7 @@ impl Scenario {
                     name: name.into(),
                     seed,
                     workers: 1,
-                    batches: vec![one(50_000)],
+                    batches: vec![big.clone()],
                     scale: 25.0,
                     events: vec![
                         Event::Stop { at: at[0] },
@@ -134,6 +139,7 @@ impl Scenario {
                             _ => Outcome::Completed,
                         },
                         in_progress_polls: (i % 4) as u32,
+                        targets_per_receipt: 5,
                     })
                     .collect();
                 Scenario {
@@ -269,23 +275,54 @@ struct World {
     requests: u64,
 }
 
-/// Runs one scenario end to end.
-pub async fn run(scenario: &Scenario, setup: &Setup) -> anyhow::Result<Measured> {
+/// The end state of the reference run of some batches, kept for the next scenario of the
+/// same batches (`big` and `restarts` share theirs).
+#[derive(Debug, Clone)]
+pub struct Reference {
+    table: Digest,
+    vectors: Digest,
+    /// Vector updates the reference run made: what the namespace limit is applied to.
+    updates: u64,
+}
+
+/// References by seed and batches.
+pub type References = HashMap<String, Reference>;
+
+/// Runs one scenario end to end (its reference from `references` when an earlier scenario
+/// of the same batches computed it).
+pub async fn run(
+    scenario: &Scenario,
+    setup: &Setup,
+    references: &mut References,
+) -> anyhow::Result<Measured> {
     let driver_cpu0 = proc_cpu_seconds(std::process::id()).unwrap_or(0.0);
     let _ = std::fs::remove_dir_all(&setup.work_dir);
     std::fs::create_dir_all(&setup.work_dir)?;
-    let world = build_world(scenario).await?;
+    let key = format!("{}:{:?}", scenario.seed, scenario.batches);
+    let known = references.get(&key).cloned();
+    let world = build_world(scenario, known.is_none()).await?;
 
     // 1. The reference: one uninterrupted run of every batch, in process, unthrottled.
     let started = Instant::now();
-    reference_run(&world).await?;
+    let reference = match known {
+        Some(r) => r,
+        None => {
+            reference_run(&world).await?;
+            let r = Reference {
+                table: table_digest(&world.table, REF_TABLE),
+                vectors: vector_digest(&world.pinecone, REF_NAMESPACE),
+                updates: world.pinecone.update_count() as u64,
+            };
+            world.table.drop_table(REF_TABLE);
+            world.pinecone.clear_updates();
+            world.pinecone.clear_requests();
+            references.insert(key, r.clone());
+            r
+        }
+    };
     let reference_real_s = started.elapsed().as_secs_f64();
-    let ref_table = table_digest(&world.table, REF_TABLE);
-    let ref_vectors = vector_digest(&world.pinecone, REF_NAMESPACE);
-    let needed = world.pinecone.update_count() as u64;
-    world.table.drop_table(REF_TABLE);
-    world.pinecone.clear_updates();
-    world.pinecone.clear_requests();
+    let (ref_table, ref_vectors, needed) =
+        (&reference.table, &reference.vectors, reference.updates);
     let floor_s = needed as f64 / NAMESPACE_UPDATES_PER_SECOND;
 
     // 2. The fleet, under the model.
@@ -438,11 +475,11 @@ pub async fn run(scenario: &Scenario, setup: &Setup) -> anyhow::Result<Measured>
     if let Err(e) = &outcome {
         diff.push(e.clone());
     }
-    let table_diff = compare(&ref_table, &table_digest(&world.table, TABLE));
+    let table_diff = compare(ref_table, &table_digest(&world.table, TABLE));
     if !table_diff.is_empty() {
         diff.push(format!("table: {table_diff}"));
     }
-    let vector_diff = compare(&ref_vectors, &vector_digest(&world.pinecone, NAMESPACE));
+    let vector_diff = compare(ref_vectors, &vector_digest(&world.pinecone, NAMESPACE));
     if !vector_diff.is_empty() {
         diff.push(format!("vectors: {vector_diff}"));
     }
@@ -473,11 +510,18 @@ pub async fn run(scenario: &Scenario, setup: &Setup) -> anyhow::Result<Measured>
     })
 }
 
-async fn build_world(scenario: &Scenario) -> anyhow::Result<World> {
+/// Starts the services and loads the batches (into the reference's table and namespace too
+/// when `with_reference`).
+async fn build_world(scenario: &Scenario, with_reference: bool) -> anyhow::Result<World> {
     let table = SimTable::new(scenario.seed);
     table.keep_only_indexes(&["GSI1"]);
     let clients = super::clients(&table);
-    for name in [TABLE, REF_TABLE] {
+    let names: &[&str] = if with_reference {
+        &[TABLE, REF_TABLE]
+    } else {
+        &[TABLE]
+    };
+    for name in names {
         crate::aws_env::create_receipts_table(&clients.dynamodb, name).await?;
     }
     let openai = OpenAiEmulator::start().await?;
@@ -497,13 +541,18 @@ async fn build_world(scenario: &Scenario) -> anyhow::Result<World> {
                 Piece::Label(l) => {
                     let item = to_wire_json(&l.to_item());
                     let item = item.as_object().cloned().unwrap_or_default();
-                    table
-                        .put(TABLE, item.clone())
-                        .and_then(|()| table.put(REF_TABLE, item))
+                    let reference = if with_reference {
+                        table.put(REF_TABLE, item.clone())
+                    } else {
+                        Ok(())
+                    };
+                    reference.and_then(|()| table.put(TABLE, item))
                 }
                 Piece::Vector(id, meta) => {
                     pinecone.upsert(NAMESPACE, id, vec![0.0], meta.clone());
-                    pinecone.upsert(REF_NAMESPACE, id, vec![0.0], meta.clone());
+                    if with_reference {
+                        pinecone.upsert(REF_NAMESPACE, id, vec![0.0], meta.clone());
+                    }
                     Ok(())
                 }
             };
@@ -516,8 +565,12 @@ async fn build_world(scenario: &Scenario) -> anyhow::Result<World> {
         }
         let item = to_wire_json(&generated.summary.to_item());
         let item = item.as_object().cloned().unwrap_or_default();
-        table.put(TABLE, item.clone()).map_err(anyhow::Error::msg)?;
-        table.put(REF_TABLE, item).map_err(anyhow::Error::msg)?;
+        if with_reference {
+            table
+                .put(REF_TABLE, item.clone())
+                .map_err(anyhow::Error::msg)?;
+        }
+        table.put(TABLE, item).map_err(anyhow::Error::msg)?;
         for (id, content) in generated.files {
             openai.add_file(id, content);
         }
