@@ -38,7 +38,8 @@ esac
 cargo build "${build[@]}" --locked -p worker --bin worker -p fleet-tests --bin simulate
 bin="${CARGO_TARGET_DIR:-$root/target}/$dir"
 
-args=(--worker-bin "$bin/worker" --work-dir "$root/target/simulate")
+# Reference end states are kept between runs of the same binaries (see --reference-cache).
+args=(--worker-bin "$bin/worker" --work-dir "$root/target/simulate" --reference-cache "$root/target/simulate-references")
 if [ -n "${SIM_SCALE:-}" ]; then args+=(--scale "$SIM_SCALE"); fi
 if [ -n "${SIM_SEED:-}" ]; then args+=(--seed "$SIM_SEED"); fi
 "$bin/simulate" "${args[@]}" "$@"

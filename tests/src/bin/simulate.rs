@@ -30,6 +30,10 @@ struct Cli {
     /// Where logs and the workers' temporary files go.
     #[arg(long, default_value = "target/simulate")]
     work_dir: PathBuf,
+    /// Where reference end states are kept between runs (keyed by seed, batches and this
+    /// program's own bytes, so a rebuilt program computes them again).
+    #[arg(long)]
+    reference_cache: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -82,7 +86,7 @@ fn main() -> ExitCode {
         }
     };
     let mut failed = false;
-    let mut references = fleet::References::new();
+    let mut references = fleet::References::new(cli.reference_cache.clone());
     for scenario in &scenarios {
         let setup = Setup {
             worker_bin: worker_bin.clone(),

@@ -100,7 +100,7 @@ impl Scenario {
                 seed,
                 workers: 1,
                 batches: vec![big.clone()],
-                scale: 25.0,
+                scale: 40.0,
                 events: Vec::new(),
                 faults: false,
                 timeout: Duration::from_secs(600),
@@ -117,7 +117,7 @@ impl Scenario {
                     seed,
                     workers: 1,
                     batches: vec![big.clone()],
-                    scale: 25.0,
+                    scale: 40.0,
                     events: vec![
                         Event::Stop { at: at[0] },
                         Event::Kill { at: at[1] },
@@ -285,8 +285,101 @@ pub struct Reference {
     updates: u64,
 }
 
-/// References by seed and batches.
-pub type References = HashMap<String, Reference>;
+impl Reference {
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut out = Vec::with_capacity(16 * (self.table.len() + self.vectors.len()) + 32);
+        for part in [&self.table, &self.vectors] {
+            out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            for (k, v) in part {
+                out.extend_from_slice(&k.to_le_bytes());
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&self.updates.to_le_bytes());
+        std::fs::write(path, out)
+    }
+
+    fn read(path: &Path) -> Option<Reference> {
+        let bytes = std::fs::read(path).ok()?;
+        let mut words = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        let mut part = || -> Option<Digest> {
+            let n = words.next()?;
+            (0..n)
+                .map(|_| Some((words.next()?, words.next()?)))
+                .collect()
+        };
+        let (table, vectors) = (part()?, part()?);
+        let updates = words.next()?;
+        Some(Reference {
+            table,
+            vectors,
+            updates,
+        })
+    }
+}
+
+/// References by seed and batches, in memory and (when given a directory) on disk, keyed also
+/// by this program's own bytes: any change of the code makes a new reference.
+#[derive(Debug, Default)]
+pub struct References {
+    known: HashMap<String, Reference>,
+    dir: Option<PathBuf>,
+}
+
+impl References {
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        References {
+            known: HashMap::new(),
+            dir,
+        }
+    }
+
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        static PROGRAM: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let program = *PROGRAM.get_or_init(|| {
+            std::env::current_exe()
+                .and_then(std::fs::read)
+                .map(|b| {
+                    let mut h = DefaultHasher::new();
+                    b.hash(&mut h);
+                    h.finish()
+                })
+                .unwrap_or(0)
+        });
+        self.dir.as_ref().map(|d| {
+            d.join(format!(
+                "{:016x}.ref",
+                hash_of(&[key, &program.to_string()])
+            ))
+        })
+    }
+
+    fn get(&mut self, key: &str) -> Option<Reference> {
+        if let Some(r) = self.known.get(key) {
+            return Some(r.clone());
+        }
+        let r = Reference::read(&self.path(key)?)?;
+        self.known.insert(key.to_owned(), r.clone());
+        Some(r)
+    }
+
+    fn insert(&mut self, key: String, r: Reference) {
+        if let Some(path) = self.path(&key) {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            if let Err(e) = r.write(&path) {
+                eprintln!(
+                    "simulate: could not keep the reference in {}: {e}",
+                    path.display()
+                );
+            }
+        }
+        self.known.insert(key, r);
+    }
+}
 
 /// Runs one scenario end to end (its reference from `references` when an earlier scenario
 /// of the same batches computed it).
@@ -299,7 +392,7 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(&setup.work_dir);
     std::fs::create_dir_all(&setup.work_dir)?;
     let key = format!("{}:{:?}", scenario.seed, scenario.batches);
-    let known = references.get(&key).cloned();
+    let known = references.get(&key);
     let world = build_world(scenario, known.is_none()).await?;
 
     // 1. The reference: one uninterrupted run of every batch, in process, unthrottled.
