@@ -506,7 +506,7 @@ pub async fn run(
         fleet.spawn(&env)?;
     }
     let mut events = scenario.events.clone();
-    let mut injected_at = Instant::now();
+    let mut injected_at = 0u64;
     let outcome = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         fleet.sample();
@@ -541,17 +541,27 @@ pub async fn run(
             let event = events.remove(pos);
             fleet.event(event, &env, &mut rng).await?;
         }
-        if scenario.faults && injected_at.elapsed() > Duration::from_millis(500) {
-            injected_at = Instant::now();
+        // One fault of each kind waits at a time (a queued fault waits for a matching call:
+        // fetches are rare, so piling them up would fail every one), one more per 1,000
+        // updates made: paced by progress, not by real time, as the clients' back-offs are
+        // not scaled (a 740 ms back-off is 15 simulated seconds at scale 20).
+        let made = world.pinecone.update_count() as u64;
+        if scenario.faults
+            && made >= injected_at + 1_000
+            && world.pinecone.pending_faults().is_empty()
+        {
+            injected_at = made;
             world
                 .pinecone
                 .fail_next(FaultSpec::status(503).on_path("/vectors/update"));
             world
                 .pinecone
                 .fail_next(FaultSpec::rate_limited(None).on_path("/vectors/update"));
-            world
-                .pinecone
-                .fail_next(FaultSpec::status(500).on_path("/vectors/fetch"));
+            if rng.chance(30) {
+                world
+                    .pinecone
+                    .fail_next(FaultSpec::status(500).on_path("/vectors/fetch"));
+            }
         }
     };
     let fleet_real_s = started.elapsed().as_secs_f64();
