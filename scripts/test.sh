@@ -93,6 +93,9 @@ fi
 cargo run --quiet --locked -p fleet-tests --bin contract-check -- \
   --python "$contract_venv/bin/python" -- --self-check
 
+step "simulation of the fleet, small scenario (scripts/simulate.sh for the full ones)"
+SIM_PROFILE=dev scripts/simulate.sh smoke
+
 if [ -x deploy/check.sh ]; then
   step "offline deploy check"
   deploy/check.sh --with-mutations

@@ -33,3 +33,4 @@ pub mod common;
 pub mod openai;
 pub mod pinecone;
 pub mod scenario;
+pub mod sim;

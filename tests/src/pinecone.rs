@@ -168,6 +168,8 @@ struct PineconeState {
     fetch_rate: Option<RateLimiter>,
     max_url_bytes: Option<usize>,
     api_key: Option<String>,
+    /// The wait a rate-limit 429 asks for (`None`: `Retry-After: 1`).
+    rate_retry_after: Option<Duration>,
 }
 
 impl Default for PineconeState {
@@ -181,6 +183,7 @@ impl Default for PineconeState {
             fetch_rate: Some(RateLimiter::new(DEFAULT_FETCH_RATE)),
             max_url_bytes: Some(DEFAULT_MAX_URL_BYTES),
             api_key: None,
+            rate_retry_after: None,
         }
     }
 }
@@ -391,6 +394,13 @@ impl PineconeEmulator {
         self.shared.lock().rate = per_second.map(RateLimiter::new);
     }
 
+    /// The wait the emulator's own rate-limit 429s ask for: `Some(d)` sends `retry-after-ms`
+    /// (and `Retry-After` in whole seconds, at least 1); `None` (default) `Retry-After: 1`.
+    /// A simulation that compresses time scales the wait with everything else.
+    pub fn set_rate_limit_retry_after(&self, wait: Option<Duration>) {
+        self.shared.lock().rate_retry_after = wait;
+    }
+
     /// Accepted (200) update calls so far, including those for absent ids.
     pub fn update_count(&self) -> usize {
         self.shared.lock().updates.len()
@@ -468,12 +478,22 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// A 429 of one of the emulator's own rate limits, with `Retry-After: 1`.
-fn rate_limited(message: &str) -> Response {
+/// A 429 of one of the emulator's own rate limits, with `Retry-After: 1` (or the wait set by
+/// [`PineconeEmulator::set_rate_limit_retry_after`]).
+fn rate_limited(message: &str, wait: Option<Duration>) -> Response {
     let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, message);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    let headers = response.headers_mut();
+    match wait {
+        None => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        Some(wait) => {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            headers.insert("retry-after-ms", HeaderValue::from(ms));
+        }
+    }
     response
 }
 
@@ -640,14 +660,18 @@ async fn fetch(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> 
         ));
     }
     let mut state = shared.lock();
+    let wait = state.rate_retry_after;
     if let Some(rate) = state.fetch_rate.as_mut()
         && !rate.allow("")
     {
         let limit = rate.per_second;
-        return rate_limited(&format!(
-            "TOO_MANY_REQUESTS: Request failed. You've reached the max fetch rate of \
+        return rate_limited(
+            &format!(
+                "TOO_MANY_REQUESTS: Request failed. You've reached the max fetch rate of \
                  {limit} per second for this index (emulated)."
-        ));
+            ),
+            wait,
+        );
     }
     let mut vectors = Map::new();
     for id in &ids {
@@ -727,14 +751,18 @@ async fn update(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     }
 
     let mut state = shared.lock();
+    let wait = state.rate_retry_after;
     if let Some(rate) = state.rate.as_mut()
         && !rate.allow(namespace)
     {
-        return rate_limited(&format!(
-            "TOO_MANY_REQUESTS: Request failed. You've reached the max update rate \
+        return rate_limited(
+            &format!(
+                "TOO_MANY_REQUESTS: Request failed. You've reached the max update rate \
                      of {} per second for namespace '{namespace}' (emulated).",
-            rate.per_second
-        ));
+                rate.per_second
+            ),
+            wait,
+        );
     }
     let existing = state
         .namespaces

@@ -5,9 +5,11 @@
 #![allow(unused_crate_dependencies)]
 
 mod clients;
+mod conformance;
 mod finish;
 mod fleet;
 mod producer;
+mod sim_apply;
 mod store;
 mod support;
 mod vectors;

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The deterministic simulation of the fleet (tests/src/sim; README "Simulation"): worker
+# processes apply generated batches through SQS (moto), a simulated DynamoDB (SimTable) and
+# the Pinecone emulator at its namespace limit, in scaled real time; each scenario prints one
+# RESULT line (and a DETAIL line). Exits non-zero when an end state differs from the reference.
+#
+#   scripts/simulate.sh                 every scenario: big, restarts, mixed, faults
+#   scripts/simulate.sh big mixed       the named ones (also: smoke, the small one of test.sh)
+#
+#   SIM_PROFILE=release|dev  cargo profile of the binaries (default release: figures of CPU
+#                            mean something only optimised; dev reuses the test build)
+#   SIM_SCALE=K              time compression (default: each scenario's own)
+#   SIM_SEED=N               seed of data, events and faults
+# moto: FLEET_TEST_AWS_ENDPOINT when set, else scripts/moto.sh (started here if needed).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+started_moto=0
+cleanup() {
+  if [ "$started_moto" = 1 ]; then scripts/moto.sh stop; fi
+}
+trap cleanup EXIT
+
+if [ -z "${FLEET_TEST_AWS_ENDPOINT:-}" ]; then
+  if ! scripts/moto.sh url >/dev/null 2>&1 || ! curl -fsS "$(scripts/moto.sh url)/moto-api/" >/dev/null 2>&1; then
+    scripts/moto.sh start
+    started_moto=1
+  fi
+  export FLEET_TEST_AWS_ENDPOINT="$(scripts/moto.sh url)"
+fi
+
+case "${SIM_PROFILE:-release}" in
+  release) build=(--release); dir=release ;;
+  dev) build=(); dir=debug ;;
+  *) echo "SIM_PROFILE must be release or dev" >&2; exit 64 ;;
+esac
+cargo build "${build[@]}" --locked -p worker --bin worker -p fleet-tests --bin simulate
+bin="${CARGO_TARGET_DIR:-$root/target}/$dir"
+
+# Reference end states are kept between runs of the same binaries (see --reference-cache).
+args=(--worker-bin "$bin/worker" --work-dir "$root/target/simulate" --reference-cache "$root/target/simulate-references")
+if [ -n "${SIM_SCALE:-}" ]; then args+=(--scale "$SIM_SCALE"); fi
+if [ -n "${SIM_SEED:-}" ]; then args+=(--seed "$SIM_SEED"); fi
+"$bin/simulate" "${args[@]}" "$@"

@@ -1,0 +1,91 @@
+//! A simulated DynamoDB ([`SimTable`]) and the deterministic simulation of the fleet built on it.
+//!
+//! # SimTable
+//!
+//! The DynamoDB operations the fleet uses, in memory, answered in DynamoDB's own JSON 1.0 wire
+//! protocol: GetItem, PutItem, UpdateItem and DeleteItem with condition expressions (and
+//! `ReturnValuesOnConditionCheckFailure`), Query with pagination, `Limit`, the 1 MB page cap
+//! and global secondary indexes, Scan, BatchWriteItem with `UnprocessedItems`, BatchGetItem
+//! with `UnprocessedKeys`, and the table calls the tests make (CreateTable, DescribeTable,
+//! DeleteTable, UpdateTimeToLive). TransactWriteItems and PartiQL are not used by the fleet and
+//! answer `UnknownOperationException`; expressions outside the grammar of [`expr`] fail with a
+//! `ValidationException` naming the construct.
+//!
+//! The seam is the AWS SDK's pluggable HTTP client ([`http::SimHttpClient`]): the store code
+//! that runs against DynamoDB runs against SimTable unchanged, with no trait of ours in
+//! between and no second implementation of the fleet's rules. The conformance suite
+//! (`tests/tests/it/conformance.rs`) runs the same store tests on moto and on SimTable.
+//!
+//! The model ([`table::Model`]): a latency per call (plus jitter), write and read units per
+//! second per partition key and per table (token buckets, with a burst allowance), and
+//! `ProvisionedThroughputExceededException` when a call finds them spent (a batch call returns
+//! the items it could not afford as unprocessed instead). Units are billed as DynamoDB bills
+//! them (1 KB per write unit, 4 KB per read unit, halved for eventually consistent reads),
+//! from an approximate item size. Fault injection ([`table::FaultRates`],
+//! [`table::ScriptedFault`]): throttling, 5xx and partial batches, at random from a seeded RNG
+//! or scripted for the next calls.
+//!
+//! # The simulation ([`fleet`], `scripts/simulate.sh`)
+//!
+//! Worker processes (the real `worker` binary, configured through its environment as in a
+//! pod) apply generated batches ([`batches`], from the seeded scenario generator) through
+//! SQS (moto), SimTable served over loopback HTTP (`AWS_ENDPOINT_URL_DYNAMODB`), the OpenAI
+//! emulator and the Pinecone emulator with a namespace limit of 100 updates per second (429
+//! with `Retry-After` above it). The driver starts the workers, stops (SIGTERM) and kills
+//! (SIGKILL) them at seeded points of progress and starts new ones, and measures their CPU,
+//! peak RSS and temporary files from `/proc`. Before the fleet runs, the same batches are
+//! applied once in process, unthrottled, with the library's `Services::apply` (the code the
+//! worker runs): the end state of the fleet (every table item but the fleet's own
+//! bookkeeping, every vector's metadata) must equal that reference, and the vector updates the
+//! reference made, divided by the namespace limit, are the floor of the run's duration.
+//!
+//! ## Time model: scaled real time
+//!
+//! Everything runs in real time, with every rate and latency of the simulated services
+//! multiplied (rates) or divided (latencies) by one factor `K` (`--scale`, 20 to 25 by
+//! default): the namespace limit is `100·K` updates per real second, a DynamoDB call takes
+//! `4 ms/K`, a Pinecone call `10 ms/K`, a 429 asks for `1 s/K` (`retry-after-ms`), and the
+//! workers' `PINECONE_UPDATES_PER_SECOND` is `90·K` divided by the number of workers (the
+//! per-replica sizing the settings document). Figures are reported in simulated seconds
+//! (`virtual_s = real seconds × K`); CPU, memory and disk are real.
+//!
+//! Why not simulated time: tokio's paused clock auto-advances whenever every task waits, also
+//! while one waits on a real socket, so timeouts would fire during pending I/O; the worker's
+//! OpenAI and Pinecone clients (reqwest) have no in-process transport, the apply runs on
+//! single-threaded runtimes of its own (`LocalPoolHandle`, each with its own clock), and
+//! leases read the wall clock (`chrono::Utc::now`). `turmoil` needs every host, socket and
+//! clock inside its one-threaded simulation: the same seams, in the shared code other
+//! engineers are reshaping. Scaled real time needs none of that and runs the real binary; it
+//! is deterministic in its inputs (data, fault schedule and stop points come from the seed)
+//! but not in its interleavings, which is why the end state is checked against the
+//! reference, not against a recorded trace.
+//!
+//! What scaling distorts, and how to read the figures: the workers' own timers are not
+//! scaled (settings have floors: a visibility timeout of at least 10 s, re-checks of at least
+//! 1 s; client retry back-offs), so each of them costs `K` times more simulated time than it
+//! would in production: a killed worker's lease and message run out after 10 real seconds,
+//! that is `10·K` simulated ones. CPU is not scaled either: a worker that spends 1 ms of CPU
+//! per update can keep up with at most 1,000 updates per real second, so `K` must stay below
+//! what the machine can do (`cpu_s` against `virtual_s / K` shows how close a run came).
+//! Those distortions make `ratio` pessimistic, never optimistic.
+//!
+//! Not modelled: TTL deletion (the attribute is recorded, nothing expires), adaptive capacity
+//! and partition splits (a partition is one partition key), GSI write capacity and the
+//! eventual consistency of index reads (an index is up to date as soon as the write returns),
+//! transactions, streams, and keys other than strings. In the simulation: network bandwidth
+//! and broken downloads (files come over loopback at once), OpenAI's own rate limits,
+//! KEDA (the number of workers is the scenario's), and the pod's memory limit (peak RSS is
+//! measured, not enforced).
+
+// The model converts scaled rates, latencies and counts between floats and integers; every
+// such value is small and non-negative by construction (seconds, items, calls per second).
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
+pub mod batches;
+pub mod expr;
+pub mod fleet;
+pub mod http;
+pub mod table;
+
+pub use http::{SimHttpClient, SimServer, clients, serve};
+pub use table::{FaultKind, FaultRates, Model, OpStats, Reply, ScriptedFault, SimTable, Stats};
