@@ -73,6 +73,26 @@ fn read_num(item: &Item, name: &str) -> Option<i64> {
     item.get(name)?.as_n().ok()?.parse().ok()
 }
 
+/// A conditional update's answer: `true` when written, `false` when its condition did not hold.
+fn applied<O, R>(
+    result: Result<
+        O,
+        aws_sdk_dynamodb::error::SdkError<
+            aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+            R,
+        >,
+    >,
+) -> Result<bool, StoreError>
+where
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if conditional_failure_item(&e).is_some() => Ok(false),
+        Err(e) => Err(classify("UpdateItem", e)),
+    }
+}
+
 fn ttl(now_ms: i64) -> i64 {
     now_ms / 1000 + FLEET_STATE_TTL_SECONDS
 }
@@ -164,11 +184,7 @@ impl Store {
             .expression_attribute_values(":ttl", num(ttl(now_ms)))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if conditional_failure_item(&e).is_some() => Ok(false),
-            Err(e) => Err(classify("UpdateItem", e)),
-        }
+        applied(result)
     }
 
     /// Gives up our lease; `false` when it was not ours.
@@ -180,11 +196,7 @@ impl Store {
             .expression_attribute_values(":me", AttributeValue::S(owner.to_owned()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if conditional_failure_item(&e).is_some() => Ok(false),
-            Err(e) => Err(classify("UpdateItem", e)),
-        }
+        applied(result)
     }
 
     /// The producer's claim: records that a check is scheduled until `until_ms` and starts a
@@ -278,11 +290,7 @@ impl Store {
             .expression_attribute_values(":ttl", num(ttl(now_ms)))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if conditional_failure_item(&e).is_some() => Ok(false),
-            Err(e) => Err(classify("UpdateItem", e)),
-        }
+        applied(result)
     }
 
     /// Records that a worker dead-lettered the batch (the producer then leaves it alone).
@@ -313,11 +321,7 @@ impl Store {
             .condition_expression("attribute_exists(dead_lettered_at)")
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if conditional_failure_item(&e).is_some() => Ok(false),
-            Err(e) => Err(classify("UpdateItem", e)),
-        }
+        applied(result)
     }
 
     /// The fleet states of many batches at once (BatchGetItem, 100 keys a call, unprocessed
@@ -402,11 +406,7 @@ impl Store {
             .expression_attribute_values(":until", num(until_ms))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if conditional_failure_item(&e).is_some() => Ok(false),
-            Err(e) => Err(classify("UpdateItem", e)),
-        }
+        applied(result)
     }
 
     async fn fleet_state_item(&self, batch_id: &str) -> Result<Option<Item>, StoreError> {
