@@ -48,7 +48,8 @@ impl Context {
         )
     }
 
-    fn backoff(&self, attempt: u32, retry_after: Option<std::time::Duration>) -> u32 {
+    /// The back-off of try `attempt` (the receive count, or the deferrals in a row).
+    pub(crate) fn backoff(&self, attempt: u32, retry_after: Option<std::time::Duration>) -> u32 {
         retry_visibility(self.settings.retry, attempt, retry_after, &mut rand::rng())
     }
 }

@@ -319,12 +319,7 @@ async fn apply_finished(
             Ok(Outcome::LeaseBusy)
         }
         Leased::Stopped { why } => {
-            let seconds = crate::errors::retry_visibility(
-                ctx.settings.retry,
-                delivery.msg.receive_count,
-                None,
-                &mut rand::rng(),
-            );
+            let seconds = ctx.backoff(delivery.msg.receive_count, None);
             delivery.leave_for(seconds).await;
             tracing::warn!(
                 why,

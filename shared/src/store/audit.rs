@@ -197,24 +197,7 @@ impl Store {
         &self,
         row: &CompletionBatchVerdict,
     ) -> Result<Created, StoreError> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(row.to_item()))
-            .condition_expression("attribute_not_exists(PK)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Created::Created),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Created::AlreadyExists)
-            }
-            Err(e) => Err(classify("PutItem", e)),
-        }
+        self.put_if_absent(row.to_item()).await
     }
 
     /// Puts a CompletionBatchResult unless its key already holds the row of a smaller image id

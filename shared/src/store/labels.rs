@@ -100,23 +100,6 @@ impl Store {
         &self,
         label: &ReceiptWordLabel,
     ) -> Result<Created, StoreError> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(label.to_item()))
-            .condition_expression("attribute_not_exists(PK)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Created::Created),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Created::AlreadyExists)
-            }
-            Err(e) => Err(classify("PutItem", e)),
-        }
+        self.put_if_absent(label.to_item()).await
     }
 }

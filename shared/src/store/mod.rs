@@ -106,6 +106,28 @@ impl Store {
         Ok(out.item)
     }
 
+    /// Puts an item only where its key holds none yet (`Created::AlreadyExists`: left as it is).
+    pub(crate) async fn put_if_absent(&self, item: Item) -> Result<Created, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(PK)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Created::Created),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Created::AlreadyExists)
+            }
+            Err(e) => Err(error::classify("PutItem", e)),
+        }
+    }
+
     /// A raw PutItem with no condition: for seeding test and demo data only.
     pub async fn put_raw(&self, item: Item) -> Result<(), StoreError> {
         self.client
