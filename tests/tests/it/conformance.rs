@@ -77,12 +77,13 @@ impl Backend {
     }
 
     /// A store whose next `rounds` BatchWriteItem calls come back with part of their
-    /// requests unprocessed (moto: an interceptor; SimTable: its fault injection).
-    fn store_with_partial_batches(&self, rounds: usize) -> Store {
+    /// requests unprocessed (moto: an interceptor; SimTable: its fault injection), retrying
+    /// them at most `max_times` times.
+    fn store_with_partial_batches(&self, rounds: usize, max_times: usize) -> Store {
         let retry = BatchRetry {
             min_delay: std::time::Duration::from_millis(1),
             max_delay: std::time::Duration::from_millis(5),
-            max_times: 10,
+            max_times,
         };
         match &self.sim {
             Some(sim) => {
@@ -139,10 +140,17 @@ impl Intercept for Withhold {
                 .request_items
                 .as_mut()
                 .and_then(|m| m.get_mut(&self.table))
-            && requests.len() >= 2
+            && !requests.is_empty()
         {
-            let keep = requests.len() - requests.len().div_ceil(3);
-            *self.withheld.lock().unwrap() = requests.split_off(keep);
+            // A request may not be empty: a single item is sent and still reported back (as
+            // SimTable withholds at least one).
+            let withheld = if requests.len() >= 2 {
+                let keep = requests.len() - requests.len().div_ceil(3);
+                requests.split_off(keep)
+            } else {
+                requests.clone()
+            };
+            *self.withheld.lock().unwrap() = withheld;
             self.rounds.fetch_sub(1, Ordering::SeqCst);
         }
         Ok(())
@@ -187,14 +195,20 @@ macro_rules! conformance {
 }
 
 conformance!(
+    golden_label_written_by_the_store_reads_back_exactly,
     labels_conditional_writes_and_conflicts,
+    create_label_only_if_absent,
     summary_finish_returns_the_old_item_on_conflict,
     queries_follow_every_page_at_any_limit,
     index_queries_and_counts_follow_every_page,
+    a_malformed_summary_is_reported_and_counted,
+    audit_rows_are_written_in_chunks_of_25_and_read_back_exactly,
     batch_writes_retry_unprocessed_items,
+    batch_writes_give_up_on_items_left_unprocessed,
     batch_gets_of_fleet_states,
-    lease_schedule_chain_and_dead_letter_conditions,
-    result_rows_keep_the_smallest_image,
+    lease_contention_renewal_and_expiry,
+    schedule_marker_claims_once_until_it_expires,
+    result_rows_keep_the_smallest_image_and_journal_reads_per_receipt,
     attribute_types_round_trip_exactly,
     update_expressions_and_return_values,
     conditional_failure_returns_the_old_item_only_when_asked,
@@ -248,6 +262,90 @@ fn summary(batch_id: &str, status: BatchStatus) -> BatchSummary {
 
 fn wire(item: Option<Item>) -> Value {
     item.map(|i| to_wire_json(&i)).unwrap_or(Value::Null)
+}
+
+/// Every attribute of `expected` is on the item, and no other.
+fn assert_item(actual: Option<Item>, expected: Value) {
+    let actual = to_wire_json(&actual.expect("item exists"));
+    let (a, e) = (actual.as_object().unwrap(), expected.as_object().unwrap());
+    for (k, v) in e {
+        assert_eq!(a.get(k), Some(v), "attribute {k}");
+    }
+    for k in a.keys() {
+        assert!(e.contains_key(k), "unexpected attribute {k}");
+    }
+}
+
+async fn golden_label_written_by_the_store_reads_back_exactly(b: Backend) {
+    let l = label(IMG_A, 2, 7, 3, "GRAND_TOTAL", ValidationStatus::Pending);
+    assert_eq!(
+        b.store.create_label_if_absent(&l).await.unwrap(),
+        Created::Created
+    );
+    let word = format!("IMAGE#{IMG_A}#RECEIPT#00002#LINE#00007#WORD#00003");
+    let mut expected = json!({
+        "PK": {"S": format!("IMAGE#{IMG_A}")},
+        "SK": {"S": "RECEIPT#00002#LINE#00007#WORD#00003#LABEL#GRAND_TOTAL"},
+        "GSI1PK": {"S": "LABEL#GRAND_TOTAL_______________________"},
+        "GSI1SK": {"S": word},
+        "GSI2PK": {"S": "RECEIPT"},
+        "GSI2SK": {"S": word},
+        "GSI3PK": {"S": "VALIDATION_STATUS#PENDING"},
+        "GSI3SK": {"S": format!("{word}#LABEL#GRAND_TOTAL")},
+        "GSI4PK": {"S": format!("IMAGE#{IMG_A}#RECEIPT#00002")},
+        "GSI4SK": {"S": "4_LABEL#00007#00003#GRAND_TOTAL"},
+        "TYPE": {"S": "RECEIPT_WORD_LABEL"},
+        "reasoning": {"S": "seen on the receipt"},
+        "timestamp_added": {"S": "2025-06-20T17:03:12.345678+00:00"},
+        "validation_status": {"S": "PENDING"},
+        "label_proposed_by": {"NULL": true},
+        "label_consolidated_from": {"NULL": true}
+    });
+    assert_eq!(expected["GSI1PK"]["S"].as_str().unwrap().len(), 40);
+    assert_item(
+        b.store.get_raw(&l.key.pk(), &l.key.sk()).await.unwrap(),
+        expected.clone(),
+    );
+
+    let t = b
+        .store
+        .transition_label(&l.key, ValidationStatus::Pending, ValidationStatus::Invalid)
+        .await
+        .unwrap();
+    assert_eq!(t, Transition::Applied, "{}", b.name);
+    expected["GSI3PK"] = json!({"S": "VALIDATION_STATUS#INVALID"});
+    expected["validation_status"] = json!({"S": "INVALID"});
+    expected["label_proposed_by"] = json!({"S": "COMPLETION_BATCH"});
+    assert_item(
+        b.store.get_raw(&l.key.pk(), &l.key.sk()).await.unwrap(),
+        expected,
+    );
+}
+
+async fn create_label_only_if_absent(b: Backend) {
+    let reviewed = label(IMG_A, 1, 2, 2, "UNIT_PRICE", ValidationStatus::Valid);
+    b.store.create_label_if_absent(&reviewed).await.unwrap();
+    let before = b
+        .store
+        .get_raw(&reviewed.key.pk(), &reviewed.key.sk())
+        .await
+        .unwrap();
+    let mut proposal = label(IMG_A, 1, 2, 2, "UNIT_PRICE", ValidationStatus::None);
+    proposal.reasoning = Option::None;
+    proposal.label_consolidated_from = Some("LINE_TOTAL".into());
+    assert_eq!(
+        b.store.create_label_if_absent(&proposal).await.unwrap(),
+        Created::AlreadyExists
+    );
+    assert_eq!(
+        b.store
+            .get_raw(&reviewed.key.pk(), &reviewed.key.sk())
+            .await
+            .unwrap(),
+        before,
+        "a reviewed label is never overwritten on {}",
+        b.name
+    );
 }
 
 async fn labels_conditional_writes_and_conflicts(b: Backend) {
@@ -314,8 +412,15 @@ async fn labels_conditional_writes_and_conflicts(b: Backend) {
     ] {
         let mut old = label(IMG_A, 1, 1, word, "TAX", None).to_item();
         old.remove("validation_status");
-        if let Some(v) = value {
-            old.insert("validation_status".into(), v);
+        match value {
+            Some(v) => {
+                old.insert("validation_status".into(), v);
+            }
+            // The oldest shape: written before the status and the GSI4 keys existed.
+            Option::None => {
+                old.remove("GSI4PK");
+                old.remove("GSI4SK");
+            }
         }
         s.put_raw(old).await.unwrap();
         let key = LabelKey::new(ImageId::parse(IMG_A).unwrap(), 1, 1, word, "TAX");
@@ -348,6 +453,10 @@ async fn summary_finish_returns_the_old_item_on_conflict(b: Backend) {
     assert_eq!(item["GSI1PK"], json!({"S": "STATUS#COMPLETED"}));
     assert_eq!(item["result_file_id"], json!({"S": "file-out"}));
     assert_eq!(
+        item["GSI1SK"],
+        json!({"S": "BATCH_TYPE#COMPLETION#BATCH_ID#b1"})
+    );
+    assert_eq!(
         s.finish_summary("b1", BatchStatus::Completed, None)
             .await
             .unwrap(),
@@ -361,6 +470,7 @@ async fn summary_finish_returns_the_old_item_on_conflict(b: Backend) {
             current: Some(BatchStatus::Completed)
         }
     );
+    assert!(s.pending_completion_batches().await.unwrap().is_empty());
     assert_eq!(
         s.finish_summary("nope", BatchStatus::Failed, None)
             .await
@@ -423,7 +533,8 @@ async fn queries_follow_every_page_at_any_limit(b: Backend) {
     }
 }
 
-async fn index_queries_and_counts_follow_every_page(b: Backend) {
+/// Five pending completion batches `b0`…`b4`, a completed one and a pending embedding batch.
+async fn seed_summaries(b: &Backend) {
     for i in 0..5 {
         b.store
             .put_raw(summary(&format!("b{i}"), BatchStatus::Pending).to_item())
@@ -437,6 +548,10 @@ async fn index_queries_and_counts_follow_every_page(b: Backend) {
     let mut emb = summary("emb", BatchStatus::Pending);
     emb.batch_type = BatchType::Embedding;
     b.store.put_raw(emb.to_item()).await.unwrap();
+}
+
+async fn index_queries_and_counts_follow_every_page(b: Backend) {
+    seed_summaries(&b).await;
     for page in [1, 2, 5, 6] {
         let store = b.store.clone().with_page_size(page);
         let mut ids: Vec<String> = store
@@ -477,6 +592,35 @@ async fn index_queries_and_counts_follow_every_page(b: Backend) {
     );
 }
 
+/// A summary that does not parse is reported with its key and attribute, not dropped, and
+/// counted.
+async fn a_malformed_summary_is_reported_and_counted(b: Backend) {
+    seed_summaries(&b).await;
+    let mut bad = summary("bad", BatchStatus::Pending).to_item();
+    bad.insert("receipt_refs".into(), s("oops"));
+    b.store.put_raw(bad).await.unwrap();
+    let store = b.store.clone().with_page_size(2);
+    let found = store.pending_completion_batches().await.unwrap();
+    let mut ids: Vec<String> = found
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|b| b.batch_id.clone())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["b0", "b1", "b2", "b3", "b4"], "{}", b.name);
+    let errors: Vec<_> = found.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].pk, "BATCH#bad");
+    assert_eq!(errors[0].attribute, "receipt_refs");
+    assert_eq!(
+        store
+            .count_completion_batches(BatchStatus::Pending)
+            .await
+            .unwrap(),
+        6
+    );
+}
+
 fn result_rows(n: usize, image: &str) -> Vec<CompletionBatchResult> {
     let at = parse_timestamp("2025-06-21T08:00:00+00:00").unwrap();
     (0..n)
@@ -500,7 +644,7 @@ async fn batch_writes_retry_unprocessed_items(b: Backend) {
     let rows = result_rows(60, IMG_B);
     let mut items: Vec<Item> = rows.iter().map(|r| r.to_item()).collect();
     items.push(rows[0].to_item()); // a duplicate key is written once
-    let store = b.store_with_partial_batches(3);
+    let store = b.store_with_partial_batches(3, 10);
     let report = store.put_items_batched(items).await.unwrap();
     assert_eq!(report.items, 60);
     assert_eq!(
@@ -554,6 +698,88 @@ async fn batch_writes_retry_unprocessed_items(b: Backend) {
     }
 }
 
+async fn audit_rows_are_written_in_chunks_of_25_and_read_back_exactly(b: Backend) {
+    let rows = result_rows(60, IMG_B);
+    let mut items: Vec<Item> = rows.iter().map(|r| r.to_item()).collect();
+    items.push(rows[0].to_item()); // a duplicate key is written once
+    let report = b.store.put_items_batched(items).await.unwrap();
+    assert_eq!(report.items, 60);
+    assert_eq!(report.calls, 3, "60 items need 3 calls of at most 25");
+    assert_eq!(report.retries, 0, "{}", b.name);
+    let expected = json!({
+        "PK": {"S": "BATCH#b1"},
+        "SK": {"S": "RESULT#RECEIPT#3#LINE#1#WORD#1#LABEL#TAX"},
+        "GSI1PK": {"S": "LABEL#TAX"},
+        "GSI1SK": {"S": "STATUS#COMPLETED"},
+        "GSI2PK": {"S": "BATCH#b1"},
+        "GSI2SK": {"S": "STATUS#COMPLETED"},
+        "GSI3PK": {"S": format!("IMAGE#{IMG_B}#RECEIPT#00003")},
+        "GSI3SK": {"S": "BATCH#b1#STATUS#COMPLETED"},
+        "TYPE": {"S": "COMPLETION_BATCH_RESULT"},
+        "original_label": {"S": "TAX"},
+        "gpt_suggested_label": {"NULL": true},
+        "status": {"S": "COMPLETED"},
+        "validated_at": {"S": "2025-06-21T08:00:00+00:00"}
+    });
+    assert_item(
+        b.store
+            .get_raw("BATCH#b1", "RESULT#RECEIPT#3#LINE#1#WORD#1#LABEL#TAX")
+            .await
+            .unwrap(),
+        expected,
+    );
+    for r in &rows {
+        assert!(
+            b.store
+                .get_raw("BATCH#b1", &r.sk())
+                .await
+                .unwrap()
+                .is_some(),
+            "{}",
+            r.sk()
+        );
+    }
+
+    let verdict = CompletionBatchVerdict {
+        batch_id: "b1".into(),
+        label: LabelKey::new(ImageId::parse(IMG_B).unwrap(), 3, 1, 1, "TAX"),
+        verdict: Verdict::NeedsReview,
+        previous_status: ValidationStatus::Pending,
+        suggested_label: Some("SUBTOTAL".into()),
+        source: "output:3".into(),
+        validated_at: parse_timestamp("2025-06-21T08:00:00+00:00").unwrap(),
+    };
+    b.store
+        .put_items_batched(vec![verdict.to_item()])
+        .await
+        .unwrap();
+    assert_item(
+        b.store.get_raw("BATCH#b1", &verdict.sk()).await.unwrap(),
+        json!({
+            "PK": {"S": "BATCH#b1"},
+            "SK": {"S": format!("VERDICT#IMAGE#{IMG_B}#RECEIPT#00003#LINE#00001#WORD#00001#LABEL#TAX")},
+            "TYPE": {"S": "COMPLETION_BATCH_VERDICT"},
+            "verdict": {"S": "NEEDS_REVIEW"},
+            "previous_status": {"S": "PENDING"},
+            "suggested_label": {"S": "SUBTOTAL"},
+            "source": {"S": "output:3"},
+            "validated_at": {"S": "2025-06-21T08:00:00+00:00"}
+        }),
+    );
+    let journal = b.store.batch_verdicts("b1").await.unwrap();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].as_ref().unwrap(), &verdict);
+}
+
+/// When the service keeps returning unprocessed items, the store gives up with a transient
+/// error.
+async fn batch_writes_give_up_on_items_left_unprocessed(b: Backend) {
+    let stubborn = b.store_with_partial_batches(100, 2);
+    let items = result_rows(3, IMG_B).iter().map(|r| r.to_item()).collect();
+    let err = stubborn.put_items_batched(items).await.unwrap_err();
+    assert!(err.is_transient(), "{err} on {}", b.name);
+}
+
 async fn batch_gets_of_fleet_states(b: Backend) {
     let ids: Vec<String> = (0..130).map(|i| format!("batch-{i:03}")).collect();
     for id in ids.iter().step_by(3) {
@@ -598,101 +824,228 @@ async fn batch_gets_of_fleet_states(b: Backend) {
     assert!(out.unprocessed_keys.unwrap_or_default().is_empty());
 }
 
-async fn lease_schedule_chain_and_dead_letter_conditions(b: Backend) {
+async fn lease_contention_renewal_and_expiry(b: Backend) {
     let s = &b.store;
     let t0 = 1_000_000;
     assert_eq!(
-        s.acquire_lease("b1", "a", 120_000, t0).await.unwrap(),
+        s.acquire_lease("b1", "worker-a", 120_000, t0)
+            .await
+            .unwrap(),
         LeaseOutcome::Acquired {
             expires_at_ms: t0 + 120_000
         }
     );
     assert_eq!(
-        s.acquire_lease("b1", "b", 120_000, t0 + 1).await.unwrap(),
+        s.acquire_lease("b1", "worker-b", 120_000, t0 + 1)
+            .await
+            .unwrap(),
         LeaseOutcome::HeldBy {
-            owner: "a".into(),
+            owner: "worker-a".into(),
             expires_at_ms: t0 + 120_000
         }
     );
-    assert!(
-        s.renew_lease("b1", "a", 120_000, t0 + 60_000)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !s.renew_lease("b1", "b", 120_000, t0 + 60_000)
-            .await
-            .unwrap()
-    );
+    // The holder re-acquires and renews; the other cannot renew.
     assert!(matches!(
-        s.acquire_lease("b1", "b", 120_000, t0 + 180_000)
+        s.acquire_lease("b1", "worker-a", 120_000, t0 + 2)
             .await
             .unwrap(),
         LeaseOutcome::Acquired { .. }
     ));
-    assert!(!s.release_lease("b1", "a").await.unwrap());
-    assert!(s.release_lease("b1", "b").await.unwrap());
-    assert_eq!(s.fleet_state("b1").await.unwrap().lease_owner, None);
-
+    assert!(
+        s.renew_lease("b1", "worker-a", 120_000, t0 + 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.renew_lease("b1", "worker-b", 120_000, t0 + 60_000)
+            .await
+            .unwrap()
+    );
+    // Still held just before expiry of the renewed lease, free after it.
+    assert!(matches!(
+        s.acquire_lease("b1", "worker-b", 120_000, t0 + 179_999)
+            .await
+            .unwrap(),
+        LeaseOutcome::HeldBy { .. }
+    ));
     assert_eq!(
-        s.claim_schedule("b1", t0 + 900, t0, "c1").await.unwrap(),
+        s.acquire_lease("b1", "worker-b", 120_000, t0 + 180_000)
+            .await
+            .unwrap(),
+        LeaseOutcome::Acquired {
+            expires_at_ms: t0 + 300_000
+        },
+        "{}",
+        b.name
+    );
+    // The old holder lost it: renew and release fail, nothing changes.
+    assert!(
+        !s.renew_lease("b1", "worker-a", 120_000, t0 + 180_001)
+            .await
+            .unwrap()
+    );
+    assert!(!s.release_lease("b1", "worker-a").await.unwrap());
+    assert_eq!(
+        s.fleet_state("b1").await.unwrap().lease_owner.as_deref(),
+        Some("worker-b")
+    );
+    assert!(s.release_lease("b1", "worker-b").await.unwrap());
+    assert_eq!(s.fleet_state("b1").await.unwrap().lease_owner, None);
+    assert!(matches!(
+        s.acquire_lease("b1", "worker-c", 1, t0 + 180_002)
+            .await
+            .unwrap(),
+        LeaseOutcome::Acquired { .. }
+    ));
+
+    // The fleet-state item is invisible to other programs' index queries: no GSI keys.
+    let item = s.get_raw("BATCH#b1", "FLEET#STATE").await.unwrap().unwrap();
+    assert!(item.keys().all(|k| !k.starts_with("GSI")), "{item:?}");
+    assert_eq!(item["TYPE"].as_s().unwrap(), "COMPLETION_BATCH_FLEET_STATE");
+}
+
+async fn schedule_marker_claims_once_until_it_expires(b: Backend) {
+    let s = &b.store;
+    let now = 5_000_000;
+    assert_eq!(
+        s.claim_schedule("b1", now + 900_000, now, "c1")
+            .await
+            .unwrap(),
         ScheduleClaim::Claimed
     );
     assert_eq!(
-        s.claim_schedule("b1", t0 + 5_000, t0 + 10, "c2")
+        s.claim_schedule("b1", now + 1_000_000, now + 10, "c1")
             .await
             .unwrap(),
-        ScheduleClaim::AlreadyScheduled { until_ms: t0 + 900 }
+        ScheduleClaim::AlreadyScheduled {
+            until_ms: now + 900_000
+        }
     );
-    assert!(!s.unclaim_schedule("b1", t0 + 1).await.unwrap());
+    // Only our own marker is taken back.
+    assert!(!s.unclaim_schedule("b1", now + 1).await.unwrap());
+    assert!(s.unclaim_schedule("b1", now + 900_000).await.unwrap());
+    assert_eq!(
+        s.claim_schedule("b1", now + 60_000, now, "c1")
+            .await
+            .unwrap(),
+        ScheduleClaim::Claimed
+    );
+    // The worker moves the marker when it passes the chain on itself.
     assert!(
-        s.advance_chain("b1", "c1", "c3", t0 + 2_000, t0)
+        s.advance_chain("b1", "c1", "c1b", now + 600_000, now)
             .await
             .unwrap()
     );
-    assert!(
-        !s.advance_chain("b1", "c1", "c4", t0 + 2_000, t0)
-            .await
-            .unwrap()
+    assert_eq!(
+        s.fleet_state("b1").await.unwrap().scheduled_until_ms,
+        Some(now + 600_000)
     );
-    s.mark_dead_lettered("b1", "batch_unknown", t0)
+    // Once the marker lies in the past, a new tick may claim again.
+    assert_eq!(
+        s.claim_schedule("b1", now + 1_200_000, now + 600_000, "c1")
+            .await
+            .unwrap(),
+        ScheduleClaim::Claimed
+    );
+    // The lease and the marker live on one item without disturbing each other.
+    assert!(matches!(
+        s.acquire_lease("b1", "w", 1000, now).await.unwrap(),
+        LeaseOutcome::Acquired { .. }
+    ));
+    assert_eq!(
+        s.fleet_state("b1").await.unwrap().scheduled_until_ms,
+        Some(now + 1_200_000)
+    );
+    assert_eq!(
+        s.fleet_state("b1").await.unwrap().chain.as_deref(),
+        Some("c1")
+    );
+    // A dead-letter mark keeps the producer away until it is cleared.
+    s.mark_dead_lettered("b1", "batch_unknown", now)
         .await
         .unwrap();
     let state = s.fleet_state("b1").await.unwrap();
-    assert_eq!(state.scheduled_until_ms, None);
-    assert_eq!(state.chain.as_deref(), Some("c3"));
-    let mark = state.dead_letter.unwrap();
+    assert_eq!(state.scheduled_until_ms, None, "the mark ends the schedule");
     assert_eq!(
-        s.claim_schedule("b1", t0 + 9_000, t0 + 8_000, "c5")
+        state.chain.as_deref(),
+        Some("c1"),
+        "the mark keeps the chain"
+    );
+    let mark = state.dead_letter.expect("marked");
+    assert_eq!((mark.reason.as_str(), mark.at_ms), ("batch_unknown", now));
+    assert_eq!(
+        s.claim_schedule("b1", now + 2_000_000, now + 1_500_000, "c2")
             .await
             .unwrap(),
-        ScheduleClaim::DeadLettered(mark)
+        ScheduleClaim::DeadLettered(mark),
+        "{}",
+        b.name
     );
+    let states = s
+        .fleet_states(&["b1".to_owned(), "nothing".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(states.len(), 1);
+    assert!(states["b1"].dead_letter.is_some());
     assert!(s.clear_dead_letter("b1").await.unwrap());
-    assert!(!s.clear_dead_letter("b1").await.unwrap());
-    s.start_chain("b1", "c6", t0 + 10_000, t0).await.unwrap();
+    assert!(!s.clear_dead_letter("b1").await.unwrap(), "cleared once");
+    assert_eq!(
+        s.claim_schedule("b1", now + 2_000_000, now + 1_500_000, "c2")
+            .await
+            .unwrap(),
+        ScheduleClaim::Claimed
+    );
+    // A new chain moves the marker and replaces the token.
+    s.start_chain("b1", "c3", now + 2_500_000, now + 1_600_000)
+        .await
+        .unwrap();
+    let state = s.fleet_state("b1").await.unwrap();
+    assert_eq!(
+        (state.chain.as_deref(), state.scheduled_until_ms),
+        (Some("c3"), Some(now + 2_500_000))
+    );
     let item = wire(s.get_raw("BATCH#b1", "FLEET#STATE").await.unwrap());
-    assert_eq!(item["chain"], json!({"S": "c6"}));
+    assert_eq!(item["chain"], json!({"S": "c3"}));
     assert_eq!(
         item["scheduled_until"],
-        json!({"N": (t0 + 10_000).to_string()})
+        json!({"N": (now + 2_500_000).to_string()})
     );
-    assert_eq!(item["TYPE"], json!({"S": "COMPLETION_BATCH_FLEET_STATE"}));
+    // Of two copies of link c3, one passes the chain on.
     assert!(
-        item.as_object()
+        s.advance_chain("b1", "c3", "c4", now + 2_600_000, now + 1_700_000)
+            .await
             .unwrap()
-            .keys()
-            .all(|k| !k.starts_with("GSI"))
+    );
+    assert!(
+        !s.advance_chain("b1", "c3", "c5", now + 2_600_000, now + 1_700_000)
+            .await
+            .unwrap()
+    );
+    let state = s.fleet_state("b1").await.unwrap();
+    assert_eq!(
+        (state.chain.as_deref(), state.scheduled_until_ms),
+        (Some("c4"), Some(now + 2_600_000))
     );
 }
 
-async fn result_rows_keep_the_smallest_image(b: Backend) {
-    let (a, z) = (&result_rows(1, IMG_A)[0], &result_rows(1, IMG_B)[0]);
+/// The store methods of the chunked apply: a result row is kept for the smallest image id
+/// whatever the order of the puts (and a re-run's own put goes through), and the verdict
+/// journal is read one receipt at a time.
+async fn result_rows_keep_the_smallest_image_and_journal_reads_per_receipt(b: Backend) {
+    let mut a = result_rows(1, IMG_A).remove(0);
+    a.gpt_suggested_label = Some("TIP".into());
+    let (a, z) = (&a, &result_rows(1, IMG_B)[0]);
+    assert!(IMG_A < IMG_B);
+    let stored = || async {
+        let item = b.store.get_raw("BATCH#b1", &a.sk()).await.unwrap().unwrap();
+        CompletionBatchResult::from_item(&item).unwrap()
+    };
     assert!(b.store.put_result_row(z).await.unwrap(), "absent: written");
     assert!(
         b.store.put_result_row(a).await.unwrap(),
         "smaller image: overwrites"
     );
+    assert_eq!(&stored().await, a);
     assert!(
         !b.store.put_result_row(z).await.unwrap(),
         "larger image: refused on {}",
@@ -700,10 +1053,52 @@ async fn result_rows_keep_the_smallest_image(b: Backend) {
     );
     assert!(
         b.store.put_result_row(a).await.unwrap(),
-        "its own row again"
+        "its own row: written again"
     );
-    let item = b.store.get_raw("BATCH#b1", &a.sk()).await.unwrap().unwrap();
-    assert_eq!(&CompletionBatchResult::from_item(&item).unwrap(), a);
+    assert_eq!(&stored().await, a);
+
+    assert!(!b.store.has_batch_verdicts("b2").await.unwrap());
+    let at = parse_timestamp("2025-06-21T08:00:00+00:00").unwrap();
+    let verdict = |image: &str, receipt: u32| CompletionBatchVerdict {
+        batch_id: "b2".into(),
+        label: LabelKey::new(ImageId::parse(image).unwrap(), receipt, 1, 1, "DATE"),
+        verdict: Verdict::Valid,
+        previous_status: ValidationStatus::Pending,
+        suggested_label: None,
+        source: "output:1".into(),
+        validated_at: at,
+    };
+    // Receipt 10000 must not pick up receipt 100000's rows (`RECEIPT#10000` is a prefix).
+    let rows = [
+        verdict(IMG_A, 10_000),
+        verdict(IMG_A, 100_000),
+        verdict(IMG_B, 10_000),
+    ];
+    b.store
+        .put_items_batched(rows.iter().map(CompletionBatchVerdict::to_item).collect())
+        .await
+        .unwrap();
+    assert!(b.store.has_batch_verdicts("b2").await.unwrap());
+    let receipt = |image: &str, receipt_id: u32| ReceiptKey {
+        image_id: ImageId::parse(image).unwrap(),
+        receipt_id,
+    };
+    let got: Vec<_> = b
+        .store
+        .batch_verdicts_for("b2", &receipt(IMG_A, 10_000))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, [rows[0].clone()], "{}", b.name);
+    assert!(
+        b.store
+            .batch_verdicts_for("b2", &receipt(IMG_B, 2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn rich_item() -> Item {

@@ -10,7 +10,6 @@ mod finish;
 mod fleet;
 mod producer;
 mod sim_apply;
-mod store;
 mod support;
 mod vectors;
 mod webhook;
