@@ -919,7 +919,7 @@ async fn a_completed_batch_without_output_resets_every_pending_target_and_counts
     use fleet_tests::openai::fixtures::{failed_status_line, ndjson};
     use fleet_tests::scenario::{self, Shape};
 
-    let f = crate::fleet::Fleet::new().await;
+    let f = crate::support::Fleet::new().await;
     let shape = Shape {
         receipts: 4,
         targets_per_receipt: 5,

@@ -32,6 +32,8 @@ use fleet_tests::aws_env;
 use fleet_tests::sim::{FaultKind, ScriptedFault, SimTable};
 use serde_json::{Value, json};
 
+use crate::support::summary;
+
 /// Where a conformance test runs: a fresh receipts table on moto or on a fresh SimTable.
 pub struct Backend {
     pub name: &'static str,
@@ -242,21 +244,6 @@ fn label(
         validation_status: status,
         label_proposed_by: None,
         label_consolidated_from: None,
-    }
-}
-
-fn summary(batch_id: &str, status: BatchStatus) -> BatchSummary {
-    BatchSummary {
-        batch_id: batch_id.into(),
-        batch_type: BatchType::Completion,
-        openai_batch_id: format!("batch_{batch_id}"),
-        submitted_at: parse_timestamp("2025-06-20T17:03:12+00:00").unwrap(),
-        status,
-        result_file_id: "N/A".into(),
-        receipt_refs: vec![ReceiptKey {
-            image_id: ImageId::parse(IMG_A).unwrap(),
-            receipt_id: 1,
-        }],
     }
 }
 

@@ -2,9 +2,9 @@
 //! every "fixes:" item of docs/spec/processing-rules.md, asserting whole items; and the crash drill.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use fleet_shared::finish::{ApplyReport, FinishError, Services, WriteBudget};
+use fleet_shared::finish::{ApplyReport, FinishError, Services};
 use fleet_shared::model::time::parse_timestamp;
 use fleet_shared::model::*;
 use fleet_tests::openai::BatchSpec;
@@ -13,7 +13,10 @@ use fleet_tests::scenario::{self, Shape};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::{Fleet, NAMESPACE, Snapshot, services_for};
+use crate::support::watch::Watch;
+use crate::support::{
+    Fleet, NAMESPACE, Snapshot, completed_batch, handle, handling, services_for, take_lease,
+};
 
 // Image A sorts before image B: A's rows win result-key collisions.
 const A: &str = "11111111-1111-4111-8111-111111111111";
@@ -216,55 +219,8 @@ async fn seed_hand(f: &Fleet, status: &str, with_input: bool) -> Hand {
     h
 }
 
-/// Lease times of the handlings in these tests: each handling takes the lease "an hour after"
-/// the previous one, so it always finds the earlier holder's expired (as a redelivered message
-/// finds a crashed holder's).
-static LEASE_CLOCK_MS: AtomicI64 = AtomicI64::new(1_900_000_000_000);
-const LEASE_TTL_MS: i64 = 60_000;
-
-/// Takes the batch's lease for `owner`, as the worker does before applying.
-async fn take_lease(services: &Services, batch_id: &str, owner: &str) {
-    let now = LEASE_CLOCK_MS.fetch_add(3_600_000, Ordering::SeqCst);
-    let got = services
-        .store
-        .acquire_lease(batch_id, owner, LEASE_TTL_MS, now)
-        .await
-        .unwrap();
-    assert!(
-        matches!(got, fleet_shared::store::LeaseOutcome::Acquired { .. }),
-        "{got:?}"
-    );
-}
-
-/// A fresh lease owner per handling, as the worker makes one.
-fn handling() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!("handling-{}", N.fetch_add(1, Ordering::SeqCst))
-}
-
-/// One handling of the batch: take the lease, load the summary, check at OpenAI, apply.
-async fn handle(
-    services: &Services,
-    batch_id: &str,
-    stop: &CancellationToken,
-) -> Result<ApplyReport, FinishError> {
-    let owner = handling();
-    take_lease(services, batch_id, &owner).await;
-    let summary = services.load_summary(batch_id).await?;
-    let batch = services.check(&summary).await?;
-    services.apply(&summary, &batch, stop, &owner).await
-}
-
 async fn finish(f: &Fleet) -> Result<ApplyReport, FinishError> {
     handle(&f.services, BATCH, &CancellationToken::new()).await
-}
-
-/// The table and vectors without the fleet's own bookkeeping item (its lease times differ from
-/// run to run): the state the rules decide.
-async fn data(f: &Fleet) -> Snapshot {
-    let mut s = f.snapshot().await;
-    s.items.retain(|(_, sk), _| sk != "FLEET#STATE");
-    s
 }
 
 async fn item(f: &Fleet, pk: &str, sk: &str) -> Value {
@@ -468,7 +424,7 @@ async fn applies_output(status: &str, batch_status: &str) {
             .is_none()
     );
 
-    let snap = data(&f).await;
+    let snap = f.snapshot().await;
     // Audit rows: the collision keeps image A's row (smallest image id); every verdict has a
     // journal row.
     let expected_results: BTreeMap<String, Value> = [
@@ -550,7 +506,7 @@ async fn applies_output(status: &str, batch_status: &str) {
     // A second run changes nothing at all.
     let again = finish(&f).await.unwrap();
     assert!(again.already_done);
-    assert_eq!(data(&f).await, snap);
+    assert_eq!(f.snapshot().await, snap);
 }
 
 #[tokio::test]
@@ -572,7 +528,7 @@ async fn cancelled_batch_applies_its_partial_output() {
 async fn failed_batch_resets_every_target_and_journals_only_the_resets() {
     let f = Fleet::new().await;
     let h = seed_hand(&f, "failed", true).await;
-    let before = data(&f).await;
+    let before = f.snapshot().await;
     let report = finish(&f).await.unwrap();
     assert_eq!(report.summary_status, Some(BatchStatus::Failed));
     for k in &h.targets {
@@ -584,7 +540,7 @@ async fn failed_batch_resets_every_target_and_journals_only_the_resets() {
     }
     let other = key(A, 1, 4, 1, "TAX");
     assert_label(&f, &other, untouched(&other, "PENDING")).await;
-    let snap = data(&f).await;
+    let snap = f.snapshot().await;
     assert!(rows_of(&snap, "RESULT#").is_empty());
     let resets: BTreeMap<String, Value> = h
         .targets
@@ -620,10 +576,10 @@ async fn unfinished_batches_change_nothing() {
     ] {
         let f = Fleet::new().await;
         seed_hand(&f, status, true).await;
-        let before = data(&f).await;
+        let before = f.snapshot().await;
         let report = finish(&f).await.unwrap();
         assert_eq!(report.summary_status, None, "{status}");
-        assert_eq!(data(&f).await, before, "{status}: nothing written");
+        assert_eq!(f.snapshot().await, before, "{status}: nothing written");
     }
 }
 
@@ -666,7 +622,7 @@ async fn a_label_changed_by_someone_else_is_a_conflict_left_alone() {
         ),
     )
     .await;
-    let snap = data(&f).await;
+    let snap = f.snapshot().await;
     // Its verdict row stays (what the model said); no result row and no vector merge for it.
     assert!(
         rows_of(&snap, "VERDICT#")
@@ -703,22 +659,12 @@ async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
         targets_per_receipt: 8,
         ..Shape::default()
     };
-    let batch = scenario::batch(&mut scenario::Rng::new(2024), 0, &shape);
-    // Without the status script: every apply sees the batch completed at once.
-    let mut spec = batch.spec.clone();
-    spec.steps.clear();
-    let batch = fleet_tests::scenario::ScenarioBatch { spec, ..batch };
+    let batch = completed_batch(2024, &shape);
     let batch_id = batch.summary.batch_id.as_str();
-    let services = |f: &Fleet, budget: Option<usize>| {
-        let mut s = services_for(&f.env, &f.openai, &f.pinecone);
-        s.options.receipts_per_chunk = 8;
-        s.options.write_budget = budget.map(WriteBudget::new);
-        s
-    };
+    let services = |f: &Fleet, budget: Option<usize>| f.chunked(8, budget);
 
-    let reference = Fleet::new().await;
-    reference.seed(&batch).await;
-    let seeded = data(&reference).await;
+    let reference = Fleet::seeded(&batch).await;
+    let seeded = reference.snapshot().await;
     let full = handle(
         &services(&reference, None),
         batch_id,
@@ -727,7 +673,7 @@ async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
     .await
     .unwrap();
     assert_eq!(full.chunks, 4);
-    let expected = data(&reference).await;
+    let expected = reference.snapshot().await;
     let total = usize::try_from(full.writes).expect("a test-sized count");
     assert!(
         total >= 200,
@@ -737,8 +683,7 @@ async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
 
     let ks: Vec<usize> = (0..16).map(|i| i * (total - 1) / 15).collect();
     for k in ks {
-        let f = Fleet::new().await;
-        f.seed(&batch).await;
+        let f = Fleet::seeded(&batch).await;
         let err = handle(&services(&f, Some(k)), batch_id, &CancellationToken::new())
             .await
             .unwrap_err();
@@ -761,7 +706,7 @@ async fn crash_drill_interrupted_applies_end_like_an_uninterrupted_one() {
         handle(&services(&f, None), batch_id, &CancellationToken::new())
             .await
             .unwrap();
-        let got = data(&f).await;
+        let got = f.snapshot().await;
         let diff = expected_minus_names(&expected, &got);
         assert!(
             diff.is_empty(),
@@ -788,10 +733,7 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
         targets_per_receipt: 8,
         ..Shape::default()
     };
-    let batch = scenario::batch(&mut scenario::Rng::new(2024), 0, &shape);
-    let mut spec = batch.spec.clone();
-    spec.steps.clear();
-    let batch = fleet_tests::scenario::ScenarioBatch { spec, ..batch };
+    let batch = completed_batch(2024, &shape);
 
     async fn run(
         f: &Fleet,
@@ -799,11 +741,8 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
         per_chunk: usize,
         budget: Option<usize>,
     ) -> Result<ApplyReport, FinishError> {
-        let mut services = services_for(&f.env, &f.openai, &f.pinecone);
-        services.options.receipts_per_chunk = per_chunk;
-        services.options.write_budget = budget.map(WriteBudget::new);
         handle(
-            &services,
+            &f.chunked(per_chunk, budget),
             &batch.summary.batch_id,
             &CancellationToken::new(),
         )
@@ -811,19 +750,17 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
     }
 
     // One chunk for the whole batch.
-    let reference = Fleet::new().await;
-    reference.seed(&batch).await;
+    let reference = Fleet::seeded(&batch).await;
     let whole = run(&reference, &batch, 1000, None).await.unwrap();
     assert_eq!(whole.chunks, 1);
     assert!(
         whole.plan.result_rows.collisions > 0,
         "the batch must have result-key collisions"
     );
-    let expected = data(&reference).await;
+    let expected = reference.snapshot().await;
 
     for per_chunk in [1, 7] {
-        let f = Fleet::new().await;
-        f.seed(&batch).await;
+        let f = Fleet::seeded(&batch).await;
         let report = run(&f, &batch, per_chunk, None).await.unwrap();
         assert_eq!(report.chunks, 30_u64.div_ceil(per_chunk as u64));
         assert_eq!(
@@ -837,22 +774,20 @@ async fn chunked_applies_end_alike_whatever_the_chunk_size_and_wherever_cut_off(
                 "every collision is across chunks"
             );
         }
-        let diff = expected.diff(&data(&f).await);
+        let diff = expected.diff(&f.snapshot().await);
         assert!(diff.is_empty(), "per_chunk={per_chunk}: {diff:?}");
     }
 
     // Cut off in the first, a middle and the last chunk of 4 receipts, re-run by 9.
-    let probe = Fleet::new().await;
-    probe.seed(&batch).await;
+    let probe = Fleet::seeded(&batch).await;
     let total = usize::try_from(run(&probe, &batch, 4, None).await.unwrap().writes)
         .expect("a test-sized count");
     for k in [5, total / 3, total / 2, total - 2] {
-        let f = Fleet::new().await;
-        f.seed(&batch).await;
+        let f = Fleet::seeded(&batch).await;
         let err = run(&f, &batch, 4, Some(k)).await.unwrap_err();
         assert!(matches!(err, FinishError::Stopped { .. }), "k={k}: {err}");
         run(&f, &batch, 9, None).await.unwrap();
-        let diff = expected.diff(&data(&f).await);
+        let diff = expected.diff(&f.snapshot().await);
         assert!(
             diff.is_empty(),
             "k={k}: {} differences, first: {:?}",
@@ -878,28 +813,10 @@ struct ProbeLog {
     stop_at: Option<(usize, CancellationToken)>,
 }
 
-#[derive(Debug, Clone)]
-struct ProbeInterceptor(std::sync::Arc<Probe>);
-
-impl aws_sdk_dynamodb::config::Intercept for ProbeInterceptor {
-    fn name(&self) -> &'static str {
-        "Probe"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
-        _: &aws_sdk_dynamodb::config::RuntimeComponents,
-        _: &mut aws_sdk_dynamodb::config::ConfigBag,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let request = context.request();
-        let target = request.headers().get("x-amz-target").unwrap_or_default();
-        let body: Value = request
-            .body()
-            .bytes()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(Value::Null);
-        let mut log = self.0.log.lock().unwrap();
+impl Probe {
+    /// Logs one request the store sends.
+    fn record(&self, target: &str, body: &Value) {
+        let mut log = self.log.lock().unwrap();
         if target.ends_with(".Query") {
             let value = |name: &str| {
                 body["ExpressionAttributeValues"][name]["S"]
@@ -921,27 +838,15 @@ impl aws_sdk_dynamodb::config::Intercept for ProbeInterceptor {
                 stop.cancel();
             }
         }
-        Ok(())
     }
 }
 
 impl Probe {
     /// Services whose store's client reports to this probe.
     fn services(self: &std::sync::Arc<Self>, f: &Fleet) -> Services {
-        let conf = f
-            .env
-            .clients
-            .dynamodb
-            .config()
-            .to_builder()
-            .interceptor(ProbeInterceptor(self.clone()))
-            .build();
-        let mut services = services_for(&f.env, &f.openai, &f.pinecone);
-        services.store = fleet_shared::store::Store::new(
-            aws_sdk_dynamodb::Client::from_conf(conf),
-            &f.env.table,
-        );
-        services
+        let probe = self.clone();
+        let watch = Watch::requests(move |target, body| probe.record(target, body));
+        f.services_with(watch.client(&f.env.clients.dynamodb))
     }
 
     /// Starts a new handling's log; `stop` is cancelled at its `after_chunks`-th cursor write.
@@ -1006,9 +911,7 @@ fn small_batch(seed: u64, receipts: u32) -> fleet_tests::scenario::ScenarioBatch
         targets_per_receipt: 4,
         ..Shape::default()
     };
-    let mut batch = scenario::batch(&mut scenario::Rng::new(seed), 0, &shape);
-    batch.spec.steps.clear();
-    batch
+    completed_batch(seed, &shape)
 }
 
 /// Issue 10, "Done when": an apply ended after each of several chunks (by its stop token, as the
@@ -1024,8 +927,7 @@ async fn an_apply_ended_after_a_chunk_resumes_at_the_next_one() {
         s
     };
 
-    let reference = Fleet::new().await;
-    reference.seed(&batch).await;
+    let reference = Fleet::seeded(&batch).await;
     let whole = handle(
         &per_chunk(services_for(
             &reference.env,
@@ -1038,10 +940,9 @@ async fn an_apply_ended_after_a_chunk_resumes_at_the_next_one() {
     .await
     .unwrap();
     assert_eq!(whole.chunks, 4);
-    let expected = data(&reference).await;
+    let expected = reference.snapshot().await;
 
-    let f = Fleet::new().await;
-    f.seed(&batch).await;
+    let f = Fleet::seeded(&batch).await;
     let probe = std::sync::Arc::new(Probe::default());
     let services = per_chunk(probe.services(&f));
     let mut done: Option<ReceiptKey> = None;
@@ -1102,7 +1003,7 @@ async fn an_apply_ended_after_a_chunk_resumes_at_the_next_one() {
             assert_eq!(report.labels_by_verdict, whole.labels_by_verdict);
         }
     }
-    let diff = expected.diff(&data(&f).await);
+    let diff = expected.diff(&f.snapshot().await);
     assert!(diff.is_empty(), "{} differences: {diff:?}", diff.len());
 }
 
@@ -1111,9 +1012,8 @@ async fn an_apply_ended_after_a_chunk_resumes_at_the_next_one() {
 #[tokio::test]
 async fn an_apply_without_the_lease_writes_nothing() {
     let batch = small_batch(8, 4);
-    let f = Fleet::new().await;
-    f.seed(&batch).await;
-    let before = data(&f).await;
+    let f = Fleet::seeded(&batch).await;
+    let before = f.snapshot().await;
     let batch_id = batch.summary.batch_id.as_str();
     take_lease(&f.services, batch_id, "someone-else").await;
     let summary = f.services.load_summary(batch_id).await.unwrap();
@@ -1126,7 +1026,7 @@ async fn an_apply_without_the_lease_writes_nothing() {
     assert!(matches!(err, FinishError::LeaseLost { .. }), "{err}");
     assert!(err.is_transient());
     assert_eq!(err.reason(), "lease_lost");
-    assert_eq!(data(&f).await, before);
+    assert_eq!(f.snapshot().await, before);
 }
 
 /// Issue 10, "Done when": two applies of one batch started 0–2 s apart, each with its own
@@ -1143,20 +1043,14 @@ async fn two_applies_started_apart_end_like_one_run() {
     for seed in 0..seeds {
         let batch = small_batch(100 + seed, 10);
         let batch_id = batch.summary.batch_id.as_str();
-        let chunked = |f: &Fleet| {
-            let mut s = services_for(&f.env, &f.openai, &f.pinecone);
-            s.options.receipts_per_chunk = 2;
-            s
-        };
-        let reference = Fleet::new().await;
-        reference.seed(&batch).await;
+        let chunked = |f: &Fleet| f.chunked(2, None);
+        let reference = Fleet::seeded(&batch).await;
         handle(&chunked(&reference), batch_id, &CancellationToken::new())
             .await
             .unwrap();
-        let expected = data(&reference).await;
+        let expected = reference.snapshot().await;
 
-        let f = Fleet::new().await;
-        f.seed(&batch).await;
+        let f = Fleet::seeded(&batch).await;
         let mut rng = scenario::Rng::new(seed);
         let start_b = std::time::Duration::from_millis(rng.below(2_000));
         let lag = std::time::Duration::from_millis(rng.below(300));
@@ -1192,7 +1086,7 @@ async fn two_applies_started_apart_end_like_one_run() {
         if ra.is_err() && !rb.already_done && rb.receipts_resumed < 10 {
             overlapped += 1;
         }
-        let diff = expected.diff(&data(&f).await);
+        let diff = expected.diff(&f.snapshot().await);
         assert!(
             diff.is_empty(),
             "seed {seed} (second started after {start_b:?}, first told to stop {lag:?} later, first: {:?}): {} differences, first: {:?}",
@@ -1283,78 +1177,16 @@ async fn journal_rows_are_read_by_range_and_a_conflict_row_never_replaces_one() 
     );
 }
 
-/// Runs a closure on every DynamoDB request a client sends (its `X-Amz-Target` and JSON body),
-/// before it is sent, and another on every answer: the orchestration of an exact interleaving
-/// of two applies.
-type BeforeRequest = dyn Fn(&str, &Value) + Send + Sync;
-
-#[derive(Clone)]
-struct Hook {
-    before: std::sync::Arc<BeforeRequest>,
-    after: std::sync::Arc<dyn Fn() + Send + Sync>,
-}
-
-impl std::fmt::Debug for Hook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hook")
-    }
-}
-
-impl aws_sdk_dynamodb::config::Intercept for Hook {
-    fn name(&self) -> &'static str {
-        "Hook"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
-        _: &aws_sdk_dynamodb::config::RuntimeComponents,
-        _: &mut aws_sdk_dynamodb::config::ConfigBag,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let request = context.request();
-        let target = request.headers().get("x-amz-target").unwrap_or_default();
-        let body: Value = request
-            .body()
-            .bytes()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(Value::Null);
-        (self.before)(target, &body);
-        Ok(())
-    }
-
-    fn read_after_deserialization(
-        &self,
-        _: &aws_sdk_dynamodb::config::interceptors::AfterDeserializationInterceptorContextRef<'_>,
-        _: &aws_sdk_dynamodb::config::RuntimeComponents,
-        _: &mut aws_sdk_dynamodb::config::ConfigBag,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        (self.after)();
-        Ok(())
-    }
-}
-
-/// Services whose store's client runs the hook's closures.
+/// Services whose store's client runs `before` on every DynamoDB request (its target and
+/// body) and `after` on every answer: the orchestration of an exact interleaving of two
+/// applies.
 fn hooked(
     f: &Fleet,
     before: impl Fn(&str, &Value) + Send + Sync + 'static,
     after: impl Fn() + Send + Sync + 'static,
 ) -> Services {
-    let hook = Hook {
-        before: std::sync::Arc::new(before),
-        after: std::sync::Arc::new(after),
-    };
-    let conf = f
-        .env
-        .clients
-        .dynamodb
-        .config()
-        .to_builder()
-        .interceptor(hook)
-        .build();
-    let mut services = services_for(&f.env, &f.openai, &f.pinecone);
-    services.store =
-        fleet_shared::store::Store::new(aws_sdk_dynamodb::Client::from_conf(conf), &f.env.table);
-    services
+    let watch = Watch::requests_and_answers(before, after);
+    f.services_with(watch.client(&f.env.clients.dynamodb))
 }
 
 /// Issue 10, "What goes wrong today" 2, as an exact interleaving: the second applier (the
@@ -1372,16 +1204,14 @@ async fn the_second_applier_reads_labels_then_journal_and_finishes_the_firsts_ve
 
     let batch = small_batch(31, 2);
     let batch_id = batch.summary.batch_id.clone();
-    let reference = Fleet::new().await;
-    reference.seed(&batch).await;
+    let reference = Fleet::seeded(&batch).await;
     let whole = handle(&reference.services, &batch_id, &CancellationToken::new())
         .await
         .unwrap();
     assert!(whole.verdict_rows > 0 && whole.vectors_updated > 0);
-    let expected = data(&reference).await;
+    let expected = reference.snapshot().await;
 
-    let f = Fleet::new().await;
-    f.seed(&batch).await;
+    let f = Fleet::seeded(&batch).await;
     let (at_first_write, first_waits) = tokio::sync::oneshot::channel::<()>();
     let (let_first_write, may_write) = mpsc::channel::<()>();
     let (first_stopped, stopped) = mpsc::channel::<()>();
@@ -1487,7 +1317,7 @@ async fn the_second_applier_reads_labels_then_journal_and_finishes_the_firsts_ve
         report.plan.targets
     );
     assert_eq!(report.conflicts(), whole.conflicts());
-    let diff = expected.diff(&data(&f).await);
+    let diff = expected.diff(&f.snapshot().await);
     assert!(diff.is_empty(), "{} differences: {diff:#?}", diff.len());
 }
 
@@ -1609,11 +1439,11 @@ async fn an_input_file_refused_three_times_is_retried_then_applied_exactly() {
     let reference = Fleet::new().await;
     seed_hand(&reference, "completed", true).await;
     finish(&reference).await.unwrap();
-    let expected = data(&reference).await;
+    let expected = reference.snapshot().await;
 
     let f = Fleet::new().await;
     seed_hand(&f, "completed", true).await;
-    let before = data(&f).await;
+    let before = f.snapshot().await;
     f.openai.fail_next(
         fleet_tests::openai::FaultSpec::status(403)
             .on_path("/v1/files/file-in/content")
@@ -1636,7 +1466,7 @@ async fn an_input_file_refused_three_times_is_retried_then_applied_exactly() {
                     "a refused file is retried, never dead-lettered: {e}"
                 );
                 assert_eq!(
-                    data(&f).await,
+                    f.snapshot().await,
                     before,
                     "nothing written after failure {failures}"
                 );
@@ -1647,7 +1477,7 @@ async fn an_input_file_refused_three_times_is_retried_then_applied_exactly() {
     assert_eq!(report.targets_source, "input_file");
     let other = key(A, 1, 4, 1, "TAX");
     assert_label(&f, &other, untouched(&other, "PENDING")).await;
-    let diff = expected.diff(&data(&f).await);
+    let diff = expected.diff(&f.snapshot().await);
     assert!(diff.is_empty(), "{diff:?}");
 }
 
@@ -1668,7 +1498,7 @@ async fn only_a_gone_input_file_falls_back_and_a_rejected_one_writes_nothing() {
 
     let f = Fleet::new().await;
     seed_hand(&f, "completed", true).await;
-    let before = data(&f).await;
+    let before = f.snapshot().await;
     f.openai.fail_next(
         fleet_tests::openai::FaultSpec::status(400)
             .on_path("/v1/files/file-in/content")
@@ -1683,7 +1513,7 @@ async fn only_a_gone_input_file_falls_back_and_a_rejected_one_writes_nothing() {
         err.class(),
         fleet_shared::error_class::ErrorClass::Permanent
     );
-    assert_eq!(data(&f).await, before, "nothing written");
+    assert_eq!(f.snapshot().await, before, "nothing written");
 }
 
 /// docs/spec/processing-rules.md, Inputs: a request whose `### Targets` cannot be read falls back for its
@@ -1796,7 +1626,7 @@ fn budgeted(
         fleet_shared::secret::SecretString::from("sk-test-key"),
     );
     oc.base_url = f.openai.base_url();
-    oc.retry = crate::fleet::test_retry();
+    oc.retry = crate::support::test_retry();
     oc.download_dir = Some(dir.to_owned());
     let mut services = services_for(&f.env, &f.openai, &f.pinecone);
     services.openai = fleet_shared::openai::client::OpenAiClient::new(oc).unwrap();
@@ -1815,7 +1645,7 @@ fn files_in(dir: &std::path::Path) -> usize {
 async fn files_bigger_than_the_download_budget_fail_clearly_and_write_nothing() {
     let f = Fleet::new().await;
     seed_hand(&f, "completed", true).await;
-    let before = data(&f).await;
+    let before = f.snapshot().await;
     let dir = tempfile::tempdir().unwrap();
     let budget = fleet_shared::finish::DownloadBudget::new(2048);
     let mut services = budgeted(&f, dir.path(), &budget);
@@ -1846,7 +1676,7 @@ async fn files_bigger_than_the_download_budget_fail_clearly_and_write_nothing() 
     assert!(matches!(err, FinishError::DownloadTooLarge { .. }), "{err}");
     assert_eq!(files_in(dir.path()), 0, "the downloads were removed");
     assert_eq!(budget.available(), budget.bytes());
-    assert_eq!(data(&f).await, before, "nothing written");
+    assert_eq!(f.snapshot().await, before, "nothing written");
 }
 
 /// Issue 10, disk: an apply whose files would overflow what the budget has left waits for
@@ -1909,8 +1739,7 @@ async fn a_file_is_removed_once_its_last_chunk_is_read() {
                 .collect();
         }
     }
-    let f = Fleet::new().await;
-    f.seed(&batch).await;
+    let f = Fleet::seeded(&batch).await;
     let dir = tempfile::tempdir().unwrap();
     let budget = fleet_shared::finish::DownloadBudget::new(1 << 20);
     // At every cursor write (after a chunk's writes): files on disk and room reserved.
@@ -1982,7 +1811,7 @@ async fn a_correct_label_that_is_not_a_label_name_is_never_written() {
     );
     let a_date = key(A, 1, 2, 2, "DATE");
     assert_label(&f, &a_date, changed(&a_date, "NONE")).await;
-    let snap = data(&f).await;
+    let snap = f.snapshot().await;
     for (k, v) in &snap.items {
         assert!(
             !v.to_string().contains("IGNORE PREVIOUS"),

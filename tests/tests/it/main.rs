@@ -7,7 +7,6 @@
 mod clients;
 mod conformance;
 mod finish;
-mod fleet;
 mod producer;
 mod sim_apply;
 mod support;

@@ -5,7 +5,6 @@
 //! two applies at the same moment. Checked on the emulator's latest metadata and, once the
 //! delay has passed, on what a fetch sees.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet_shared::finish::{ApplyReport, FinishError, Services, WriteBudget};
@@ -17,7 +16,8 @@ use fleet_tests::pinecone::FaultSpec;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::{Fleet, NAMESPACE, services_for};
+use crate::support::watch::Watch;
+use crate::support::{self, Fleet, NAMESPACE, services_for};
 
 const IMG: &str = "33333333-3333-4333-8333-333333333333";
 const FINISHED: i64 = 1_750_003_600;
@@ -209,31 +209,9 @@ fn worker(f: &Fleet) -> Services {
     services_for(&f.env, &f.openai, &f.pinecone)
 }
 
-/// Lease times: each handling takes its batch's lease "an hour after" the previous one, so a
-/// re-run finds the cut-off handling's lease expired (as a redelivered message finds a crashed
-/// holder's).
-static LEASE_CLOCK_MS: AtomicI64 = AtomicI64::new(2_100_000_000_000);
-
-/// One handling of a batch by `services`: take its lease under a fresh owner, load the summary,
-/// check at OpenAI, apply.
+/// One handling of a batch by `services` ([`support::handle`], to its end).
 async fn handle(services: &Services, batch_id: &str) -> Result<ApplyReport, FinishError> {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let owner = format!("vectors-worker-{}", N.fetch_add(1, Ordering::SeqCst));
-    let now = LEASE_CLOCK_MS.fetch_add(3_600_000, Ordering::SeqCst);
-    let got = services
-        .store
-        .acquire_lease(batch_id, &owner, 60_000, now)
-        .await
-        .unwrap();
-    assert!(
-        matches!(got, fleet_shared::store::LeaseOutcome::Acquired { .. }),
-        "{got:?}"
-    );
-    let summary = services.load_summary(batch_id).await?;
-    let batch = services.check(&summary).await?;
-    services
-        .apply(&summary, &batch, &CancellationToken::new(), &owner)
-        .await
+    support::handle(services, batch_id, &CancellationToken::new()).await
 }
 
 /// Every label of both batches is in the latest metadata; once the delay has passed since the
@@ -475,28 +453,12 @@ async fn two_workers_applying_at_the_same_moment_keep_every_label() {
 }
 
 /// Counts the base-table label Queries (`IMAGE#…` partitions) an apply makes, by receipt.
-#[derive(Debug, Clone, Default)]
-struct QueryCounter(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>);
+type QueryCounts = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>;
 
-impl aws_sdk_dynamodb::config::Intercept for QueryCounter {
-    fn name(&self) -> &'static str {
-        "QueryCounter"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
-        _: &aws_sdk_dynamodb::config::RuntimeComponents,
-        _: &mut aws_sdk_dynamodb::config::ConfigBag,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let request = context.request();
-        let target = request.headers().get("x-amz-target").unwrap_or_default();
+fn count_label_queries(counts: &QueryCounts) -> Watch {
+    let counts = counts.clone();
+    Watch::requests(move |target, body| {
         if target.ends_with(".Query") {
-            let body: Value = request
-                .body()
-                .bytes()
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .unwrap_or(Value::Null);
             let pk = body["ExpressionAttributeValues"][":pk"]["S"]
                 .as_str()
                 .unwrap_or_default();
@@ -505,11 +467,10 @@ impl aws_sdk_dynamodb::config::Intercept for QueryCounter {
                 .unwrap_or_default();
             if pk.starts_with("IMAGE#") {
                 let receipt = format!("{pk}#{}", prefix.split("#LINE#").next().unwrap_or(""));
-                *self.0.lock().unwrap().entry(receipt).or_default() += 1;
+                *counts.lock().unwrap().entry(receipt).or_default() += 1;
             }
         }
-        Ok(())
-    }
+    })
 }
 
 /// The price of the verification: one more Query per receipt whose word vectors were written
@@ -524,22 +485,10 @@ async fn verification_reads_each_receipt_with_written_vectors_once_more() {
         targets_per_receipt: 8,
         ..fleet_tests::scenario::Shape::default()
     };
-    let mut batch =
-        fleet_tests::scenario::batch(&mut fleet_tests::scenario::Rng::new(2024), 0, &shape);
-    batch.spec.steps.clear();
+    let batch = support::completed_batch(2024, &shape);
     f.seed(&batch).await;
-    let counter = QueryCounter::default();
-    let conf = f
-        .env
-        .clients
-        .dynamodb
-        .config()
-        .to_builder()
-        .interceptor(counter.clone())
-        .build();
-    let mut services = worker(&f);
-    services.store =
-        fleet_shared::store::Store::new(aws_sdk_dynamodb::Client::from_conf(conf), &f.env.table);
+    let counter = QueryCounts::default();
+    let services = f.services_with(count_label_queries(&counter).client(&f.env.clients.dynamodb));
     let report = handle(&services, &batch.summary.batch_id).await.unwrap();
     assert_eq!(report.vectors_repaired, 0);
     assert!(report.vectors_updated > 0);
@@ -553,7 +502,7 @@ async fn verification_reads_each_receipt_with_written_vectors_once_more() {
             format!("IMAGE#{}#RECEIPT#{}", parts[1], parts[3])
         })
         .collect();
-    let queries = counter.0.lock().unwrap().clone();
+    let queries = counter.lock().unwrap().clone();
     for (receipt, n) in &queries {
         let want = if written.contains(receipt) { 2 } else { 1 };
         assert_eq!(*n, want, "{receipt}: {n} label Queries");

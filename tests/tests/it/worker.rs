@@ -5,11 +5,7 @@
 //! Timings are shrunk through the worker's own settings (seconds, not minutes); nothing is
 //! judged by absolute time except the bounds the worker promises (the grace period).
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,254 +17,68 @@ use aws_sdk_sqs::operation::receive_message::ReceiveMessageInput;
 use aws_sdk_sqs::operation::send_message::SendMessageInput;
 use aws_sdk_sqs::types::Message;
 use fleet_shared::message::BatchMessage;
-use fleet_shared::model::item::to_wire_json;
-use fleet_shared::model::{BatchStatus, ReceiptWordLabel};
-use fleet_shared::queue::{self, queue_depth};
-use fleet_tests::openai::{FaultSpec, OpenAiEmulator};
-use fleet_tests::pinecone::PineconeEmulator;
-use fleet_tests::scenario::{self, Outcome, Rng, ScenarioBatch, Shape};
+use fleet_shared::model::BatchStatus;
+use fleet_shared::queue::queue_depth;
+use fleet_tests::openai::FaultSpec;
+use fleet_tests::scenario::{ScenarioBatch, Shape};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use worker::cli::SettingFlags;
-use worker::{Deps, Settings};
 
-use crate::support::TestEnv;
+use crate::support::process::{self, Process};
+use crate::support::{Fleet, NAMESPACE, Snapshot, batch_now, eventually, get, small_shape};
 
 mod lifecycle;
-
-const NAMESPACE: &str = "words";
-const SECRET: &str = "sk-it-SECRET-never-printed";
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// One test's world: a table and queues on moto, and both emulators.
-struct World {
-    env: TestEnv,
-    openai: OpenAiEmulator,
-    pinecone: PineconeEmulator,
-}
-
-impl World {
-    async fn new() -> World {
-        World {
-            env: TestEnv::with_queue_settings(3, 30).await,
-            openai: OpenAiEmulator::start().await.expect("openai emulator"),
-            pinecone: PineconeEmulator::start().await.expect("pinecone emulator"),
-        }
-    }
-
-    /// The worker's environment for this world, with test-sized timings; `extra` overrides.
-    fn env_vars(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
-        let mut vars: HashMap<String, String> = [
-            ("DYNAMODB_TABLE_NAME", self.env.table.as_str()),
-            ("QUEUE_URL", self.env.queues.work_url.as_str()),
-            (
-                "DEAD_LETTER_QUEUE_URL",
-                self.env.queues.dead_letter_url.as_str(),
-            ),
-            ("OPENAI_API_KEY", SECRET),
-            ("PINECONE_API_KEY", SECRET),
-            ("METRICS_ADDR", "127.0.0.1:0"),
-            ("HOSTNAME", "it-worker"),
-            ("MAX_IN_FLIGHT", "8"),
-            ("VISIBILITY_TIMEOUT_SECONDS", "10"),
-            ("HEARTBEAT_SECONDS", "3"),
-            ("RECHECK_MIN_SECONDS", "1"),
-            ("RECHECK_MAX_SECONDS", "2"),
-            ("RETRY_MIN_SECONDS", "1"),
-            ("RETRY_MAX_SECONDS", "2"),
-            ("MESSAGE_DEADLINE_SECONDS", "60"),
-            ("SHUTDOWN_GRACE_SECONDS", "5"),
-            ("LOG_FORMAT", "json"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        vars.insert("OPENAI_BASE_URL".into(), self.openai.base_url());
-        vars.insert("PINECONE_INDEX_HOST".into(), self.pinecone.base_url());
-        for (k, v) in extra {
-            vars.insert((*k).to_owned(), (*v).to_owned());
-        }
-        vars
-    }
-
-    fn settings(&self, exit_when_idle: bool, extra: &[(&str, &str)]) -> Settings {
-        Settings::read(
-            &SettingFlags::default(),
-            exit_when_idle,
-            &self.env_vars(extra),
-        )
-        .expect("valid test settings")
-    }
-
-    fn deps(&self, settings: &Settings, sqs: aws_sdk_sqs::Client) -> Deps {
-        Deps {
-            sqs,
-            store: self.env.store.clone(),
-            service: worker::service::build_services(settings, self.env.store.clone())
-                .expect("services"),
-            metrics: worker::metrics::install(),
-        }
-    }
-
-    /// Runs one in-process worker until the queue is idle (bounded by `limit`).
-    async fn run_until_idle(
-        &self,
-        extra: &[(&str, &str)],
-        sqs: aws_sdk_sqs::Client,
-        limit: Duration,
-    ) {
-        let settings = self.settings(true, extra);
-        let deps = self.deps(&settings, sqs);
-        tokio::time::timeout(limit, worker::run(settings, deps, CancellationToken::new()))
-            .await
-            .expect("worker went idle in time")
-            .expect("worker ran cleanly");
-    }
-
-    async fn seed(&self, b: &ScenarioBatch) {
-        let items = b
-            .labels
-            .iter()
-            .map(ReceiptWordLabel::to_item)
-            .chain(std::iter::once(b.summary.to_item()))
-            .collect();
-        self.env
-            .store
-            .put_items_batched(items)
-            .await
-            .expect("seed table");
-        self.openai.add_batch(b.spec.clone());
-        for (id, content) in &b.files {
-            self.openai.add_file(id.clone(), content.clone());
-        }
-        for (id, metadata) in &b.vectors {
-            self.pinecone
-                .upsert(NAMESPACE, id, vec![0.1, 0.2], metadata.clone());
-        }
-    }
-
-    async fn send(&self, body: &str) {
-        queue::send_one(
-            &self.env.clients.sqs,
-            &self.env.queues.work_url,
-            body,
-            0,
+/// The finished batch applied once by one worker from one message: the end state a test
+/// compares its own run with (the reference fleet, for its request logs, and its snapshot).
+async fn reference_run(b: &ScenarioBatch) -> (Fleet, Snapshot) {
+    let reference = fleet_with(b).await;
+    reference
+        .run_until_idle(
             &[],
+            reference.env.clients.sqs.clone(),
+            Duration::from_secs(60),
         )
-        .await
-        .expect("send");
-    }
-
-    async fn enqueue(&self, batch_id: &str) {
-        self.send(&BatchMessage::new(batch_id).to_body()).await;
-    }
-
-    /// Waits until the batch's summary is COMPLETED (bounded by `limit`).
-    async fn until_completed(&self, batch_id: &str, limit: Duration) {
-        let store = &self.env.store;
-        eventually("the batch to complete", limit, || async move {
-            store
-                .batch_summary(batch_id)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|s| s.status == BatchStatus::Completed)
-        })
         .await;
-    }
-
-    async fn summary_status(&self, batch_id: &str) -> BatchStatus {
-        self.env
-            .store
-            .batch_summary(batch_id)
-            .await
-            .expect("read summary")
-            .expect("summary exists")
-            .status
-    }
-
-    /// Every message of the dead-letter queue, with its attributes.
-    async fn dead_letters(&self) -> Vec<Message> {
-        drain(&self.env.clients.sqs, &self.env.queues.dead_letter_url).await
-    }
-
-    /// Every item of the table but the fleet's own bookkeeping (lease holders differ by run).
-    async fn table(&self) -> BTreeMap<(String, String), Value> {
-        let mut items = BTreeMap::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .env
-                .clients
-                .dynamodb
-                .scan()
-                .table_name(&self.env.table)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .expect("scan");
-            for item in out.items.unwrap_or_default() {
-                let wire = to_wire_json(&item);
-                let key = (
-                    wire["PK"]["S"].as_str().unwrap_or_default().to_owned(),
-                    wire["SK"]["S"].as_str().unwrap_or_default().to_owned(),
-                );
-                if key.1 != "FLEET#STATE" {
-                    items.insert(key, wire);
-                }
-            }
-            match out.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return items,
-            }
-        }
-    }
+    assert_eq!(
+        reference.summary_status(&b.summary.batch_id).await,
+        BatchStatus::Completed
+    );
+    let expected = reference.snapshot().await;
+    (reference, expected)
 }
 
-/// Receives until the queue answers empty twice.
-async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Message> {
-    let mut all = Vec::new();
-    let mut empty = 0;
-    while empty < 2 {
-        let out = sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .visibility_timeout(300)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .expect("receive");
-        let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
-            empty += 1;
-        }
-        all.extend(messages);
-    }
-    all
+/// The reference's end state ([`reference_run`]) and a fresh fleet with `b` and its message
+/// ([`fleet_with`]) to run the same batch differently.
+async fn reference_and_fleet(b: &ScenarioBatch) -> (Snapshot, Fleet) {
+    let (_, expected) = reference_run(b).await;
+    (expected, fleet_with(b).await)
 }
 
-/// A generated batch whose OpenAI clock is now: the scenario's timestamps are from 2025, which
-/// the worker would rightly take for a batch an hour past its expiry and cancel.
-fn batch_now(seed: u64, shape: Shape) -> ScenarioBatch {
-    let mut b = scenario::batch(&mut Rng::new(seed), 0, &shape);
-    b.spec.created_at = now() - 60;
-    b.spec.expires_at = Some(now() + 86_400);
-    b
+/// Runs one in-process worker until the queue is idle ([`Fleet::run_until_idle`]), its SQS
+/// calls logged.
+async fn run_logged(world: &Fleet, extra: &[(&str, &str)], limit: Duration) -> SqsLog {
+    let log = SqsLog::default();
+    world
+        .run_until_idle(extra, log.client(&world.env.clients.sqs), limit)
+        .await;
+    log
 }
 
-fn small_shape() -> Shape {
-    Shape {
-        receipts: 4,
-        targets_per_receipt: 4,
-        outcome: Outcome::Completed,
-        in_progress_polls: 1,
-        ..Shape::default()
-    }
+/// A fleet with `b` seeded and one message for it on the work queue.
+async fn fleet_with(b: &ScenarioBatch) -> Fleet {
+    let world = Fleet::seeded(b).await;
+    world.enqueue(&b.summary.batch_id).await;
+    world
+}
+
+/// The worker binary serving this fleet ([`Fleet::worker_vars`] with `extra`).
+async fn spawn_worker(world: &Fleet, extra: &[(&str, &str)]) -> Process {
+    Process::spawn("worker", &[], world.worker_vars(extra)).await
 }
 
 /// Finished at the first check.
@@ -362,7 +172,7 @@ impl Intercept for SqsLog {
 
 #[tokio::test]
 async fn a_running_batch_is_rechecked_with_growing_delays_until_it_completes() {
-    let world = World::new().await;
+    let world = Fleet::new().await;
     let mut b = batch_now(11, small_shape());
     b.spec.steps = [
         ("validating", 1),
@@ -376,14 +186,12 @@ async fn a_running_batch_is_rechecked_with_growing_delays_until_it_completes() {
     world.seed(&b).await;
     world.enqueue(&b.summary.batch_id).await;
 
-    let log = SqsLog::default();
-    world
-        .run_until_idle(
-            &[("RECHECK_MIN_SECONDS", "1"), ("RECHECK_MAX_SECONDS", "4")],
-            log.client(&world.env.clients.sqs),
-            Duration::from_secs(120),
-        )
-        .await;
+    let log = run_logged(
+        &world,
+        &[("RECHECK_MIN_SECONDS", "1"), ("RECHECK_MAX_SECONDS", "4")],
+        Duration::from_secs(120),
+    )
+    .await;
 
     assert_eq!(
         world.summary_status(&b.summary.batch_id).await,
@@ -418,12 +226,7 @@ async fn a_running_batch_is_rechecked_with_growing_delays_until_it_completes() {
         assert_eq!(m.first_enqueued_at, sends[0].0.first_enqueued_at);
     }
     assert!(sends[0].0.first_enqueued_at.is_some());
-    let state = world
-        .env
-        .store
-        .fleet_state(&b.summary.batch_id)
-        .await
-        .unwrap();
+    let state = world.fleet_state(&b.summary.batch_id).await;
     assert!(
         state.scheduled_until_ms.is_some(),
         "schedule marker kept current"
@@ -435,26 +238,11 @@ async fn a_running_batch_is_rechecked_with_growing_delays_until_it_completes() {
 #[tokio::test]
 async fn five_copies_under_three_workers_apply_once_with_the_end_state_of_one_run() {
     // The reference: the same batch, one message, one worker.
-    let reference = World::new().await;
     let b = finished_now(21);
-    reference.seed(&b).await;
-    reference.enqueue(&b.summary.batch_id).await;
-    reference
-        .run_until_idle(
-            &[],
-            reference.env.clients.sqs.clone(),
-            Duration::from_secs(60),
-        )
-        .await;
-    let expected_table = reference.table().await;
-    let expected_vectors = reference.pinecone.all(NAMESPACE);
+    let (reference, expected) = reference_run(&b).await;
     let expected_downloads = reference.openai.count("GET", "/v1/files/");
-    assert_eq!(
-        reference.summary_status(&b.summary.batch_id).await,
-        BatchStatus::Completed
-    );
 
-    let world = World::new().await;
+    let world = Fleet::new().await;
     world.seed(&b).await;
     for _ in 0..5 {
         world.enqueue(&b.summary.batch_id).await;
@@ -477,8 +265,8 @@ async fn five_copies_under_three_workers_apply_once_with_the_end_state_of_one_ru
         world.summary_status(&b.summary.batch_id).await,
         BatchStatus::Completed
     );
-    assert_eq!(world.table().await, expected_table, "same table as one run");
-    assert_eq!(world.pinecone.all(NAMESPACE), expected_vectors);
+    assert_eq!(world.table().await, expected.items, "same table as one run");
+    assert_eq!(world.pinecone.all(NAMESPACE), expected.vectors);
     assert_eq!(
         world.openai.count("GET", "/v1/files/"),
         expected_downloads,
@@ -489,7 +277,7 @@ async fn five_copies_under_three_workers_apply_once_with_the_end_state_of_one_ru
 
 #[tokio::test]
 async fn poison_bodies_are_dead_lettered_with_their_reason_while_the_worker_keeps_going() {
-    let world = World::new().await;
+    let world = Fleet::new().await;
     // The largest body SQS accepts is 256 KiB including attributes; the dead-letter copy adds
     // four short attributes, so this leaves them room. (1 MiB is tested at the parse level.)
     let garbage = "\u{7f}garbage!".repeat(250 * 1024 / 9);
@@ -545,15 +333,13 @@ async fn poison_bodies_are_dead_lettered_with_their_reason_while_the_worker_keep
         assert_eq!(attr(m, "receive_count"), "1");
         assert!(!attr(m, "first_seen").is_empty());
     }
-    let depth = queue_depth(&world.env.clients.sqs, &world.env.queues.work_url)
-        .await
-        .unwrap();
+    let depth = world.work_depth().await;
     assert_eq!(depth.total(), 0, "poison deleted from the work queue");
 }
 
 #[tokio::test]
 async fn throttling_and_server_errors_do_not_dead_letter_and_batches_still_complete() {
-    let world = World::new().await;
+    let world = Fleet::new().await;
     let batches = [batch_now(41, small_shape()), batch_now(42, small_shape())];
     for b in &batches {
         world.seed(b).await;
@@ -605,7 +391,7 @@ async fn throttling_and_server_errors_do_not_dead_letter_and_batches_still_compl
 
 #[tokio::test]
 async fn a_batch_running_an_hour_past_its_expiry_is_cancelled_then_applied() {
-    let world = World::new().await;
+    let world = Fleet::new().await;
     let mut b = batch_now(51, small_shape());
     b.spec.created_at = now() - 30 * 3600;
     b.spec.expires_at = Some(now() - 2 * 3600);
@@ -632,7 +418,7 @@ async fn a_batch_running_an_hour_past_its_expiry_is_cancelled_then_applied() {
 
 #[tokio::test]
 async fn a_long_wait_hops_without_checking_until_it_is_due() {
-    let world = World::new().await;
+    let world = Fleet::new().await;
     let b = finished_now(61);
     world.seed(&b).await;
     let due = now() + 6;
@@ -644,15 +430,13 @@ async fn a_long_wait_hops_without_checking_until_it_is_due() {
     };
     world.send(&body.to_body()).await;
 
-    let log = SqsLog::default();
-    world
-        .run_until_idle(
-            // A `not_before` further ahead than the longest re-check is clamped to it.
-            &[("RECHECK_MAX_SECONDS", "30")],
-            log.client(&world.env.clients.sqs),
-            Duration::from_secs(60),
-        )
-        .await;
+    // A `not_before` further ahead than the longest re-check is clamped to it.
+    let log = run_logged(
+        &world,
+        &[("RECHECK_MAX_SECONDS", "30")],
+        Duration::from_secs(60),
+    )
+    .await;
 
     assert_eq!(
         world.summary_status(&b.summary.batch_id).await,
@@ -681,131 +465,6 @@ async fn a_long_wait_hops_without_checking_until_it_is_due() {
 // ---------------------------------------------------------------------------------------------
 // The real binary.
 
-/// `target/debug/worker`, built by `cargo build` or `cargo test --workspace` (the worker's own
-/// integration tests make cargo build it).
-fn worker_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let bin = dir.join("worker");
-    assert!(
-        bin.exists(),
-        "{} not found: run `cargo build -p worker` (or `cargo test --workspace`) first",
-        bin.display()
-    );
-    bin
-}
-
-struct WorkerProcess {
-    child: Child,
-    metrics: SocketAddr,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl WorkerProcess {
-    async fn spawn(world: &World, args: &[&str], extra: &[(&str, &str)]) -> WorkerProcess {
-        let mut cmd = Command::new(worker_binary());
-        cmd.env_clear()
-            .args(args)
-            .env("AWS_ENDPOINT_URL", &world.env.endpoint)
-            .env("AWS_REGION", fleet_tests::aws_env::REGION)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in world.env_vars(extra) {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn worker");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr");
-        let lines = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && let Some(addr) = v.get("http_addr").and_then(Value::as_str)
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
-            .await
-            .expect("reader thread")
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no metrics address logged; stderr: {:?}",
-                    stderr.lock().unwrap()
-                )
-            });
-        WorkerProcess {
-            child,
-            metrics: addr.parse().expect("socket address"),
-            stderr,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.metrics)
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    /// Waits for the exit, polling; `None` when it did not exit within `limit`.
-    async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status.code().unwrap_or(-1));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    fn log_text(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn get(url: &str) -> (u16, String) {
-    let r = reqwest::get(url).await.expect("GET");
-    let status = r.status().as_u16();
-    (status, r.text().await.unwrap_or_default())
-}
-
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn series(page: &str) -> HashMap<String, f64> {
     worker::metrics::parse_text(page).into_iter().collect()
 }
@@ -814,15 +473,13 @@ fn series(page: &str) -> HashMap<String, f64> {
 // waits on the process.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_exports_counters_of_what_it_did_and_exits_0_on_sigterm() {
-    let world = World::new().await;
     let good = finished_now(71);
-    world.seed(&good).await;
-    world.enqueue(&good.summary.batch_id).await;
+    let world = fleet_with(&good).await;
     world.send("not JSON").await;
     world.send(r#"{"v":9,"batch_id":"x"}"#).await;
     world.send(r#"{"v":1,"batch_id":"unknown-batch"}"#).await;
 
-    let mut worker = WorkerProcess::spawn(&world, &[], &[]).await;
+    let mut worker = spawn_worker(&world, &[]).await;
     assert!(
         worker.log_text().contains("worker starting"),
         "startup banner: {}",
@@ -883,21 +540,15 @@ async fn the_binary_exports_counters_of_what_it_did_and_exits_0_on_sigterm() {
     assert_eq!(world.dead_letters().await.len(), 3);
     // The worker marks what it dead-letters, so the producer leaves it alone.
     let mark = world
-        .env
-        .store
         .fleet_state("unknown-batch")
         .await
-        .unwrap()
         .dead_letter
         .expect("marked dead-lettered");
     assert_eq!(mark.reason, "batch_unknown");
     assert!(
         world
-            .env
-            .store
             .fleet_state(&good.summary.batch_id)
             .await
-            .unwrap()
             .dead_letter
             .is_none()
     );
@@ -905,9 +556,7 @@ async fn the_binary_exports_counters_of_what_it_did_and_exits_0_on_sigterm() {
     // Every line of a message's handling carries its ids (JSON logs, the span's fields),
     // including the lines the library logs while applying.
     let lines: Vec<Value> = worker
-        .stderr
-        .lock()
-        .unwrap()
+        .lines()
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
@@ -940,27 +589,12 @@ async fn the_binary_exports_counters_of_what_it_did_and_exits_0_on_sigterm() {
 // waits on the process.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_a_long_apply_drains_within_the_grace_period_and_hands_the_message_back() {
-    let reference = World::new().await;
     let b = finished_now(81);
-    reference.seed(&b).await;
-    reference.enqueue(&b.summary.batch_id).await;
-    reference
-        .run_until_idle(
-            &[],
-            reference.env.clients.sqs.clone(),
-            Duration::from_secs(60),
-        )
-        .await;
-    let expected_table = reference.table().await;
-    let expected_vectors = reference.pinecone.all(NAMESPACE);
-
-    let world = World::new().await;
-    world.seed(&b).await;
-    world.enqueue(&b.summary.batch_id).await;
+    let (expected, world) = reference_and_fleet(&b).await;
     // Every Pinecone call takes 2 s: the apply outlasts the 2 s grace period.
     world.pinecone.set_latency(Duration::from_secs(2));
     let grace = Duration::from_secs(2);
-    let mut worker = WorkerProcess::spawn(&world, &[], &[("SHUTDOWN_GRACE_SECONDS", "2")]).await;
+    let mut worker = spawn_worker(&world, &[("SHUTDOWN_GRACE_SECONDS", "2")]).await;
 
     let store = world.env.store.clone();
     let batch_id = b.summary.batch_id.clone();
@@ -1014,16 +648,9 @@ async fn sigterm_during_a_long_apply_drains_within_the_grace_period_and_hands_th
         BatchStatus::Completed,
         "the apply was interrupted"
     );
-    let state = world
-        .env
-        .store
-        .fleet_state(&b.summary.batch_id)
-        .await
-        .unwrap();
+    let state = world.fleet_state(&b.summary.batch_id).await;
     assert_eq!(state.lease_owner, None, "the lease was handed back");
-    let depth = queue_depth(&world.env.clients.sqs, &world.env.queues.work_url)
-        .await
-        .unwrap();
+    let depth = world.work_depth().await;
     assert_eq!(
         depth.visible, 1,
         "the message is visible again at once: {depth:?}"
@@ -1038,8 +665,8 @@ async fn sigterm_during_a_long_apply_drains_within_the_grace_period_and_hands_th
         world.summary_status(&b.summary.batch_id).await,
         BatchStatus::Completed
     );
-    assert_eq!(world.table().await, expected_table);
-    assert_eq!(world.pinecone.all(NAMESPACE), expected_vectors);
+    assert_eq!(world.table().await, expected.items);
+    assert_eq!(world.pinecone.all(NAMESPACE), expected.vectors);
     assert!(world.dead_letters().await.is_empty());
 }
 
@@ -1047,7 +674,7 @@ async fn sigterm_during_a_long_apply_drains_within_the_grace_period_and_hands_th
 // waits on the process.
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_batch_applies_a_finished_batch_once_and_reports_it() {
-    let world = World::new().await;
+    let world = Fleet::new().await;
     let running = {
         let mut b = batch_now(91, small_shape());
         b.spec.steps = vec![("in_progress".to_owned(), 100)];
@@ -1058,20 +685,11 @@ async fn apply_batch_applies_a_finished_batch_once_and_reports_it() {
     world.seed(&done).await;
 
     let run = |args: Vec<String>| {
-        let mut cmd = Command::new(worker_binary());
-        cmd.env_clear()
-            .args(&args)
-            .env("AWS_ENDPOINT_URL", &world.env.endpoint)
-            .env("AWS_REGION", fleet_tests::aws_env::REGION)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true");
-        for (k, v) in world.env_vars(&[("LOG_FORMAT", "text")]) {
-            cmd.env(k, v);
-        }
+        let mut cmd = process::command("worker", world.worker_vars(&[("LOG_FORMAT", "text")]));
+        cmd.args(&args);
         cmd
     };
-    let output = |mut cmd: Command| async move {
+    let output = |mut cmd: std::process::Command| async move {
         tokio::task::spawn_blocking(move || cmd.output().expect("run worker apply-batch"))
             .await
             .expect("blocking task")
@@ -1136,7 +754,7 @@ async fn apply_batch_applies_a_finished_batch_once_and_reports_it() {
 
 #[tokio::test]
 async fn an_outage_dead_letters_a_batch_and_replay_brings_it_back_to_completion() {
-    let w = World::new().await; // maxReceiveCount 3
+    let w = Fleet::new().await; // maxReceiveCount 3
     let b = finished_now(31);
     w.seed(&b).await;
     w.openai.set_outage(true);
@@ -1183,7 +801,7 @@ async fn an_outage_dead_letters_a_batch_and_replay_brings_it_back_to_completion(
     replay.dry_run = true;
     let report = producer::replay(&replay, &services).await.expect("dry run");
     assert_eq!(report.moved.len(), 1);
-    let work_depth = queue_depth(sqs, &w.env.queues.work_url).await.unwrap();
+    let work_depth = w.work_depth().await;
     assert_eq!(work_depth.total(), 0, "a dry run sends nothing");
     eventually(
         "the dry run released the message",

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use fleet_shared::message::BatchMessage;
 use fleet_shared::model::BatchStatus;
-use fleet_shared::queue::queue_depth;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use worker::handler::{self, Context};
@@ -17,35 +16,11 @@ use worker::received::Received;
 
 use super::*;
 
-/// The finished batch applied once by one worker: its table and vectors.
-async fn reference_run(
-    b: &ScenarioBatch,
-) -> (
-    BTreeMap<(String, String), Value>,
-    BTreeMap<String, serde_json::Map<String, Value>>,
-) {
-    let reference = World::new().await;
-    reference.seed(b).await;
-    reference.enqueue(&b.summary.batch_id).await;
-    reference
-        .run_until_idle(
-            &[],
-            reference.env.clients.sqs.clone(),
-            Duration::from_secs(60),
-        )
-        .await;
-    assert_eq!(
-        reference.summary_status(&b.summary.batch_id).await,
-        BatchStatus::Completed
-    );
-    (reference.table().await, reference.pinecone.all(NAMESPACE))
-}
-
 // The emulators live in this test's runtime: it needs threads to serve them while the test
 // waits on the process.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_key_dead_letters_nothing_turns_readyz_503_and_every_batch_completes_after() {
-    let world = World::new().await; // maxReceiveCount 3: a climbing receive count would redrive
+    let world = Fleet::new().await; // maxReceiveCount 3: a climbing receive count would redrive
     let batches: Vec<ScenarioBatch> = (0..3).map(|i| finished_now(300 + i)).collect();
     for b in &batches {
         world.seed(b).await;
@@ -55,9 +30,8 @@ async fn a_rotated_key_dead_letters_nothing_turns_readyz_503_and_every_batch_com
     world
         .openai
         .set_api_key(Some("sk-rotated-elsewhere".into()));
-    let mut worker = WorkerProcess::spawn(
+    let mut worker = spawn_worker(
         &world,
-        &[],
         &[
             ("DEPLOYMENT_UNREADY_SECONDS", "3"),
             ("RETRY_MAX_SECONDS", "2"),
@@ -122,7 +96,7 @@ async fn a_rotated_key_dead_letters_nothing_turns_readyz_503_and_every_batch_com
 
 #[tokio::test]
 async fn extra_copies_of_a_waiting_batch_die_out_to_one_chain() {
-    let world = World::new().await;
+    let world = Fleet::new().await;
     let mut b = batch_now(310, small_shape());
     b.spec.steps = vec![("in_progress".to_owned(), 10_000)];
     world.seed(&b).await;
@@ -171,9 +145,7 @@ async fn extra_copies_of_a_waiting_batch_die_out_to_one_chain() {
         "{checks} checks in {took:.1} s after {:?}",
         window.duration_since(started)
     );
-    let depth = queue_depth(&world.env.clients.sqs, &world.env.queues.work_url)
-        .await
-        .unwrap();
+    let depth = world.work_depth().await;
     assert!(
         depth.total() <= 2,
         "one live link (and at most one stale one): {depth:?}"
@@ -194,25 +166,19 @@ async fn an_apply_ten_times_longer_than_the_deadline_completes_without_being_aba
         b.spec.steps = vec![("completed".to_owned(), 1)];
         b
     };
-    let (expected_table, expected_vectors) = reference_run(&b).await;
-
-    let world = World::new().await;
-    world.seed(&b).await;
-    world.enqueue(&b.summary.batch_id).await;
+    let (expected, world) = reference_and_fleet(&b).await;
     // One vector update a second; the handling may go 2 s without progress.
-    let log = SqsLog::default();
     let started = Instant::now();
-    world
-        .run_until_idle(
-            &[
-                ("MESSAGE_DEADLINE_SECONDS", "2"),
-                ("PINECONE_UPDATES_PER_SECOND", "1"),
-                ("VISIBILITY_TIMEOUT_SECONDS", "10"),
-            ],
-            log.client(&world.env.clients.sqs),
-            Duration::from_secs(240),
-        )
-        .await;
+    let log = run_logged(
+        &world,
+        &[
+            ("MESSAGE_DEADLINE_SECONDS", "2"),
+            ("PINECONE_UPDATES_PER_SECOND", "1"),
+            ("VISIBILITY_TIMEOUT_SECONDS", "10"),
+        ],
+        Duration::from_secs(240),
+    )
+    .await;
     let took = started.elapsed();
     assert!(
         took >= Duration::from_secs(20),
@@ -222,8 +188,8 @@ async fn an_apply_ten_times_longer_than_the_deadline_completes_without_being_aba
         world.summary_status(&b.summary.batch_id).await,
         BatchStatus::Completed
     );
-    assert_eq!(world.table().await, expected_table);
-    assert_eq!(world.pinecone.all(NAMESPACE), expected_vectors);
+    assert_eq!(world.table().await, expected.items);
+    assert_eq!(world.pinecone.all(NAMESPACE), expected.vectors);
     let receives_with_messages = log
         .calls()
         .iter()
@@ -238,11 +204,7 @@ async fn an_apply_ten_times_longer_than_the_deadline_completes_without_being_aba
 #[tokio::test]
 async fn the_same_message_handled_twice_at_once_by_one_worker_applies_once() {
     let b = finished_now(330);
-    let (expected_table, expected_vectors) = reference_run(&b).await;
-
-    let world = World::new().await;
-    world.seed(&b).await;
-    world.enqueue(&b.summary.batch_id).await;
+    let (expected, world) = reference_and_fleet(&b).await;
     let settings = world.settings(false, &[]);
     let received = world
         .env
@@ -284,8 +246,8 @@ async fn the_same_message_handled_twice_at_once_by_one_worker_applies_once() {
         world.summary_status(&b.summary.batch_id).await,
         BatchStatus::Completed
     );
-    assert_eq!(world.table().await, expected_table);
-    assert_eq!(world.pinecone.all(NAMESPACE), expected_vectors);
+    assert_eq!(world.table().await, expected.items);
+    assert_eq!(world.pinecone.all(NAMESPACE), expected.vectors);
     assert_eq!(
         world
             .openai
@@ -298,28 +260,16 @@ async fn the_same_message_handled_twice_at_once_by_one_worker_applies_once() {
     );
 }
 
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {sig} {pid}");
-}
-
 // The emulators live in this test's runtime: it needs threads to serve them while the test
 // waits on the process.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_holder_frozen_past_its_lease_writes_nothing_after_another_worker_finished() {
     let b = finished_now(340);
-    let (expected_table, expected_vectors) = reference_run(&b).await;
-
-    let world = World::new().await;
-    world.seed(&b).await;
-    world.enqueue(&b.summary.batch_id).await;
+    let (expected, world) = reference_and_fleet(&b).await;
     // A slow Pinecone keeps the first worker mid-apply (every call 3 s: a fetch and its
     // updates take 6 s at least).
     world.pinecone.set_latency(Duration::from_secs(3));
-    let holder = WorkerProcess::spawn(&world, &[], &[("VISIBILITY_TIMEOUT_SECONDS", "10")]).await;
+    let holder = spawn_worker(&world, &[("VISIBILITY_TIMEOUT_SECONDS", "10")]).await;
     let (store, id) = (world.env.store.clone(), b.summary.batch_id.clone());
     let started = Instant::now();
     while !store
@@ -335,7 +285,7 @@ async fn a_holder_frozen_past_its_lease_writes_nothing_after_another_worker_fini
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    signal(holder.child.id(), "-STOP");
+    holder.signal("-STOP");
     let frozen_at = Instant::now();
     world.pinecone.set_latency(Duration::ZERO);
     assert_ne!(
@@ -364,11 +314,11 @@ async fn a_holder_frozen_past_its_lease_writes_nothing_after_another_worker_fini
     let table = world.table().await;
     let vectors = world.pinecone.all(NAMESPACE);
     let updates = world.pinecone.update_count();
-    assert_eq!(table, expected_table);
-    assert_eq!(vectors, expected_vectors);
+    assert_eq!(table, expected.items);
+    assert_eq!(vectors, expected.vectors);
 
     // Thawed, the old holder finds its lease gone and writes nothing more.
-    signal(holder.child.id(), "-CONT");
+    holder.signal("-CONT");
     let log_has = |text: &str| holder.log_text().contains(text);
     eventually(
         "the thawed holder stops",
@@ -389,10 +339,8 @@ async fn a_holder_frozen_past_its_lease_writes_nothing_after_another_worker_fini
 
 #[tokio::test]
 async fn a_missing_table_keeps_the_message_waiting_without_copies_or_dead_letters() {
-    let world = World::new().await;
     let b = finished_now(350);
-    world.seed(&b).await;
-    world.enqueue(&b.summary.batch_id).await;
+    let world = fleet_with(&b).await;
     let stop = CancellationToken::new();
     // The worker is pointed at a table that does not exist (a typo in the deployment).
     let settings = world.settings(false, &[("DYNAMODB_TABLE_NAME", "no-such-table")]);
@@ -409,9 +357,7 @@ async fn a_missing_table_keeps_the_message_waiting_without_copies_or_dead_letter
         world.dead_letters().await.is_empty(),
         "nothing dead-lettered"
     );
-    let depth = queue_depth(&world.env.clients.sqs, &world.env.queues.work_url)
-        .await
-        .unwrap();
+    let depth = world.work_depth().await;
     assert_eq!(depth.total(), 1, "one waiting copy, no pile-up: {depth:?}");
     let deferrals: Vec<u32> = log
         .sends_to(&world.env.queues.work_url)
@@ -431,10 +377,8 @@ async fn a_missing_table_keeps_the_message_waiting_without_copies_or_dead_letter
 
 #[tokio::test]
 async fn exhausted_openai_quota_is_an_error_of_the_deployment_not_of_the_batch() {
-    let world = World::new().await; // maxReceiveCount 3
     let b = finished_now(360);
-    world.seed(&b).await;
-    world.enqueue(&b.summary.batch_id).await;
+    let world = fleet_with(&b).await; // maxReceiveCount 3
     world.openai.set_quota_exhausted(true);
     let stop = CancellationToken::new();
     let settings = world.settings(false, &[("RETRY_MAX_SECONDS", "2")]);
