@@ -5,15 +5,13 @@
 //! status, and the real binary's exit codes.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use fleet_shared::message::BatchMessage;
 use fleet_shared::model::time::{parse_timestamp, rfc3339};
-use fleet_shared::model::{BatchStatus, BatchSummary, BatchType, ImageId, ReceiptKey};
+use fleet_shared::model::{BatchStatus, BatchSummary, BatchType};
 use fleet_shared::queue::{QueueDepth, dead_letter_attributes, queue_depth, send_one};
 use fleet_shared::store::{ScheduleClaim, Store};
 use producer::replay::{
@@ -26,26 +24,18 @@ use producer::{
 };
 use serde_json::Value;
 
-use crate::support::TestEnv;
-
-const IMG: &str = "0f0e0d0c-0b0a-4909-8807-060504030201";
+use crate::support::process;
+use crate::support::{self, TestEnv};
 
 fn t0() -> DateTime<Utc> {
     parse_timestamp("2025-06-21T12:00:00+00:00").unwrap()
 }
 
+/// [`support::summary`] submitted at `submitted_at`.
 fn summary(batch_id: &str, status: BatchStatus, submitted_at: DateTime<Utc>) -> BatchSummary {
     BatchSummary {
-        batch_id: batch_id.into(),
-        batch_type: BatchType::Completion,
-        openai_batch_id: format!("batch_{batch_id}"),
         submitted_at,
-        status,
-        result_file_id: "N/A".into(),
-        receipt_refs: vec![ReceiptKey {
-            image_id: ImageId::parse(IMG).unwrap(),
-            receipt_id: 1,
-        }],
+        ..support::summary(batch_id, status)
     }
 }
 
@@ -86,36 +76,21 @@ fn enqueue_settings(env: &TestEnv) -> EnqueueSettings {
     }
 }
 
-/// Every message of a queue, received (and so hidden) until a poll brings nothing.
+/// Every message of a queue ([`support::drain`]): its body and string attributes.
 async fn drain(env: &TestEnv, url: &str) -> Vec<(String, HashMap<String, String>)> {
-    let mut all = Vec::new();
-    loop {
-        let out = env
-            .clients
-            .sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .visibility_timeout(300)
-            .wait_time_seconds(1)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .unwrap();
-        let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
-            return all;
-        }
-        for m in messages {
+    support::drain(&env.clients.sqs, url)
+        .await
+        .into_iter()
+        .map(|m| {
             let attrs = m
                 .message_attributes
                 .unwrap_or_default()
                 .into_iter()
                 .filter_map(|(k, v)| v.string_value.map(|s| (k, s)))
                 .collect();
-            all.push((m.body.unwrap_or_default(), attrs));
-        }
-    }
+            (m.body.unwrap_or_default(), attrs)
+        })
+        .collect()
 }
 
 fn messages_per_batch(bodies: &[(String, HashMap<String, String>)]) -> HashMap<String, usize> {
@@ -129,6 +104,12 @@ fn messages_per_batch(bodies: &[(String, HashMap<String, String>)]) -> HashMap<S
 
 fn exactly_once(ids: &[String]) -> HashMap<String, usize> {
     ids.iter().map(|id| (id.clone(), 1)).collect()
+}
+
+/// The work queue holds one message for each of `ids` and for nothing else.
+async fn assert_one_message_each(env: &TestEnv, ids: &[String]) {
+    let messages = drain(env, &env.queues.work_url).await;
+    assert_eq!(messages_per_batch(&messages), exactly_once(ids));
 }
 
 async fn depth(env: &TestEnv, url: &str) -> QueueDepth {
@@ -186,8 +167,7 @@ async fn every_page_of_pending_batches_is_enqueued() {
         .await
         .unwrap();
     assert_eq!((report.listed, report.enqueued), (23, 23));
-    let messages = drain(&env, &env.queues.work_url).await;
-    assert_eq!(messages_per_batch(&messages), exactly_once(&ids));
+    assert_one_message_each(&env, &ids).await;
 }
 
 #[tokio::test]
@@ -220,8 +200,7 @@ async fn a_producer_killed_after_claiming_loses_nothing() {
         .await
         .unwrap();
     assert_eq!((later.enqueued, later.skipped, later.failed), (2, 4, 0));
-    let messages = drain(&env, &env.queues.work_url).await;
-    assert_eq!(messages_per_batch(&messages), exactly_once(&ids));
+    assert_one_message_each(&env, &ids).await;
 }
 
 #[tokio::test]
@@ -248,8 +227,7 @@ async fn a_failed_send_gives_the_claim_back() {
     .await
     .unwrap();
     assert_eq!((retry.enqueued, retry.failed), (3, 0));
-    let messages = drain(&env, &env.queues.work_url).await;
-    assert_eq!(messages_per_batch(&messages), exactly_once(&ids));
+    assert_one_message_each(&env, &ids).await;
 }
 
 #[tokio::test]
@@ -273,8 +251,7 @@ async fn bad_items_are_reported_and_do_not_fail_the_tick() {
     );
     assert!(report.bad_item_errors[0].contains("submitted_at"));
     assert_eq!(report.exit_code(), 0);
-    let messages = drain(&env, &env.queues.work_url).await;
-    assert_eq!(messages_per_batch(&messages), exactly_once(&ids));
+    assert_one_message_each(&env, &ids).await;
 }
 
 /// A Pushgateway that records what it was sent.
@@ -1251,64 +1228,10 @@ async fn status_counts_batches_and_reads_depths() {
 
 // ---- the binary ----
 
-/// The producer binary beside this test binary (`target/<profile>/producer`), built first when
-/// it is missing or older than its sources: a test of the tests crate cannot ask cargo for
-/// another package's binary.
-fn producer_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps/<test>");
-        let binary = profile_dir.join(format!("producer{}", std::env::consts::EXE_SUFFIX));
-        let root = fleet_tests::aws_env::workspace_root();
-        let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
-        let newest_source = ["producer/src", "producer/Cargo.toml", "shared/src"]
-            .iter()
-            .filter_map(|p| newest_mtime(&root.join(p)))
-            .max();
-        if built.is_none() || built < newest_source {
-            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo
-                .current_dir(&root)
-                .args(["build", "-p", "producer", "--bin", "producer"])
-                .env(
-                    "CARGO_TARGET_DIR",
-                    profile_dir.parent().expect("target dir"),
-                );
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cargo.arg("--release");
-            }
-            let status = cargo.status().expect("running cargo build");
-            assert!(status.success(), "cargo build -p producer failed");
-        }
-        binary
-    })
-}
-
-fn newest_mtime(path: &Path) -> Option<SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_dir() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| newest_mtime(&e.path()))
-        .max()
-}
-
 /// Runs the binary with exactly `env` (nothing inherited, so no AWS or fleet variable of the
 /// developer's shell leaks in).
 fn run_producer(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(producer_binary())
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .expect("running the producer")
+    process::run("producer", args, env.iter().copied())
 }
 
 const GOOD: [(&str, &str); 3] = [
@@ -1417,18 +1340,10 @@ fn help_exits_0_and_names_the_variables() {
 async fn the_binary_runs_against_moto() {
     let env = TestEnv::new().await;
     seed_pending(&env, "bin", 2).await;
-    let vars = [
-        ("AWS_ENDPOINT_URL", env.endpoint.as_str()),
-        ("AWS_REGION", fleet_tests::aws_env::REGION),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("DYNAMODB_TABLE_NAME", env.table.as_str()),
-        ("QUEUE_URL", env.queues.work_url.as_str()),
-        ("DEAD_LETTER_QUEUE_URL", env.queues.dead_letter_url.as_str()),
-        ("LOG_FORMAT", "text"),
-        ("RUST_LOG", "warn"),
-    ];
-    let run = |args: &[&str]| run_producer(args, &vars);
+    let mut vars: HashMap<String, String> = env.process_vars().into_iter().collect();
+    vars.insert("LOG_FORMAT".into(), "text".into());
+    vars.insert("RUST_LOG".into(), "warn".into());
+    let run = |args: &[&str]| process::run("producer", args, &vars);
     let out = run(&["enqueue", "--json"]);
     assert_eq!(
         out.status.code(),

@@ -36,7 +36,7 @@ pub mod process;
 pub mod watch;
 
 pub use fleet::{
-    Fleet, NAMESPACE, Snapshot, handle, handling, services_for, take_lease, test_retry,
+    Fleet, NAMESPACE, SECRET, Snapshot, handle, handling, services_for, take_lease, test_retry,
 };
 
 /// The image of the hand-made summaries ([`summary`]).
@@ -114,6 +114,11 @@ impl TestEnv {
     /// Sends a fresh message for `batch_id` to the work queue.
     pub async fn enqueue(&self, batch_id: &str) {
         self.send(&BatchMessage::new(batch_id).to_body()).await;
+    }
+
+    /// Every message of the work queue ([`drain`]).
+    pub async fn drain_work(&self) -> Vec<Message> {
+        drain(&self.clients.sqs, &self.queues.work_url).await
     }
 
     /// Every message of the dead-letter queue ([`drain`]).

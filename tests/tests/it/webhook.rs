@@ -7,33 +7,26 @@
 //! signed like OpenAI (checked with the receiver's verifier), sent once per batch, retried.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
 use fleet_shared::message::BatchMessage;
-use fleet_shared::model::{BatchStatus, BatchSummary, BatchType, ImageId, ReceiptKey};
-use fleet_shared::model::{ReceiptWordLabel, time::parse_timestamp};
-use fleet_shared::queue::{QueueDepth, queue_depth};
+use fleet_shared::model::{BatchStatus, BatchSummary, BatchType};
 use fleet_tests::openai::webhook::{WebhookConfig, WebhookSigner, event_body, new_secret};
 use fleet_tests::openai::{BatchSpec, OpenAiEmulator};
-use fleet_tests::pinecone::PineconeEmulator;
-use fleet_tests::scenario::{self, Outcome, Rng, ScenarioBatch, Shape};
+use fleet_tests::scenario::ScenarioBatch;
 use producer::webhook::signature::{SignedHeaders, SigningKey, verify};
 use producer::webhook::{Receiver, ReceiverOptions};
 use producer::{EnqueueSettings, Services, WebhookSettings};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::TestEnv;
-
-const IMG: &str = "0f0e0d0c-0b0a-4909-8807-060504030201";
-const API_KEY: &str = "sk-it-SECRET-never-printed";
+use crate::support::process::{self, Process};
+use crate::support::{
+    Fleet, SECRET, TestEnv, batch_now, eventually, get as get_text, small_shape, summary,
+};
 
 fn now() -> i64 {
     Utc::now().timestamp()
@@ -42,188 +35,12 @@ fn now() -> i64 {
 // ---------------------------------------------------------------------------------------------
 // The binaries.
 
-/// `target/<profile>/<name>` beside this test binary, built first when missing or older than
-/// the sources (a test of the tests crate cannot ask cargo for another package's binary).
-fn binary(name: &'static str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.get(name) {
-        return path.clone();
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    let root = fleet_tests::aws_env::workspace_root();
-    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-    let newest_source = [
-        &format!("{name}/src"),
-        &format!("{name}/Cargo.toml"),
-        "shared/src",
-        "Cargo.lock",
-    ]
-    .iter()
-    .filter_map(|p| newest_mtime(&root.join(p)))
-    .max();
-    if modified.is_none() || modified < newest_source {
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo
-            .current_dir(&root)
-            .args(["build", "-p", name, "--bin", name])
-            .env(
-                "CARGO_TARGET_DIR",
-                profile_dir.parent().expect("target dir"),
-            );
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cargo.arg("--release");
-        }
-        assert!(
-            cargo.status().expect("running cargo build").success(),
-            "cargo build -p {name} failed"
-        );
-    }
-    built.insert(name, path.clone());
-    path
-}
-
-fn newest_mtime(path: &Path) -> Option<SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_dir() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| newest_mtime(&e.path()))
-        .max()
-}
-
-/// A running binary: stdout and stderr collected, the address it logged (`http_addr`).
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-    output: Arc<Mutex<Vec<String>>>,
-}
-
-impl Process {
-    async fn spawn(name: &'static str, args: &[&str], env: &[(String, String)]) -> Process {
-        let mut child = Command::new(binary(name))
-            .args(args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = output.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = output.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && let Some(addr) = v.get("http_addr").and_then(Value::as_str)
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let logged = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
-            .await
-            .expect("reader thread");
-        let addr = logged.unwrap_or_else(|_| {
-            panic!(
-                "{name} logged no address; output: {:?}",
-                output.lock().unwrap()
-            )
-        });
-        Process {
-            child,
-            addr: addr.parse().expect("socket address"),
-            output,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status.code().unwrap_or(-1));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    /// SIGTERM, exit 0 within `limit`, and every line it printed.
-    async fn stop(mut self, limit: Duration) -> String {
-        self.sigterm();
-        let code = self.wait_exit(limit).await;
-        // The reader threads end with the pipes; give them a moment to hand over the tail.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let text = self.output.lock().unwrap().join("\n");
-        assert_eq!(code, Some(0), "exit code after SIGTERM; output:\n{text}");
-        text
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn aws_env(env: &TestEnv) -> Vec<(String, String)> {
-    [
-        ("AWS_ENDPOINT_URL", env.endpoint.as_str()),
-        ("AWS_REGION", fleet_tests::aws_env::REGION),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("DYNAMODB_TABLE_NAME", env.table.as_str()),
-        ("QUEUE_URL", env.queues.work_url.as_str()),
-        ("DEAD_LETTER_QUEUE_URL", env.queues.dead_letter_url.as_str()),
-        ("LOG_FORMAT", "json"),
-        ("RUST_LOG", "info"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
-}
-
 /// `producer webhook-server` on a free port of this machine.
 async fn webhook_server(env: &TestEnv, secret: &str) -> Process {
-    let mut vars = aws_env(env);
+    let mut vars = env.process_vars();
     vars.push(("OPENAI_WEBHOOK_SECRET".into(), secret.to_owned()));
     vars.push(("WEBHOOK_ADDR".into(), "127.0.0.1:0".into()));
-    Process::spawn("producer", &["webhook-server"], &vars).await
+    Process::spawn("producer", &["webhook-server"], vars).await
 }
 
 /// Asserts that neither the secret nor its key appear in `text`.
@@ -278,12 +95,6 @@ fn batch_event(event_type: &str, openai_batch_id: &str) -> String {
     event_body(&event_id, event_type, openai_batch_id, now())
 }
 
-async fn get_text(url: &str) -> (u16, String) {
-    let r = reqwest::get(url).await.expect("GET");
-    let status = r.status().as_u16();
-    (status, r.text().await.unwrap_or_default())
-}
-
 /// `fleet_webhooks_total{type=…,outcome=…}` values of a `/metrics` page, by `(type, outcome)`.
 fn webhook_counts(page: &str) -> HashMap<(String, String), f64> {
     let mut counts = HashMap::new();
@@ -308,66 +119,13 @@ fn webhook_counts(page: &str) -> HashMap<(String, String), f64> {
     counts
 }
 
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn depth(env: &TestEnv) -> QueueDepth {
-    queue_depth(&env.clients.sqs, &env.queues.work_url)
-        .await
-        .expect("queue depth")
-}
-
 /// Every message body of the work queue (received and left invisible).
 async fn bodies(env: &TestEnv) -> Vec<BatchMessage> {
-    let mut all = Vec::new();
-    let mut empty = 0;
-    while empty < 2 {
-        let out = env
-            .clients
-            .sqs
-            .receive_message()
-            .queue_url(&env.queues.work_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .visibility_timeout(300)
-            .send()
-            .await
-            .expect("receive");
-        let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
-            empty += 1;
-        }
-        all.extend(
-            messages
-                .iter()
-                .map(|m| BatchMessage::parse(m.body().unwrap_or_default()).expect("valid body")),
-        );
-    }
-    all
-}
-
-fn summary(batch_id: &str, status: BatchStatus) -> BatchSummary {
-    BatchSummary {
-        batch_id: batch_id.into(),
-        batch_type: BatchType::Completion,
-        openai_batch_id: format!("batch_{batch_id}"),
-        submitted_at: parse_timestamp("2025-06-21T12:00:00+00:00").unwrap(),
-        status,
-        result_file_id: "N/A".into(),
-        receipt_refs: vec![ReceiptKey {
-            image_id: ImageId::parse(IMG).unwrap(),
-            receipt_id: 1,
-        }],
-    }
+    env.drain_work()
+        .await
+        .iter()
+        .map(|m| BatchMessage::parse(m.body().unwrap_or_default()).expect("valid body"))
+        .collect()
 }
 
 async fn put(env: &TestEnv, s: &BatchSummary) {
@@ -377,87 +135,36 @@ async fn put(env: &TestEnv, s: &BatchSummary) {
 // ---------------------------------------------------------------------------------------------
 // A webhook gets a waiting batch applied within seconds (real binaries, moto, emulators).
 
-fn batch_now(seed: u64) -> ScenarioBatch {
-    let shape = Shape {
-        receipts: 4,
-        targets_per_receipt: 4,
-        outcome: Outcome::Completed,
-        in_progress_polls: 1,
-        ..Shape::default()
-    };
-    let mut b = scenario::batch(&mut Rng::new(seed), 0, &shape);
-    b.spec.created_at = now() - 60;
-    b.spec.expires_at = Some(now() + 86_400);
-    // Running at the first check; completed from the next one on.
+/// A batch running at the first check and completed from the next one on.
+fn running_then_completed(seed: u64) -> ScenarioBatch {
+    let mut b = batch_now(seed, small_shape());
     b.spec.steps = vec![("in_progress".to_owned(), 1), ("completed".to_owned(), 1)];
     b
 }
 
-async fn seed_everywhere(
-    env: &TestEnv,
-    openai: &OpenAiEmulator,
-    pinecone: &PineconeEmulator,
-    b: &ScenarioBatch,
-) {
-    let items = b
-        .labels
-        .iter()
-        .map(ReceiptWordLabel::to_item)
-        .chain(std::iter::once(b.summary.to_item()))
-        .collect();
-    env.store
-        .put_items_batched(items)
-        .await
-        .expect("seed table");
-    openai.add_batch(b.spec.clone());
-    for (id, content) in &b.files {
-        openai.add_file(id.clone(), content.clone());
-    }
-    for (id, metadata) in &b.vectors {
-        pinecone.upsert("words", id, vec![0.1, 0.2], metadata.clone());
-    }
-}
-
-fn worker_env(
-    env: &TestEnv,
-    openai: &OpenAiEmulator,
-    pinecone: &PineconeEmulator,
-) -> Vec<(String, String)> {
-    let mut vars = aws_env(env);
-    for (k, v) in [
-        ("OPENAI_API_KEY", API_KEY),
-        ("PINECONE_API_KEY", API_KEY),
-        ("METRICS_ADDR", "127.0.0.1:0"),
+/// The worker's environment for `f`, whose next check of a running batch is at least ten
+/// minutes away.
+fn worker_env(f: &Fleet) -> HashMap<String, String> {
+    f.worker_vars(&[
         ("MAX_IN_FLIGHT", "4"),
         ("VISIBILITY_TIMEOUT_SECONDS", "30"),
         ("HEARTBEAT_SECONDS", "5"),
-        // The next check of a running batch is at least ten minutes away.
         ("RECHECK_MIN_SECONDS", "600"),
         ("RECHECK_MAX_SECONDS", "900"),
-        ("RETRY_MIN_SECONDS", "1"),
-        ("RETRY_MAX_SECONDS", "2"),
-        ("SHUTDOWN_GRACE_SECONDS", "5"),
-    ] {
-        vars.push((k.to_owned(), v.to_owned()));
-    }
-    vars.push(("OPENAI_BASE_URL".into(), openai.base_url()));
-    vars.push(("PINECONE_INDEX_HOST".into(), pinecone.base_url()));
-    vars
+    ])
 }
 
 // The emulators live in this test's runtime: it needs threads to serve them while the test
 // waits on the processes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_batch_completed_gets_a_waiting_batch_applied_within_seconds() {
-    let env = TestEnv::new().await;
-    let openai = OpenAiEmulator::start().await.expect("openai emulator");
-    let pinecone = PineconeEmulator::start().await.expect("pinecone emulator");
-    let b = batch_now(91);
+    let b = running_then_completed(91);
     let (batch_id, openai_id) = (b.summary.batch_id.clone(), b.spec.id.clone());
-    seed_everywhere(&env, &openai, &pinecone, &b).await;
+    let f = Fleet::seeded(&b).await;
+    let (env, openai) = (&f.env, &f.openai);
 
     let secret = new_secret();
-    let server = webhook_server(&env, &secret).await;
+    let server = webhook_server(env, &secret).await;
     openai
         .set_webhook(Some(WebhookConfig {
             url: server.url("/openai/webhook"),
@@ -474,16 +181,15 @@ async fn a_signed_batch_completed_gets_a_waiting_batch_applied_within_seconds() 
     .await
     .expect("tick");
     assert_eq!(tick.enqueued, 1);
-    let worker = Process::spawn("worker", &[], &worker_env(&env, &openai, &pinecone)).await;
+    let worker = Process::spawn("worker", &[], worker_env(&f)).await;
 
     // The first check finds it running and schedules the next one ten minutes or more away.
     eventually(
         "the first check to schedule a delayed one",
         Duration::from_secs(60),
         || {
-            let (openai, env) = (&openai, &env);
             let id = openai_id.clone();
-            async move { openai.batch_gets(&id) == 1 && depth(env).await.delayed == 1 }
+            async move { openai.batch_gets(&id) == 1 && env.work_depth().await.delayed == 1 }
         },
     )
     .await;
@@ -501,7 +207,7 @@ async fn a_signed_batch_completed_gets_a_waiting_batch_applied_within_seconds() 
     let ended = Instant::now();
     assert_eq!(openai.end_batch(&openai_id).as_deref(), Some("completed"));
     eventually("the batch to be applied", Duration::from_secs(30), || {
-        let (env, id) = (&env, batch_id.clone());
+        let (env, id) = (env, batch_id.clone());
         async move {
             env.store.batch_summary(&id).await.unwrap().unwrap().status == BatchStatus::Completed
         }
@@ -543,7 +249,7 @@ async fn a_signed_batch_completed_gets_a_waiting_batch_applied_within_seconds() 
     let worker_output = worker.stop(Duration::from_secs(20)).await;
     assert_secret_absent(&secret, &server_output);
     assert_secret_absent(&secret, &worker_output);
-    assert!(!server_output.contains(API_KEY) && !worker_output.contains(API_KEY));
+    assert!(!server_output.contains(SECRET) && !worker_output.contains(SECRET));
     let enqueued_line = server_output
         .lines()
         .find(|l| l.contains("\"outcome\":\"enqueued\""))
@@ -652,7 +358,7 @@ async fn bad_deliveries_get_400_and_enqueue_nothing() {
         (400, Some("too_large"))
     );
 
-    assert_eq!(depth(&env).await.total(), 0, "nothing enqueued");
+    assert_eq!(env.work_depth().await.total(), 0, "nothing enqueued");
     let state = env.store.fleet_state(&pending.batch_id).await.unwrap();
     assert_eq!(state.chain, None, "no chain started");
     let (_, page) = get_text(&server.url("/metrics")).await;
@@ -671,7 +377,7 @@ async fn bad_deliveries_get_400_and_enqueue_nothing() {
         (200, Some("enqueued")),
         "{answer}"
     );
-    assert_eq!(depth(&env).await.visible, 1);
+    assert_eq!(env.work_depth().await.visible, 1);
 
     let output = server.stop(Duration::from_secs(10)).await;
     assert_secret_absent(&secret, &output);
@@ -748,7 +454,7 @@ async fn other_types_and_batches_not_ours_to_check_get_2xx_and_enqueue_nothing()
             "{id}: {answer}"
         );
     }
-    assert_eq!(depth(&env).await.total(), 0);
+    assert_eq!(env.work_depth().await.total(), 0);
 
     // One real end, delivered twice (OpenAI did not get our first answer): enqueued once.
     let event = batch_event("batch.failed", &pending.openai_batch_id);
@@ -884,7 +590,7 @@ async fn a_batch_submitted_after_the_listing_is_found_once_the_listing_may_be_re
         "enqueued",
         "listed again for the unknown id"
     );
-    assert_eq!(depth(&env).await.visible, 1);
+    assert_eq!(env.work_depth().await.visible, 1);
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), server)
@@ -898,12 +604,7 @@ async fn a_batch_submitted_after_the_listing_is_found_once_the_listing_may_be_re
 // Configuration and --help.
 
 fn run_producer(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(binary("producer"))
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .expect("running the producer")
+    process::run("producer", args, env.iter().copied())
 }
 
 #[test]

@@ -86,6 +86,22 @@ where
     cmd
 }
 
+/// Runs [`binary`] to its end with exactly `vars`; its status and output.
+pub fn run<K, V>(
+    name: &'static str,
+    args: &[&str],
+    vars: impl IntoIterator<Item = (K, V)>,
+) -> std::process::Output
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    command(name, vars)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"))
+}
+
 /// A running binary serving HTTP: its stdout and stderr lines collected, the address it logged
 /// (`http_addr` in a JSON line on stderr). Killed when dropped.
 pub struct Process {
