@@ -684,46 +684,37 @@ async fn apply_batch_applies_a_finished_batch_once_and_reports_it() {
     world.seed(&running).await;
     world.seed(&done).await;
 
-    let run = |args: Vec<String>| {
-        let mut cmd = process::command("worker", world.worker_vars(&[("LOG_FORMAT", "text")]));
-        cmd.args(&args);
-        cmd
-    };
-    let output = |mut cmd: std::process::Command| async move {
-        tokio::task::spawn_blocking(move || cmd.output().expect("run worker apply-batch"))
+    // `worker apply-batch <args>`, which must exit 0.
+    let vars = world.worker_vars(&[("LOG_FORMAT", "text")]);
+    let apply_batch = |args: Vec<String>| {
+        let vars = vars.clone();
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = std::iter::once("apply-batch")
+                    .chain(args.iter().map(String::as_str))
+                    .collect();
+                process::run("worker", &args, vars)
+            })
             .await
-            .expect("blocking task")
+            .expect("blocking task");
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out
+        }
     };
 
-    let out = output(run(vec![
-        "apply-batch".into(),
-        running.summary.batch_id.clone(),
-    ]))
-    .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = apply_batch(vec![running.summary.batch_id.clone()]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("not finished at OpenAI (status in_progress)"),
         "{stdout}"
     );
 
-    let out = output(run(vec![
-        "apply-batch".into(),
-        done.summary.batch_id.clone(),
-        "--json".into(),
-    ]))
-    .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = apply_batch(vec![done.summary.batch_id.clone(), "--json".into()]).await;
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(report["result"], "applied");
     assert_eq!(report["openai_status"], "completed");
@@ -733,12 +724,7 @@ async fn apply_batch_applies_a_finished_batch_once_and_reports_it() {
         BatchStatus::Completed
     );
 
-    let out = output(run(vec![
-        "apply-batch".into(),
-        done.summary.batch_id.clone(),
-    ]))
-    .await;
-    assert_eq!(out.status.code(), Some(0));
+    let out = apply_batch(vec![done.summary.batch_id.clone()]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("already finished (summary status COMPLETED)"),
