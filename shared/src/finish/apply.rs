@@ -71,13 +71,14 @@ use super::chunk::ChunkContext;
 use super::downloads;
 use super::index::{Files, Indexed, LineLog, index_batch};
 use super::report::ApplyReport;
+use super::result_keys::{HeldResultKeys, SharedKeys};
 use super::resume::{self, Resume};
-use super::writes::{Gate, HeldResultKeys, execute};
+use super::writes::{Gate, write_journal, write_labels, write_vectors_and_results};
 use super::{FinishError, Services};
-use crate::model::BatchSummary;
+use crate::model::{BatchSummary, ReceiptKey};
 use crate::openai::BatchObject;
-use crate::parse::BatchIndex;
-use crate::plan::{Outcome, PlanCounters, SummaryUpdate, summary_update};
+use crate::parse::{BatchIndex, ReceiptLines};
+use crate::plan::{Outcome, Plan, PlanCounters, SummaryUpdate, summary_update};
 use crate::store::Transition;
 
 /// Records how long each phase took, for the report (where did an apply's time go?).
@@ -142,6 +143,7 @@ pub(super) async fn run(
         index,
         files,
         fallback,
+        keys,
     } = index_batch(
         summary,
         batch,
@@ -165,8 +167,10 @@ pub(super) async fn run(
         },
         cursor: &cursor,
         gate: &gate,
+        keys: &keys,
     };
-    let done = pass.run(&index, files, resume, &mut phases).await?;
+    let done = pass.run(&index, files, resume).await?;
+    phases.mark(&mut report, "chunks");
     report.absorb(&done);
 
     // 5. The summary, last: conditional on PENDING.
@@ -202,41 +206,137 @@ struct Pass2<'a> {
     ctx: ChunkContext<'a>,
     cursor: &'a resume::Cursor<'a>,
     gate: &'a Gate<'a>,
+    keys: &'a SharedKeys,
 }
 
-impl Pass2<'_> {
+/// A chunk between its two stages: planned and journaled, with its own gate and report.
+struct Staged<'g> {
+    last: ReceiptKey,
+    receipts: u64,
+    plan: Plan,
+    gate: Gate<'g>,
+    part: ApplyReport,
+}
+
+impl<'a> Pass2<'a> {
     /// Reads, plans and writes the chunks after `resume`'s cursor, recording the cursor after
     /// each; returns what the done chunks (the earlier handlings' included) counted.
+    ///
+    /// Two stages overlap: while one chunk's labels, vectors and result rows are written
+    /// (Pinecone's update rate makes this the long one), the next chunk is read, planned and
+    /// journaled. The second stage takes the chunks one at a time in order, so result rows and
+    /// cursors are written in receipt order; a chunk's first stage never reads what another
+    /// chunk writes (see the module's doc), so running it early changes nothing it decides.
+    /// A handling stopped between the stages has journaled the next chunk but changed none of
+    /// its labels: the next handling plans that chunk again from its journal rows, and counts
+    /// what one uninterrupted run counts (the journal's rows are deterministic puts and
+    /// count as planned). The label writes stay in the second stage for that reason: a label
+    /// changed ahead of its chunk's cursor would count as found `already` by the next handling.
     async fn run(
         &self,
         index: &BatchIndex,
         mut files: Files,
         resume: Resume,
-        phases: &mut Phases,
     ) -> Result<ApplyReport, FinishError> {
-        let (services, gate) = (self.ctx.services, self.gate);
         let mut held = HeldResultKeys::new();
         let mut done = resume.done;
         let mut receipts_done = resume.receipts;
-        let chunks = index.chunks_after(resume.after.as_ref(), services.options.receipts_per_chunk);
-        for chunk in chunks {
-            gate.check()?;
-            let writes_before = gate.count();
-            let mut part = ApplyReport::default();
-            let plan = self.ctx.plan(&chunk, &files, &mut part, phases).await?;
-            let (last, _) = chunk[chunk.len() - 1];
-            files.release_read(last); // a file read to its end is removed before the writes
-            let plan = execute(services, gate, plan, &mut held, &mut part, phases).await?;
-            part.plan = plan.counters;
-            part.chunks = 1;
-            // This chunk's writes, and the cursor's own.
-            part.writes = gate.count() - writes_before + 1;
-            done.absorb(&part);
-            receipts_done += chunk.len() as u64;
-            self.cursor.record(gate, last, receipts_done, &done).await?;
-            phases.mark(&mut done, "write_cursor");
+        let per_chunk = self.ctx.services.options.receipts_per_chunk;
+        let mut chunks = index.chunks_after(resume.after.as_ref(), per_chunk);
+        let mut behind: Option<Staged<'a>> = None;
+        loop {
+            let next = chunks.next();
+            if next.is_none() && behind.is_none() {
+                return Ok(done);
+            }
+            let first = async {
+                match next {
+                    Some(chunk) => self.first_stage(chunk, &mut files).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let second = async {
+                match behind.take() {
+                    Some(staged) => {
+                        let part = self
+                            .second_stage(staged, &mut held, &mut receipts_done, &done)
+                            .await?;
+                        done.absorb(&part);
+                        Ok::<_, FinishError>(())
+                    }
+                    None => Ok(()),
+                }
+            };
+            let (ahead, recorded) = tokio::join!(first, second);
+            recorded?;
+            behind = ahead?;
         }
-        Ok(done)
+    }
+
+    /// Reads and plans a chunk, and journals its decisions.
+    async fn first_stage(
+        &self,
+        chunk: Vec<(&ReceiptKey, &ReceiptLines)>,
+        files: &mut Files,
+    ) -> Result<Staged<'a>, FinishError> {
+        self.gate.check()?;
+        let gate = self.gate.scoped();
+        let mut phases = Phases::new();
+        let mut part = ApplyReport::default();
+        let plan = self.ctx.plan(&chunk, files, &mut part, &mut phases).await?;
+        let (last, _) = chunk[chunk.len() - 1];
+        files.release_read(last); // a file read to its end is removed before the writes
+        write_journal(self.ctx.services, &gate, &plan, &mut part, &mut phases).await?;
+        Ok(Staged {
+            last: last.clone(),
+            receipts: chunk.len() as u64,
+            plan,
+            gate,
+            part,
+        })
+    }
+
+    /// Writes a staged chunk's labels, vectors and result rows and records the cursor after
+    /// it; returns what the chunk counted.
+    async fn second_stage(
+        &self,
+        staged: Staged<'a>,
+        held: &mut HeldResultKeys,
+        receipts_done: &mut u64,
+        done: &ApplyReport,
+    ) -> Result<ApplyReport, FinishError> {
+        let Staged {
+            last,
+            receipts,
+            plan,
+            gate,
+            mut part,
+        } = staged;
+        let mut phases = Phases::new();
+        let services = self.ctx.services;
+        let written = write_labels(services, &gate, plan, &mut part, &mut phases).await?;
+        let plan = write_vectors_and_results(
+            services,
+            &gate,
+            written,
+            self.keys,
+            held,
+            &mut part,
+            &mut phases,
+        )
+        .await?;
+        part.plan = plan.counters;
+        part.chunks = 1;
+        // This chunk's writes, and the cursor's own.
+        part.writes = gate.count() + 1;
+        *receipts_done += receipts;
+        let mut upto = done.clone();
+        upto.absorb(&part);
+        self.cursor
+            .record(&gate, &last, *receipts_done, &upto)
+            .await?;
+        phases.mark(&mut part, "write_cursor");
+        Ok(part)
     }
 }
 

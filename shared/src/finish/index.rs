@@ -10,6 +10,7 @@ use tracing::warn;
 use super::FinishError;
 use super::downloads::{ChunkFile, Downloads};
 use super::report::ApplyReport;
+use super::result_keys::SharedKeys;
 use crate::model::{BatchSummary, ReceiptKey};
 use crate::openai::BatchObject;
 use crate::openai::client::DownloadedFile;
@@ -65,6 +66,8 @@ pub(super) struct Indexed {
     /// OpenAI no longer has the input file: the targets are the named receipts' PENDING
     /// labels.
     pub(super) fallback: bool,
+    /// The result keys more than one target has (`result_keys.rs`).
+    pub(super) keys: SharedKeys,
 }
 
 /// Pass 1: indexes the batch's downloaded files (the error file is counted, then removed),
@@ -98,10 +101,13 @@ pub(super) async fn index_batch(
         count_error_file(&d.file, &mut index, &mut report.plan, fallback).await?;
     }
     drop(errors); // counted: removed, its budget share given back
+    let mut keys = SharedKeys::unknown();
     match &input {
         Some(d) => {
             report.targets_source = "input_file".into();
-            report.unreadable_requests = index_input(&d.file, &mut index, log).await?;
+            keys = SharedKeys::gathering();
+            report.unreadable_requests = index_input(&d.file, &mut index, &mut keys, log).await?;
+            keys.seal();
         }
         None => {
             report.targets_source = "fallback".into();
@@ -119,6 +125,7 @@ pub(super) async fn index_batch(
         index,
         files,
         fallback,
+        keys,
     })
 }
 
@@ -194,10 +201,12 @@ async fn count_error_file(
 /// Pass 1 over the input file: each request is placed with the receipts of its targets. A
 /// request whose `### Targets` cannot be read (docs/spec/processing-rules.md, Inputs) marks its own
 /// receipt (its `custom_id`) for the fallback: that receipt's PENDING labels are its targets,
-/// and no other receipt's. Returns how many requests could not be read.
+/// and no other receipt's. Gathers the targets' result keys. Returns how many requests could
+/// not be read.
 async fn index_input(
     file: &DownloadedFile,
     index: &mut BatchIndex,
+    keys: &mut SharedKeys,
     log: &LineLog,
 ) -> Result<u64, FinishError> {
     let mut unreadable = 0;
@@ -206,7 +215,12 @@ async fn index_input(
         let at = LineRef::of(&line);
         let (n, _, bytes) = line;
         match (parse_input_read(bytes), at) {
-            (InputLine::Request(request), Some(at)) => index.add_input(at, &request),
+            (InputLine::Request(request), Some(at)) => {
+                for t in &request.targets {
+                    keys.add(&t.label);
+                }
+                index.add_input(at, &request);
+            }
             (InputLine::Malformed(m), _) => {
                 unreadable += 1;
                 metrics::counter!("fleet_unreadable_requests_total", "kind" => m.kind.as_str())
@@ -222,6 +236,8 @@ async fn index_input(
                             "input-file request's targets cannot be read; its receipt's PENDING labels are taken as its targets"
                         );
                         index.add_unreadable(receipt);
+                        // Its targets will be its PENDING labels, unknown here.
+                        keys.forget();
                     }
                     None => warn!(
                         batch_id = %log.batch_id,

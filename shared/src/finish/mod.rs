@@ -24,6 +24,7 @@ mod downloads;
 mod error;
 mod index;
 mod report;
+mod result_keys;
 mod resume;
 mod writes;
 

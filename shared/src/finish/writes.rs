@@ -3,7 +3,7 @@
 
 mod vectors;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{StreamExt, TryStreamExt, stream};
@@ -12,17 +12,20 @@ use tracing::warn;
 
 use super::apply::Phases;
 use super::report::{ApplyReport, WriteCounts};
+use super::result_keys::{HeldResultKeys, SharedKeys};
 use super::{FinishError, Services};
-use crate::model::status::CORE_LABELS;
 use crate::model::{CompletionBatchResult, CompletionBatchVerdict, ValidationStatus, WordKey};
 use crate::plan::{Plan, StatusChange};
 use crate::store::{BATCH_WRITE_LIMIT, Created, Transition};
 
 /// Checks, before every write, that the apply may go on (stop token, drill budget), and counts.
+/// A chunk's stages write through their own [`Gate::scoped`] gate, which counts their writes
+/// apart and adds them to the apply's.
 pub(super) struct Gate<'a> {
     stop: &'a CancellationToken,
     services: &'a Services,
     writes: AtomicU64,
+    parent: Option<&'a Gate<'a>>,
 }
 
 impl<'a> Gate<'a> {
@@ -31,6 +34,18 @@ impl<'a> Gate<'a> {
             stop,
             services,
             writes: AtomicU64::new(0),
+            parent: None,
+        }
+    }
+
+    /// A gate with the same stop token and budget that counts its own writes (and adds them to
+    /// this one's): a chunk's writes, while the stages of other chunks write at the same time.
+    pub(super) fn scoped(&'a self) -> Gate<'a> {
+        Gate {
+            stop: self.stop,
+            services: self.services,
+            writes: AtomicU64::new(0),
+            parent: Some(self),
         }
     }
 
@@ -39,16 +54,28 @@ impl<'a> Gate<'a> {
     pub(super) fn check(&self) -> Result<(), FinishError> {
         if self.stop.is_cancelled() {
             return Err(FinishError::Stopped {
-                writes: usize::try_from(self.count()).unwrap_or(usize::MAX),
+                writes: usize::try_from(self.total()).unwrap_or(usize::MAX),
                 why: "told to stop",
             });
         }
         Ok(())
     }
 
-    /// Writes made through the gate so far.
+    /// Writes made through this gate so far.
     pub(super) fn count(&self) -> u64 {
         self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Writes made through the apply's gate (the outermost) so far.
+    fn total(&self) -> u64 {
+        self.parent.map_or_else(|| self.count(), Gate::total)
+    }
+
+    fn counted(&self) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if let Some(parent) = self.parent {
+            parent.counted();
+        }
     }
 
     /// Lets a write through whatever the stop token or the budget say (it still spends the
@@ -58,12 +85,12 @@ impl<'a> Gate<'a> {
         if let Some(budget) = &self.services.options.write_budget {
             budget.take();
         }
-        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.counted();
     }
 
     pub(super) fn pass(&self) -> Result<(), FinishError> {
         self.check()?;
-        let writes = usize::try_from(self.count()).unwrap_or(usize::MAX);
+        let writes = usize::try_from(self.total()).unwrap_or(usize::MAX);
         if let Some(budget) = &self.services.options.write_budget
             && !budget.take()
         {
@@ -72,67 +99,27 @@ impl<'a> Gate<'a> {
                 why: "write budget spent",
             });
         }
-        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.counted();
         Ok(())
     }
 }
 
-/// Result keys (the SK's receipt, line, word and label) that this run found held by a row of an
-/// image id not larger than any later chunk's: written by an earlier chunk, or a put that was
-/// refused. Chunks go in image order, so a later row with such a key would be refused too: it is
-/// counted as a collision without being sent (a refused conditional put still costs a write).
-/// Exact, only core labels, and capped: past the cap rows are sent and the condition decides.
-pub(super) struct HeldResultKeys {
-    keys: HashSet<u128>,
-    cap: usize,
+/// A chunk whose table writes are done, waiting for its vectors and result rows.
+pub(super) struct LabelsWritten {
+    plan: Plan,
+    /// Words whose verdicts an earlier run (or the other applier) had applied already.
+    rewrite: BTreeSet<WordKey>,
 }
 
-impl HeldResultKeys {
-    /// Keys are packed; at 16 bytes (plus the set's overhead) the cap is a few MB.
-    const CAP: usize = 200_000;
-
-    pub(super) fn new() -> Self {
-        HeldResultKeys {
-            keys: HashSet::new(),
-            cap: Self::CAP,
-        }
-    }
-
-    fn key(row: &CompletionBatchResult) -> Option<u128> {
-        let label = CORE_LABELS.iter().position(|c| *c == row.label.label)?;
-        let w = &row.label.word;
-        Some(
-            u128::from(w.receipt.receipt_id) << 72
-                | u128::from(w.line_id) << 40
-                | u128::from(w.word_id) << 8
-                | label as u128,
-        )
-    }
-
-    fn held(&self, row: &CompletionBatchResult) -> bool {
-        Self::key(row).is_some_and(|k| self.keys.contains(&k))
-    }
-
-    fn hold(&mut self, row: &CompletionBatchResult) {
-        if self.keys.len() < self.cap
-            && let Some(k) = Self::key(row)
-        {
-            self.keys.insert(k);
-        }
-    }
-}
-
-/// One chunk's writes, in order: journal; status changes; corrections; resets and their
-/// journal rows; vectors (written, then verified against the table); result rows. The summary
-/// is written once after every chunk.
-pub(super) async fn execute(
+/// A chunk's first writes: the journal of its decisions. [`write_labels`] follows, then
+/// [`write_vectors_and_results`] (the summary is written once after every chunk).
+pub(super) async fn write_journal(
     services: &Services,
     gate: &Gate<'_>,
-    plan: Plan,
-    held: &mut HeldResultKeys,
+    plan: &Plan,
     report: &mut ApplyReport,
     phases: &mut Phases,
-) -> Result<Plan, FinishError> {
+) -> Result<(), FinishError> {
     let store = &services.store;
     let concurrency = services.options.label_concurrency.max(1);
 
@@ -158,6 +145,20 @@ pub(super) async fn execute(
         .try_collect()
         .await?;
     phases.mark(report, "write_journal");
+    Ok(())
+}
+
+/// A chunk's label writes, after its journal: status changes; corrections; resets and their
+/// journal rows.
+pub(super) async fn write_labels(
+    services: &Services,
+    gate: &Gate<'_>,
+    plan: Plan,
+    report: &mut ApplyReport,
+    phases: &mut Phases,
+) -> Result<LabelsWritten, FinishError> {
+    let store = &services.store;
+    let concurrency = services.options.label_concurrency.max(1);
 
     // 2. Status changes; labels someone else changed meanwhile drop out of what follows.
     let outcomes = transitions(services, gate, &plan.status_changes, concurrency).await?;
@@ -187,7 +188,7 @@ pub(super) async fn execute(
         .map(|(c, _)| c.label.word.clone())
         .collect();
     phases.mark(report, "write_labels");
-    let mut plan = plan.without_conflicts(&conflicts);
+    let plan = plan.without_conflicts(&conflicts);
 
     // Corrections: create only if absent.
     let created: Vec<Created> = stream::iter(plan.corrections.iter())
@@ -232,13 +233,38 @@ pub(super) async fn execute(
     let resets: Vec<Transition<ValidationStatus>> = resets.into_iter().collect::<Result<_, _>>()?;
     add_counts(&mut report.resets, &resets);
     phases.mark(report, "write_corrections_resets");
+    Ok(LabelsWritten { plan, rewrite })
+}
+
+/// A chunk's last writes, after [`write_labels`]: vectors (written, then verified against the
+/// table), then result rows. Chunks must come here in order (see `result_keys.rs`).
+pub(super) async fn write_vectors_and_results(
+    services: &Services,
+    gate: &Gate<'_>,
+    written: LabelsWritten,
+    keys: &SharedKeys,
+    held: &mut HeldResultKeys,
+    report: &mut ApplyReport,
+    phases: &mut Phases,
+) -> Result<Plan, FinishError> {
+    let LabelsWritten { mut plan, rewrite } = written;
+    let store = &services.store;
+    let concurrency = services.options.label_concurrency.max(1);
 
     // 3. Vector metadata: derived from the table, written, verified (`vectors.rs`).
     vectors::write_vectors(services, gate, &plan, &rewrite, report).await?;
     phases.mark(report, "write_vectors");
 
-    // 4. CompletionBatchResult rows, each unless a smaller image's row holds its key.
-    let (known, send): (Vec<_>, Vec<_>) = plan.results.iter().partition(|r| held.held(r));
+    // 4. CompletionBatchResult rows: those whose key no other target of the batch has, in
+    // batches; each other one unless a smaller image's row holds its key.
+    let (sole, shared): (Vec<_>, Vec<_>) = plan.results.iter().partition(|r| keys.sole(r));
+    let sole: Vec<crate::model::Item> = sole
+        .into_iter()
+        .map(CompletionBatchResult::to_item)
+        .collect();
+    let sole_rows = sole.len() as u64;
+    put_chunks(services, gate, sole).await?;
+    let (known, send): (Vec<_>, Vec<_>) = shared.into_iter().partition(|r| held.held(r));
     let written: Vec<bool> = stream::iter(&send)
         .map(|row| async move {
             gate.pass()?;
@@ -251,7 +277,7 @@ pub(super) async fn execute(
         held.hold(row);
     }
     let kept = (known.len() + written.iter().filter(|w| !**w).count()) as u64;
-    report.result_rows += written.iter().filter(|w| **w).count() as u64;
+    report.result_rows += sole_rows + written.iter().filter(|w| **w).count() as u64;
     report.result_rows_kept += kept;
     let rows = &mut plan.counters.result_rows;
     rows.written -= kept;
