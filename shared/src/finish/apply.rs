@@ -209,7 +209,7 @@ struct Pass2<'a> {
     keys: &'a SharedKeys,
 }
 
-/// A chunk between its two stages: planned and journaled, with its own gate and report.
+/// A chunk between its two stages: read and planned, with its own gate and report.
 struct Staged<'g> {
     last: ReceiptKey,
     receipts: u64,
@@ -222,16 +222,14 @@ impl<'a> Pass2<'a> {
     /// Reads, plans and writes the chunks after `resume`'s cursor, recording the cursor after
     /// each; returns what the done chunks (the earlier handlings' included) counted.
     ///
-    /// Two stages overlap: while one chunk's labels, vectors and result rows are written
-    /// (Pinecone's update rate makes this the long one), the next chunk is read, planned and
-    /// journaled. The second stage takes the chunks one at a time in order, so result rows and
-    /// cursors are written in receipt order; a chunk's first stage never reads what another
-    /// chunk writes (see the module's doc), so running it early changes nothing it decides.
-    /// A handling stopped between the stages has journaled the next chunk but changed none of
-    /// its labels: the next handling plans that chunk again from its journal rows, and counts
-    /// what one uninterrupted run counts (the journal's rows are deterministic puts and
-    /// count as planned). The label writes stay in the second stage for that reason: a label
-    /// changed ahead of its chunk's cursor would count as found `already` by the next handling.
+    /// Two stages overlap: while one chunk is written (Pinecone's update rate makes its vector
+    /// writes the long part), the next chunk is read and planned. The second stage takes the
+    /// chunks one at a time in order, so every write keeps the order of one chunk after the
+    /// other (result rows and cursors in receipt order included), and a handling stopped after
+    /// a chunk's cursor has written nothing of the next one: the next handling plans it from
+    /// the table as it was, and counts what one uninterrupted run counts. A chunk's reads never
+    /// see what another chunk writes (see the module's doc), so reading it early changes
+    /// nothing it decides.
     async fn run(
         &self,
         index: &BatchIndex,
@@ -273,7 +271,7 @@ impl<'a> Pass2<'a> {
         }
     }
 
-    /// Reads and plans a chunk, and journals its decisions.
+    /// Reads and plans a chunk (no writes).
     async fn first_stage(
         &self,
         chunk: Vec<(&ReceiptKey, &ReceiptLines)>,
@@ -286,7 +284,6 @@ impl<'a> Pass2<'a> {
         let plan = self.ctx.plan(&chunk, files, &mut part, &mut phases).await?;
         let (last, _) = chunk[chunk.len() - 1];
         files.release_read(last); // a file read to its end is removed before the writes
-        write_journal(self.ctx.services, &gate, &plan, &mut part, &mut phases).await?;
         Ok(Staged {
             last: last.clone(),
             receipts: chunk.len() as u64,
@@ -296,8 +293,8 @@ impl<'a> Pass2<'a> {
         })
     }
 
-    /// Writes a staged chunk's labels, vectors and result rows and records the cursor after
-    /// it; returns what the chunk counted.
+    /// Writes a planned chunk (journal, labels, vectors, result rows) and records the cursor
+    /// after it; returns what the chunk counted.
     async fn second_stage(
         &self,
         staged: Staged<'a>,
@@ -314,6 +311,7 @@ impl<'a> Pass2<'a> {
         } = staged;
         let mut phases = Phases::new();
         let services = self.ctx.services;
+        write_journal(services, &gate, &plan, &mut part, &mut phases).await?;
         let written = write_labels(services, &gate, plan, &mut part, &mut phases).await?;
         let plan = write_vectors_and_results(
             services,

@@ -34,6 +34,9 @@ use crate::plan::Plan;
 /// handling the batch again a little later is cheaper than spinning.
 pub(in crate::finish) const REPAIR_ROUNDS: usize = 4;
 
+/// Merge calls (a fetch, then paced updates) of one chunk in flight at once.
+const MERGES_AT_ONCE: usize = 2;
+
 /// Writes the vectors of `plan`'s merges, verifies and repairs them. `rewrite`: words whose
 /// verdicts an earlier run of this batch had already applied.
 pub(in crate::finish) async fn write_vectors(
@@ -43,26 +46,38 @@ pub(in crate::finish) async fn write_vectors(
     rewrite: &BTreeSet<WordKey>,
     report: &mut ApplyReport,
 ) -> Result<(), FinishError> {
-    let changes: Vec<(String, MetadataChange)> = plan
-        .vector_merges
-        .iter()
-        .map(|m| {
-            let mut change = MetadataChange {
-                add_valid: m.valid_labels.clone(),
-                add_invalid: m.invalid_labels.clone(),
-                proposed_label: m.proposed_label.clone(),
-                rewrite: rewrite.contains(&m.word),
-            };
-            if let Some(sets) = plan.word_labels.get(&m.word) {
-                change.add_sets(sets);
+    // One change per vector (merge calls may run at once: two must never hold the same id).
+    let mut changes: BTreeMap<String, MetadataChange> = BTreeMap::new();
+    for m in &plan.vector_merges {
+        let mut change = MetadataChange {
+            add_valid: m.valid_labels.clone(),
+            add_invalid: m.invalid_labels.clone(),
+            proposed_label: m.proposed_label.clone(),
+            rewrite: rewrite.contains(&m.word),
+        };
+        if let Some(sets) = plan.word_labels.get(&m.word) {
+            change.add_sets(sets);
+        }
+        match changes.get_mut(&m.vector_id) {
+            Some(earlier) => earlier.absorb(change),
+            None => {
+                changes.insert(m.vector_id.clone(), change);
             }
-            (m.vector_id.clone(), change)
+        }
+    }
+    let changes: Vec<(String, MetadataChange)> = changes.into_iter().collect();
+    // Two merge calls at a time: one's fetch while the other's updates are paced, so the
+    // update rate has no gap per call (the pacing is the process's, shared by both).
+    let reports: Vec<_> = stream::iter(changes.chunks(services.options.vector_chunk.max(1)))
+        .map(|chunk| async move {
+            gate.pass()?;
+            Ok::<_, FinishError>(services.pinecone.apply_merges(chunk.to_vec()).await?)
         })
-        .collect();
+        .buffered(MERGES_AT_ONCE)
+        .try_collect()
+        .await?;
     let mut written = BTreeMap::new();
-    for chunk in changes.chunks(services.options.vector_chunk.max(1)) {
-        gate.pass()?;
-        let r = services.pinecone.apply_merges(chunk.to_vec()).await?;
+    for r in reports {
         report.vectors_updated += r.updated;
         report.vectors_unchanged += r.unchanged;
         report.vectors_missing += r.missing;
