@@ -73,12 +73,12 @@ use super::index::{Files, Indexed, LineLog, index_batch};
 use super::report::ApplyReport;
 use super::result_keys::{HeldResultKeys, SharedKeys};
 use super::resume::{self, Resume};
-use super::writes::{Gate, write_journal, write_labels, write_vectors_and_results};
+use super::writes::{Gate, LabelsWritten, write_labels, write_vectors_and_results};
 use super::{FinishError, Services};
 use crate::model::{BatchSummary, ReceiptKey};
 use crate::openai::BatchObject;
 use crate::parse::{BatchIndex, ReceiptLines};
-use crate::plan::{Outcome, Plan, PlanCounters, SummaryUpdate, summary_update};
+use crate::plan::{Outcome, PlanCounters, SummaryUpdate, summary_update};
 use crate::store::Transition;
 
 /// Records how long each phase took, for the report (where did an apply's time go?).
@@ -196,6 +196,7 @@ pub(super) async fn run(
         corrections = report.corrections_created,
         conflicts = report.conflicts(),
         writes = report.writes,
+        phase_ms = ?report.phase_ms,
         "batch applied"
     );
     Ok(report)
@@ -209,11 +210,12 @@ struct Pass2<'a> {
     keys: &'a SharedKeys,
 }
 
-/// A chunk between its two stages: read and planned, with its own gate and report.
+/// A chunk between its two stages: planned and its labels written, with its own gate and
+/// report (the first stage's part, plan counters included).
 struct Staged<'g> {
     last: ReceiptKey,
     receipts: u64,
-    plan: Plan,
+    written: LabelsWritten,
     gate: Gate<'g>,
     part: ApplyReport,
 }
@@ -222,14 +224,19 @@ impl<'a> Pass2<'a> {
     /// Reads, plans and writes the chunks after `resume`'s cursor, recording the cursor after
     /// each; returns what the done chunks (the earlier handlings' included) counted.
     ///
-    /// Two stages overlap: while one chunk is written (Pinecone's update rate makes its vector
-    /// writes the long part), the next chunk is read and planned. The second stage takes the
-    /// chunks one at a time in order, so every write keeps the order of one chunk after the
-    /// other (result rows and cursors in receipt order included), and a handling stopped after
-    /// a chunk's cursor has written nothing of the next one: the next handling plans it from
-    /// the table as it was, and counts what one uninterrupted run counts. A chunk's reads never
-    /// see what another chunk writes (see the module's doc), so reading it early changes
-    /// nothing it decides.
+    /// Each chunk goes through two stages, and one chunk's second stage runs while the next
+    /// chunk's first does: stage 1 reads and plans the chunk and writes its labels (journal,
+    /// status changes, corrections, resets); stage 2 writes its vectors and result rows.
+    /// Pinecone's update rate makes stage 2 the long one, so the table's round trips hide
+    /// behind it. Stage 2 takes the chunks one at a time in order, so result rows are written
+    /// in receipt order; a chunk's reads never see what another chunk writes (see the module's
+    /// doc), so reading and writing it early changes nothing it decides; and the order of
+    /// writes within each chunk is the prescribed one.
+    ///
+    /// The cursor after chunk n is recorded once both stages running beside each other are
+    /// done, with the counts of chunk n + 1's first stage (`resume::Ahead`): a handling
+    /// stopped there has changed that chunk's labels, and the next handling, which plans it
+    /// again from the table and finds them changed, reports what one uninterrupted run counts.
     async fn run(
         &self,
         index: &BatchIndex,
@@ -238,6 +245,7 @@ impl<'a> Pass2<'a> {
     ) -> Result<ApplyReport, FinishError> {
         let mut held = HeldResultKeys::new();
         let mut done = resume.done;
+        let mut ahead_done = resume.ahead;
         let mut receipts_done = resume.receipts;
         let per_chunk = self.ctx.services.options.receipts_per_chunk;
         let mut chunks = index.chunks_after(resume.after.as_ref(), per_chunk);
@@ -248,30 +256,47 @@ impl<'a> Pass2<'a> {
                 return Ok(done);
             }
             let first = async {
-                match next {
-                    Some(chunk) => self.first_stage(chunk, &mut files).await.map(Some),
-                    None => Ok(None),
+                let Some(chunk) = next else {
+                    return Ok::<_, FinishError>(None);
+                };
+                let mut staged = self.first_stage(chunk, &mut files).await?;
+                // The counts an earlier handling's first stage made for this same chunk.
+                if let Some(ahead) = ahead_done.take()
+                    && ahead.last == staged.last.custom_id()
+                {
+                    staged.part = ahead.part;
                 }
+                Ok(Some(staged))
             };
             let second = async {
-                match behind.take() {
-                    Some(staged) => {
-                        let part = self
-                            .second_stage(staged, &mut held, &mut receipts_done, &done)
-                            .await?;
-                        done.absorb(&part);
-                        Ok::<_, FinishError>(())
-                    }
-                    None => Ok(()),
-                }
+                let Some(staged) = behind.take() else {
+                    return Ok(None);
+                };
+                self.second_stage(staged, &mut held).await.map(Some)
             };
-            let (ahead, recorded) = tokio::join!(first, second);
-            recorded?;
+            let (ahead, finished) = tokio::join!(first, second);
+            if let Ok(Some((last, receipts, gate, part))) = &finished {
+                receipts_done += receipts;
+                done.absorb(part);
+                let next_part = match &ahead {
+                    Ok(Some(staged)) => Some(resume::Ahead {
+                        last: staged.last.custom_id(),
+                        part: staged.part.clone(),
+                    }),
+                    _ => None,
+                };
+                let mut phases = Phases::new();
+                self.cursor
+                    .record(gate, last, receipts_done, &done, next_part)
+                    .await?;
+                phases.mark(&mut done, "write_cursor");
+            }
+            finished?;
             behind = ahead?;
         }
     }
 
-    /// Reads and plans a chunk (no writes).
+    /// Reads and plans a chunk, and writes its labels.
     async fn first_stage(
         &self,
         chunk: Vec<(&ReceiptKey, &ReceiptLines)>,
@@ -284,36 +309,37 @@ impl<'a> Pass2<'a> {
         let plan = self.ctx.plan(&chunk, files, &mut part, &mut phases).await?;
         let (last, _) = chunk[chunk.len() - 1];
         files.release_read(last); // a file read to its end is removed before the writes
+        let services = self.ctx.services;
+        let written = write_labels(services, &gate, plan, &mut part, &mut phases).await?;
+        part.plan = written.plan.counters.clone();
+        part.chunks = 1;
         Ok(Staged {
             last: last.clone(),
             receipts: chunk.len() as u64,
-            plan,
+            written,
             gate,
             part,
         })
     }
 
-    /// Writes a planned chunk (journal, labels, vectors, result rows) and records the cursor
-    /// after it; returns what the chunk counted.
+    /// Writes a staged chunk's vectors and result rows; returns the chunk's last receipt, its
+    /// receipts, its gate (for the cursor's write) and what it counted.
     async fn second_stage(
         &self,
         staged: Staged<'a>,
         held: &mut HeldResultKeys,
-        receipts_done: &mut u64,
-        done: &ApplyReport,
-    ) -> Result<ApplyReport, FinishError> {
+    ) -> Result<(ReceiptKey, u64, Gate<'a>, ApplyReport), FinishError> {
         let Staged {
             last,
             receipts,
-            plan,
+            written,
             gate,
             mut part,
         } = staged;
         let mut phases = Phases::new();
         let services = self.ctx.services;
-        write_journal(services, &gate, &plan, &mut part, &mut phases).await?;
-        let written = write_labels(services, &gate, plan, &mut part, &mut phases).await?;
-        let plan = write_vectors_and_results(
+        let kept_before = part.result_rows_kept;
+        write_vectors_and_results(
             services,
             &gate,
             written,
@@ -323,18 +349,15 @@ impl<'a> Pass2<'a> {
             &mut phases,
         )
         .await?;
-        part.plan = plan.counters;
-        part.chunks = 1;
+        // Rows a smaller image's row holds across chunks count as collisions, as one plan of
+        // the whole batch would count them.
+        let kept = part.result_rows_kept - kept_before;
+        let rows = &mut part.plan.result_rows;
+        rows.written -= kept;
+        rows.collisions += kept;
         // This chunk's writes, and the cursor's own.
         part.writes = gate.count() + 1;
-        *receipts_done += receipts;
-        let mut upto = done.clone();
-        upto.absorb(&part);
-        self.cursor
-            .record(&gate, &last, *receipts_done, &upto)
-            .await?;
-        phases.mark(&mut part, "write_cursor");
-        Ok(part)
+        Ok((last, receipts, gate, part))
     }
 }
 

@@ -70,7 +70,7 @@ pub struct ApplyOptions {
 impl Default for ApplyOptions {
     fn default() -> Self {
         ApplyOptions {
-            label_concurrency: 16,
+            label_concurrency: 48,
             read_concurrency: 8,
             vector_chunk: 50,
             max_logged_lines: 20,

@@ -45,6 +45,21 @@ struct Counts {
     receipts: u64,
     /// The done chunks' parts of the report.
     done: ApplyReport,
+    /// The chunk after the cursor whose label writes were done when the cursor was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ahead: Option<Ahead>,
+}
+
+/// What the first stage of the chunk after the cursor counted, recorded with the cursor (see
+/// `Pass2::run` in `apply.rs`): a handling stopped there has changed that chunk's labels, and
+/// the next handling, which finds them changed, reports these counts for them instead of its
+/// own (`already` where one uninterrupted run counts `applied`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Ahead {
+    /// The chunk's last receipt (`custom_id`): the counts are used only for the same chunk.
+    pub(super) last: String,
+    /// Its first stage's part of the report (plan counters included).
+    pub(super) part: ApplyReport,
 }
 
 /// Where this handling starts.
@@ -56,6 +71,8 @@ pub(super) struct Resume {
     pub(super) receipts: u64,
     /// What the done chunks counted.
     pub(super) done: ApplyReport,
+    /// The next chunk's first stage, done by an earlier handling.
+    pub(super) ahead: Option<Ahead>,
 }
 
 /// One handling's view of its batch's cursor.
@@ -106,6 +123,7 @@ impl Cursor<'_> {
                     after: Some(after),
                     receipts: counts.receipts,
                     done: counts.done,
+                    ahead: counts.ahead,
                 })
             }
             (after, counts) => {
@@ -125,15 +143,17 @@ impl Cursor<'_> {
         }
     }
 
-    /// Records that every receipt up to `last` is done, with the counts of the done chunks; a
-    /// gated write (it counts in the drill's budget and obeys the stop token). A lease no longer
-    /// ours ends the handling: [`FinishError::LeaseLost`], nothing more is written.
+    /// Records that every receipt up to `last` is done, with the counts of the done chunks and
+    /// of the next chunk's first stage if it is done; a gated write (it counts in the drill's
+    /// budget and obeys the stop token). A lease no longer ours ends the handling:
+    /// [`FinishError::LeaseLost`], nothing more is written.
     pub(super) async fn record(
         &self,
         gate: &Gate<'_>,
         last: &ReceiptKey,
         receipts: u64,
         done: &ApplyReport,
+        ahead: Option<Ahead>,
     ) -> Result<(), FinishError> {
         let Cursor {
             services,
@@ -148,6 +168,7 @@ impl Cursor<'_> {
             output_file_id: batch.output_file_id.clone(),
             receipts,
             done: done.clone(),
+            ahead,
         };
         let json = serde_json::to_string(&counts).map_err(|e| FinishError::Io {
             what: "the apply counts",

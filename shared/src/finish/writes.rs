@@ -106,14 +106,27 @@ impl<'a> Gate<'a> {
 
 /// A chunk whose table writes are done, waiting for its vectors and result rows.
 pub(super) struct LabelsWritten {
-    plan: Plan,
+    pub(super) plan: Plan,
     /// Words whose verdicts an earlier run (or the other applier) had applied already.
     rewrite: BTreeSet<WordKey>,
 }
 
-/// A chunk's first writes: the journal of its decisions. [`write_labels`] follows, then
-/// [`write_vectors_and_results`] (the summary is written once after every chunk).
-pub(super) async fn write_journal(
+/// A chunk's first writes, in order: journal; status changes; corrections; resets and their
+/// journal rows. [`write_vectors_and_results`] follows (the summary is written once after every
+/// chunk).
+pub(super) async fn write_labels(
+    services: &Services,
+    gate: &Gate<'_>,
+    plan: Plan,
+    report: &mut ApplyReport,
+    phases: &mut Phases,
+) -> Result<LabelsWritten, FinishError> {
+    write_journal(services, gate, &plan, report, phases).await?;
+    change_labels(services, gate, plan, report, phases).await
+}
+
+/// The journal of a chunk's decisions.
+async fn write_journal(
     services: &Services,
     gate: &Gate<'_>,
     plan: &Plan,
@@ -150,7 +163,7 @@ pub(super) async fn write_journal(
 
 /// A chunk's label writes, after its journal: status changes; corrections; resets and their
 /// journal rows.
-pub(super) async fn write_labels(
+async fn change_labels(
     services: &Services,
     gate: &Gate<'_>,
     plan: Plan,
@@ -237,7 +250,8 @@ pub(super) async fn write_labels(
 }
 
 /// A chunk's last writes, after [`write_labels`]: vectors (written, then verified against the
-/// table), then result rows. Chunks must come here in order (see `result_keys.rs`).
+/// table), then result rows. Chunks must come here in order (see `result_keys.rs`). The rows
+/// a smaller image's row was found to hold are counted in `report.result_rows_kept`.
 pub(super) async fn write_vectors_and_results(
     services: &Services,
     gate: &Gate<'_>,
@@ -246,8 +260,8 @@ pub(super) async fn write_vectors_and_results(
     held: &mut HeldResultKeys,
     report: &mut ApplyReport,
     phases: &mut Phases,
-) -> Result<Plan, FinishError> {
-    let LabelsWritten { mut plan, rewrite } = written;
+) -> Result<(), FinishError> {
+    let LabelsWritten { plan, rewrite } = written;
     let store = &services.store;
     let concurrency = services.options.label_concurrency.max(1);
 
@@ -279,11 +293,8 @@ pub(super) async fn write_vectors_and_results(
     let kept = (known.len() + written.iter().filter(|w| !**w).count()) as u64;
     report.result_rows += sole_rows + written.iter().filter(|w| **w).count() as u64;
     report.result_rows_kept += kept;
-    let rows = &mut plan.counters.result_rows;
-    rows.written -= kept;
-    rows.collisions += kept;
     phases.mark(report, "write_results");
-    Ok(plan)
+    Ok(())
 }
 
 async fn transitions(
