@@ -1890,3 +1890,99 @@ async fn the_cursor_is_recorded_only_by_the_lease_holder() {
     let state = store.fleet_state(BATCH).await.unwrap();
     assert_eq!(state.lease_owner.as_deref(), Some("b"));
 }
+
+/// Issue 11, request economy: a CompletionBatchResult row whose key (receipt, line, word, label:
+/// no image) no other target of the batch has is written in a BatchWriteItem; only rows of keys
+/// two images' targets share go through the conditional PutItem that keeps the smallest
+/// image's row (the collisions themselves: `chunked_applies_end_alike…`).
+#[tokio::test]
+async fn result_rows_only_of_shared_keys_are_put_one_by_one() {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    // Receipts 1 and 2 of six images: receipt 1's and receipt 2's keys meet across images.
+    let batch = small_batch(5, 12);
+    let sk = |k: &LabelKey| {
+        format!(
+            "RESULT#RECEIPT#{}#LINE#{}#WORD#{}#LABEL#{}",
+            k.word.receipt.receipt_id, k.word.line_id, k.word.word_id, k.label
+        )
+    };
+    let mut images_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for t in &batch.targets {
+        images_of
+            .entry(sk(t))
+            .or_default()
+            .insert(t.word.receipt.image_id.to_string());
+    }
+    let shared: BTreeSet<&String> = images_of
+        .iter()
+        .filter(|(_, images)| images.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
+
+    let f = Fleet::seeded(&batch).await;
+    let sent: Arc<Mutex<(Vec<String>, Vec<String>)>> = Arc::default();
+    let services = {
+        let sent = sent.clone();
+        hooked(
+            &f,
+            move |target, body| {
+                let result_sk = |item: &Value| {
+                    item["SK"]["S"]
+                        .as_str()
+                        .filter(|s| s.starts_with("RESULT#"))
+                        .map(str::to_owned)
+                };
+                let mut sent = sent.lock().unwrap();
+                if target.ends_with(".PutItem") {
+                    sent.0.extend(result_sk(&body["Item"]));
+                } else if target.ends_with(".BatchWriteItem") {
+                    for requests in body["RequestItems"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|m| m.values())
+                    {
+                        for r in requests.as_array().into_iter().flatten() {
+                            sent.1.extend(result_sk(&r["PutRequest"]["Item"]));
+                        }
+                    }
+                }
+            },
+            || {},
+        )
+    };
+    let report = handle(
+        &services,
+        &batch.summary.batch_id,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let (put, batched) = sent.lock().unwrap().clone();
+    assert!(
+        !batched.is_empty(),
+        "rows of keys no other target has go in batches"
+    );
+    assert!(
+        !shared.is_empty() && !put.is_empty(),
+        "the batch has keys two images share"
+    );
+    for k in &batched {
+        assert!(
+            !shared.contains(k),
+            "{k} is shared, yet written unconditionally"
+        );
+    }
+    for k in &put {
+        assert!(
+            shared.contains(k),
+            "{k} is no other target's, yet put one by one"
+        );
+    }
+    assert_eq!(
+        report.result_rows + report.result_rows_kept,
+        (put.len() + batched.len()) as u64,
+        "every row sent once: {report:?}"
+    );
+}
