@@ -205,6 +205,15 @@ async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Resu
             );
         }
     }
+    // Leases of handlings dropped half-way are being handed back: wait for those sends.
+    let releases = crate::lease::pending_releases();
+    releases.close();
+    if tokio::time::timeout(ABANDON_TIMEOUT, releases.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some leases were not released; they run out by themselves");
+    }
     tracing::info!("drained; worker stopped");
     Ok(())
 }

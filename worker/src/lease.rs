@@ -16,7 +16,7 @@ use fleet_shared::fence::Fence;
 use fleet_shared::store::{LeaseOutcome, Store, StoreError};
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
 use crate::clock;
@@ -195,8 +195,16 @@ async fn release<B: LeaseBackend>(backend: &B, batch_id: &str, owner: &str) {
     }
 }
 
+/// The releases of holdings dropped half-way, still being sent: the shutdown drain waits for
+/// them (bounded), so a worker that abandons its handlings at exit still hands their leases
+/// back and the next worker need not wait one lease length.
+pub fn pending_releases() -> &'static TaskTracker {
+    static RELEASES: std::sync::LazyLock<TaskTracker> = std::sync::LazyLock::new(TaskTracker::new);
+    &RELEASES
+}
+
 /// Releases the lease when the holding is dropped half-way (the message deadline, shutdown),
-/// so the next worker need not wait for it to run out.
+/// so the next worker need not wait for it to run out; tracked by [`pending_releases`].
 struct ReleaseGuard<B: LeaseBackend> {
     backend: B,
     batch_id: String,
@@ -215,9 +223,10 @@ impl<B: LeaseBackend> Drop for ReleaseGuard<B> {
             std::mem::take(&mut self.owner),
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(
+            pending_releases().spawn_on(
                 async move { release(&backend, &batch_id, &owner).await }
                     .instrument(tracing::Span::current()),
+                &runtime,
             );
         }
     }
