@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use super::counters::{LineCounters, PlanCounters, TargetCounters};
 use super::input::PlanInput;
 use super::outcome::{Outcome, batch_timestamp, summary_update};
-use super::writes::{Effective, Plan, StatusChange, core_label_bit};
+use super::writes::{Effective, Plan, StatusChange, label_bit};
 use crate::model::keys::push_decimal;
 use crate::model::status::PROPOSED_BY_COMPLETION_BATCH;
 use crate::model::{
@@ -317,7 +317,7 @@ impl PlanBuilder {
                     let word_labels = word
                         .iter()
                         .filter(|s| s.status.is_some())
-                        .fold(0u32, |m, s| m | core_label_bit(&s.key.label));
+                        .fold(0u32, |m, s| m | label_bit(&s.key.label));
                     let mut apply = |key: &LabelKey, verdict: Verdict, suggestion| {
                         plan.status_changes.push(StatusChange {
                             label: key.clone(),

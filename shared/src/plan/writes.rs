@@ -96,6 +96,11 @@ pub(crate) fn core_label_bit(label: &str) -> u32 {
         .map_or(0, |i| 1 << i)
 }
 
+/// [`core_label_bit`] of a key's label name, which knows its index already.
+pub(crate) fn label_bit(label: &LabelName) -> u32 {
+    label.core_index().map_or(0, |i| 1 << i)
+}
+
 /// Every write of one batch, in the order docs/spec/processing-rules.md prescribes:
 ///
 /// 1. [`verdicts`](Self::verdicts) (the journal) first;
