@@ -171,6 +171,12 @@ impl<'a> Scan<'a> {
     /// A string at the cursor, validated as serde_json validates a string it reads (escapes,
     /// no control characters, UTF-8), and stricter: `\u` of a surrogate gives up.
     fn string(&mut self) -> Option<Str<'a>> {
+        self.string_to(None)
+    }
+
+    /// [`string`](Self::string), appending its value to `out` on the way (one pass over a
+    /// long answer instead of two). On `None`, `out` holds a part of it.
+    fn string_to(&mut self, mut out: Option<&mut Vec<u8>>) -> Option<Str<'a>> {
         if self.peek()? != b'"' {
             return None;
         }
@@ -178,25 +184,41 @@ impl<'a> Scan<'a> {
         let mut i = start;
         let (mut escaped, mut non_ascii) = (false, false);
         loop {
+            let from = i;
             i = skip_plain(self.s, i);
+            if let Some(out) = out.as_deref_mut() {
+                out.extend_from_slice(&self.s[from..i]);
+            }
             match *self.s.get(i)? {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
-                    match *self.s.get(i + 1)? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                    let (len, value) = match *self.s.get(i + 1)? {
+                        b'"' => (2, '"'),
+                        b'\\' => (2, '\\'),
+                        b'/' => (2, '/'),
+                        b'b' => (2, '\u{8}'),
+                        b'f' => (2, '\u{c}'),
+                        b'n' => (2, '\n'),
+                        b'r' => (2, '\r'),
+                        b't' => (2, '\t'),
                         b'u' => {
                             let v = hex4(self.s.get(i + 2..i + 6)?)?;
-                            if (0xD800..0xE000).contains(&v) {
-                                return None;
-                            }
-                            i += 6;
+                            // A surrogate (half of a pair, or lone) is left to serde.
+                            (6, char::from_u32(v)?)
                         }
                         _ => return None,
+                    };
+                    if let Some(out) = out.as_deref_mut() {
+                        out.extend_from_slice(value.encode_utf8(&mut [0; 4]).as_bytes());
                     }
+                    i += len;
                 }
                 b if b >= 0x80 => {
                     non_ascii = true;
+                    if let Some(out) = out.as_deref_mut() {
+                        out.push(b);
+                    }
                     i += 1;
                 }
                 _ => return None,
@@ -347,7 +369,11 @@ fn once(seen: &mut bool) -> Option<()> {
 
 /// The answer candidates of a message, in the order of preference (`function_call.arguments`,
 /// `tool_calls[0].function.arguments`, `content`).
-type Answers<'a> = [Option<Str<'a>>; 3];
+struct Answers<'b> {
+    /// The unescaped candidates, one after another.
+    buf: &'b mut Vec<u8>,
+    found: [Option<std::ops::Range<usize>>; 3],
+}
 
 /// A number serde reads as an `i64` or `u64` for sure (where serde reads a number rather than
 /// skipping it, a float could be out of its range and fail the line).
@@ -357,12 +383,15 @@ fn small_integer(n: &[u8]) -> Option<()> {
 
 /// An answer candidate: a string is kept for `slot` (none: validated only); `null`, booleans
 /// and integers are no answer; anything else gives up.
-fn answer<'a>(sc: &mut Scan<'a>, answers: &mut Answers<'a>, slot: Option<usize>) -> Option<()> {
+fn answer(sc: &mut Scan<'_>, answers: &mut Answers<'_>, slot: Option<usize>) -> Option<()> {
     match sc.peek()? {
         b'"' => {
-            let s = sc.string()?;
             if let Some(slot) = slot {
-                answers[slot] = Some(s);
+                let start = answers.buf.len();
+                sc.string_to(Some(answers.buf))?;
+                answers.found[slot] = Some(start..answers.buf.len());
+            } else {
+                sc.string()?;
             }
             Some(())
         }
@@ -377,7 +406,7 @@ fn answer<'a>(sc: &mut Scan<'a>, answers: &mut Answers<'a>, slot: Option<usize>)
 fn call<'a>(
     sc: &mut Scan<'a>,
     depth: usize,
-    answers: &mut Answers<'a>,
+    answers: &mut Answers<'_>,
     slot: Option<usize>,
 ) -> Option<()> {
     let mut seen = false;
@@ -390,7 +419,7 @@ fn call<'a>(
     })
 }
 
-fn message<'a>(sc: &mut Scan<'a>, depth: usize, answers: &mut Answers<'a>) -> Option<()> {
+fn message<'a>(sc: &mut Scan<'a>, depth: usize, answers: &mut Answers<'_>) -> Option<()> {
     let mut seen = [false; 3];
     sc.object(depth, |sc, key| match key {
         b"function_call" => {
@@ -423,7 +452,7 @@ fn message<'a>(sc: &mut Scan<'a>, depth: usize, answers: &mut Answers<'a>) -> Op
 }
 
 /// `response`: status 200 and a body with exactly one choice that has a message.
-fn response<'a>(sc: &mut Scan<'a>, answers: &mut Answers<'a>) -> Option<()> {
+fn response<'a>(sc: &mut Scan<'a>, answers: &mut Answers<'_>) -> Option<()> {
     let (mut status, mut body) = (false, false);
     sc.object(1, |sc, key| match key {
         b"status_code" => {
@@ -467,7 +496,11 @@ fn response<'a>(sc: &mut Scan<'a>, answers: &mut Answers<'a>) -> Option<()> {
 /// uses JSON this scanner leaves to serde.
 pub(crate) fn scan_usual(line: &[u8], scratch: &mut ScanScratch) -> Option<ParsedLine> {
     let mut sc = Scan::new(line);
-    let mut answers: Answers<'_> = [None; 3];
+    scratch.answer.clear();
+    let mut answers = Answers {
+        buf: &mut scratch.answer,
+        found: Default::default(),
+    };
     let mut custom_id = None;
     let (mut seen_response, mut seen_error) = (false, false);
     sc.object(0, |sc, key| match key {
@@ -494,14 +527,8 @@ pub(crate) fn scan_usual(line: &[u8], scratch: &mut ScanScratch) -> Option<Parse
         return None;
     }
     let receipt = ReceiptKey::parse_custom_id(&custom_id?.text()?).ok()?;
-    let answer = answers.into_iter().flatten().next()?;
-    let arguments: &[u8] = if answer.escaped {
-        scratch.answer.clear();
-        unescape(answer.raw, &mut scratch.answer)?;
-        &scratch.answer
-    } else {
-        answer.raw
-    };
+    let answer = answers.found.into_iter().flatten().next()?;
+    let arguments = &scratch.answer[answer];
     let results = scan_results(&receipt, arguments)?;
     Some(ParsedLine::Answered { receipt, results })
 }
