@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+pub use super::label_name::LabelName;
+
 /// Why an identifier or key string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what} {value:?}: {problem}")]
@@ -22,26 +24,43 @@ impl KeyError {
 }
 
 /// An image id: a UUID string, kept exactly as written so keys round-trip byte for byte.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ImageId(String);
+///
+/// Held inline (a hyphenated UUID is always 36 ASCII bytes), not as a `String`: every label key
+/// carries one, and a batch clones label keys millions of times (results, journal rows, status
+/// changes, result rows), so an allocation per clone was a large share of planning time.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageId([u8; 36]);
 
 impl ImageId {
     pub fn parse(s: &str) -> Result<Self, KeyError> {
         uuid::Uuid::try_parse(s).map_err(|e| KeyError::new("image id", s, e.to_string()))?;
-        if s.len() != 36 {
-            return Err(KeyError::new("image id", s, "not a hyphenated UUID"));
-        }
-        Ok(ImageId(s.to_owned()))
+        let bytes: [u8; 36] = s
+            .as_bytes()
+            .try_into()
+            .map_err(|_| KeyError::new("image id", s, "not a hyphenated UUID"))?;
+        Ok(ImageId(bytes))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only `parse` builds one, from a UUID that parsed: hex digits and hyphens.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// Whether `s` spells this id exactly (byte for byte, as keys compare).
+    pub fn is(&self, s: &str) -> bool {
+        self.0.as_slice() == s.as_bytes()
+    }
+}
+
+impl fmt::Debug for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ImageId").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for ImageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -161,7 +180,7 @@ pub(crate) fn push_decimal(s: &mut String, mut n: u64, width: usize) {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LabelKey {
     pub word: WordKey,
-    pub label: String,
+    pub label: LabelName,
 }
 
 impl LabelKey {
@@ -170,7 +189,7 @@ impl LabelKey {
         receipt_id: u32,
         line_id: u32,
         word_id: u32,
-        label: impl Into<String>,
+        label: impl Into<LabelName>,
     ) -> Self {
         LabelKey {
             word: WordKey {
@@ -206,7 +225,7 @@ impl LabelKey {
     }
 
     /// The same label on the same word under another name (a correction).
-    pub fn with_label(&self, label: impl Into<String>) -> LabelKey {
+    pub fn with_label(&self, label: impl Into<LabelName>) -> LabelKey {
         LabelKey {
             word: self.word.clone(),
             label: label.into(),

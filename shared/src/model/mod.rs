@@ -5,6 +5,7 @@ pub mod batch_summary;
 pub mod fleet_state;
 pub mod item;
 pub mod keys;
+pub mod label_name;
 pub mod status;
 pub mod time;
 pub mod word_label;
@@ -13,6 +14,7 @@ pub use audit::{CompletionBatchResult, CompletionBatchVerdict};
 pub use batch_summary::BatchSummary;
 pub use item::{DecodeError, Item};
 pub use keys::{ImageId, KeyError, LabelKey, ReceiptKey, WordKey};
+pub use label_name::LabelName;
 pub use status::{BatchStatus, BatchType, ValidationStatus, Verdict};
 pub use word_label::ReceiptWordLabel;
 

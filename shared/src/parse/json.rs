@@ -148,6 +148,21 @@ impl<'a, F: FieldNames> Picked<'a, F> {
         }
     }
 
+    /// An object whose first three named fields had these values (`None`: absent).
+    pub(crate) fn object(values: [Option<Scalar<'a>>; 3]) -> Self {
+        let [a, b, c] = values;
+        Picked {
+            is_object: true,
+            values: [a, b, c, None],
+            names: PhantomData,
+        }
+    }
+
+    /// Any JSON value other than an object.
+    pub(crate) fn not_an_object() -> Self {
+        Self::not_object()
+    }
+
     /// The value of `F::NAMES[i]`, when the key was present.
     pub(crate) fn take(&mut self, i: usize) -> Option<Scalar<'a>> {
         self.values.get_mut(i).and_then(Option::take)

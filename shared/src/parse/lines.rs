@@ -100,7 +100,7 @@ impl Assembler {
     /// Takes bytes up to and including the next newline; returns how many it took and whether
     /// the line is complete.
     fn feed(&mut self, chunk: &[u8]) -> (usize, bool) {
-        let (used, done) = match chunk.iter().position(|b| *b == b'\n') {
+        let (used, done) = match find_newline(chunk) {
             Some(i) => {
                 self.take(&chunk[..i]);
                 (i + 1, true)
@@ -125,6 +125,29 @@ impl Assembler {
         }
     }
 
+    /// A whole line at the start of `chunk`, when no part of it was taken yet and it is within
+    /// the cap: its length without the newline. The caller yields it from the reader's own
+    /// buffer ([`Assembler::emit_borrowed`]) instead of copying it.
+    fn whole_line_in(&self, chunk: &[u8]) -> Option<usize> {
+        if !self.buf.is_empty() || self.overflow.is_some() {
+            return None;
+        }
+        find_newline(chunk).filter(|len| *len <= self.limit)
+    }
+
+    /// [`emit`](Self::emit) for the line of [`whole_line_in`](Self::whole_line_in), which
+    /// stays in the reader's buffer.
+    fn emit_borrowed<'c>(&mut self, chunk: &'c [u8], len: usize) -> LocatedLine<'c> {
+        self.consumed += len as u64 + 1;
+        self.line_no += 1;
+        let line = &chunk[..len];
+        (
+            self.line_no,
+            self.line_start,
+            Ok(line.strip_suffix(b"\r").unwrap_or(line)),
+        )
+    }
+
     fn has_partial(&self) -> bool {
         !self.buf.is_empty() || self.overflow.is_some()
     }
@@ -142,6 +165,30 @@ impl Assembler {
     }
 }
 
+/// The index of the first `\n` in `s`, eight bytes at a time (a first pass over a file of
+/// hundreds of MB spends much of its time here).
+fn find_newline(s: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = s.chunks_exact(8);
+    let mut at = 0;
+    for chunk in chunks.by_ref() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ (LO * u64::from(b'\n'));
+        let found = x.wrapping_sub(LO) & !x & HI;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|b| *b == b'\n')
+        .map(|i| at + i)
+}
+
 fn numbered(line: Option<LocatedLine<'_>>) -> Option<NumberedLine<'_>> {
     line.map(|(n, _, bytes)| (n, bytes))
 }
@@ -151,6 +198,9 @@ fn numbered(line: Option<LocatedLine<'_>>) -> Option<NumberedLine<'_>> {
 pub struct LineReader<R> {
     inner: R,
     asm: Assembler,
+    /// Bytes of the last line yielded straight from `inner`'s buffer, consumed on the next
+    /// call.
+    pending: usize,
 }
 
 impl<R: BufRead> LineReader<R> {
@@ -162,6 +212,7 @@ impl<R: BufRead> LineReader<R> {
         LineReader {
             inner,
             asm: Assembler::new(max_line_bytes),
+            pending: 0,
         }
     }
 
@@ -171,9 +222,24 @@ impl<R: BufRead> LineReader<R> {
         self.next_located_line().map(numbered)
     }
 
-    /// As [`next_line`](Self::next_line), with the line's byte offset (for [`LineRef`]).
+    /// As [`next_line`](Self::next_line), with the line's byte offset (for [`LineRef`]). A
+    /// line that lies whole in the reader's buffer is yielded from there, not copied.
     pub fn next_located_line(&mut self) -> io::Result<Option<LocatedLine<'_>>> {
+        self.inner.consume(std::mem::take(&mut self.pending));
         self.asm.start();
+        let whole = loop {
+            match self.inner.fill_buf() {
+                Ok(chunk) => break self.asm.whole_line_in(chunk),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some(len) = whole {
+            // The same buffer again: `fill_buf` reads nothing while it holds unconsumed bytes.
+            let chunk = self.inner.fill_buf()?;
+            self.pending = len + 1;
+            return Ok(Some(self.asm.emit_borrowed(chunk, len)));
+        }
         loop {
             let chunk = match self.inner.fill_buf() {
                 Ok(chunk) => chunk,

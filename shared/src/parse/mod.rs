@@ -19,6 +19,7 @@ pub mod lines;
 pub mod malformed;
 pub mod output;
 pub mod result_id;
+mod scan;
 
 pub use index::{BatchIndex, ReceiptLines, chunk_lines};
 pub use input::{

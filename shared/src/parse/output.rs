@@ -14,6 +14,7 @@ use super::json::{EntryFields, ErrorFields, KeySeed, Picked, Scalar, StatusField
 use super::lines::LineTooLong;
 use super::malformed::{Malformed, MalformedKind};
 use super::result_id::{ResultId, ResultIdError};
+use super::scan::{ScanScratch, scan_usual};
 use crate::model::{LabelKey, ReceiptKey, ValidationStatus};
 
 /// What one physical line of an output (or error) file says.
@@ -221,6 +222,7 @@ pub fn parse_output_line(line: &[u8]) -> ParsedLine {
 #[derive(Debug, Default)]
 pub struct OutputParser {
     scratch: Scratch,
+    scan: ScanScratch,
 }
 
 impl OutputParser {
@@ -229,12 +231,17 @@ impl OutputParser {
     }
 
     /// As [`parse_output_line`]. A line of the usual shape (a completed request with one
-    /// choice and a `{"results": [...]}` answer) is read in one pass by [`super::fast`]; any
-    /// other line, by the general path, which judges every way a line can be wrong.
+    /// choice and a `{"results": [...]}` answer) is read by the byte scanner of
+    /// [`super::scan`], or, when it uses JSON the scanner leaves to serde, in one serde pass by
+    /// [`super::fast`]; any other line, by the general path, which judges every way a line can
+    /// be wrong.
     pub fn parse(&mut self, line: &[u8]) -> ParsedLine {
         let line = line.trim_ascii();
         if line.is_empty() {
             return ParsedLine::Blank;
+        }
+        if let Some(parsed) = scan_usual(line, &mut self.scan) {
+            return parsed;
         }
         if let Some(parsed) = parse_usual(line, &mut self.scratch) {
             return parsed;

@@ -657,3 +657,230 @@ fn a_multi_megabyte_bad_line_is_quoted_in_a_bounded_excerpt() {
     };
     assert!(m.detail.len() <= 210, "{}", m.detail.len());
 }
+
+/// What the byte scanner makes of a line: `None` when it leaves the line to serde.
+fn scanned(line: &str) -> Option<ParsedLine> {
+    crate::parse::scan::scan_usual(
+        line.trim().as_bytes(),
+        &mut crate::parse::scan::ScanScratch::default(),
+    )
+}
+
+/// Lines around the usual shape: each either read by the scanner exactly as the general path
+/// reads it, or left to serde.
+fn scanner_corpus() -> Vec<String> {
+    let results = json!([
+        {"id": rid(1, 1, "DATE"), "is_valid": true},
+        {"id": rid(1, 2, "TAX"), "is_valid": false, "correct_label": "TOTAL"},
+        {"id": rid(1, 3, "TAX"), "is_valid": "yes"},
+        5,
+    ]);
+    let base = function_call(results.clone());
+    let args = json!({"results": results}).to_string();
+    let with_args = |a: &str| line_with_message(json!({"function_call": {"arguments": a}}));
+    let id = rid(2, 1, "TIP");
+    let entries = [
+        format!(
+            r#"{{"id": "{id}", "is_valid": true, "id": "{}"}}"#,
+            rid(2, 2, "TAX")
+        ),
+        format!(r#"{{"is_valid": false, "correct_label": "", "id": "{id}"}}"#),
+        format!(r#"{{"id": "{id}", "is_valid": false, "correct_label": null}}"#),
+        format!(r#"{{"id": "{id}", "is_valid": false, "correct_label": ["A"]}}"#),
+        format!(r#"{{"id": "{id}", "is_valid": false, "correct_label": "bad label!"}}"#),
+        format!(
+            r#"{{"id": "{id}", "is_valid": false, "correct_label": "{}"}}"#,
+            "A".repeat(65)
+        ),
+        format!(r#"{{"id": "{id}", "is_valid": 1}}"#),
+        format!(r#"{{"id": "{id}", "is_valid": 1.5e999}}"#),
+        format!(
+            r#"{{"id": "{id}", "is_valid": true, "confidence": 0.93, "x": {{"y": [1, -2e3, null]}}}}"#
+        ),
+        format!(
+            r#"{{"id": "{}", "is_valid": true}}"#,
+            id.replace('#', "\\u0023")
+        ),
+        format!(
+            r#"{{"id": "{}", "is_valid": true}}"#,
+            id.replace("TIP", "T\\u00e9P")
+        ),
+        format!(
+            r#"{{"id": "{}", "is_valid": true}}"#,
+            id.replace("TIP", "TÉP")
+        ),
+        format!(
+            r#"{{"id": "{}", "is_valid": true}}"#,
+            id.replace("RECEIPT#00001", "RECEIPT#00002")
+        ),
+        format!(
+            r#"{{"id": "{}", "is_valid": true}}"#,
+            id.replace("00002", "0")
+        ),
+        format!(
+            r#"{{"id": "{}", "is_valid": true}}"#,
+            id.replace("00002", "0000000002")
+        ),
+        format!(
+            r#"{{"id": "{}", "is_valid": true}}"#,
+            id.replace(IMG, OTHER_IMG)
+        ),
+        format!(
+            r#"{{"id": "{}", "is_valid": true}}"#,
+            id.replace(IMG, &IMG.to_uppercase())
+        ),
+        format!(
+            r#"{{"id": "{}", "is_valid": true}}"#,
+            id.replace("NONE", "VALID#X")
+        ),
+        format!(
+            r#"{{"id": "{}", "is_valid": true}}"#,
+            id.replace("NONE", "NOPE")
+        ),
+        format!(r#"{{"id": "{id}\ud800", "is_valid": true}}"#),
+        r#"{"id": 12, "is_valid": true}"#.to_owned(),
+        r#""a string""#.to_owned(),
+        "[1, {}]".to_owned(),
+        "null".to_owned(),
+        "-0.5e+3".to_owned(),
+        "{}".to_owned(),
+    ];
+    let mut lines = vec![
+        base.clone(),
+        format!("  {base}\t "),
+        line_with_message(json!({"content": args, "function_call": null, "tool_calls": null})),
+        line_with_message(
+            json!({"tool_calls": [{"function": {"arguments": args}}, {"function": null}]}),
+        ),
+        line_with_message(
+            json!({"tool_calls": [{"function": null}, {"function": {"arguments": args}}]}),
+        ),
+        line_with_message(json!({"tool_calls": [{"function": {"arguments": 5}}], "content": args})),
+        line_with_message(
+            json!({"tool_calls": [{"function": {"arguments": [args]}}], "content": args}),
+        ),
+        line_with_message(json!({"content": "prose", "function_call": {"arguments": args}})),
+        line_with_message(json!({"function_call": {"arguments": 3}, "content": args})),
+        line_with_message(json!({"function_call": {"arguments": 3.5}, "content": args})),
+        line_with_message(json!({"function_call": {"arguments": args, "arguments": args}})),
+        line_with_message(json!({"content": args, "refusal": "caf\u{e9} \u{1F600}"})),
+        line_with_message(json!({})),
+        with_args(&args.replace("\"results\"", "\"results\" ")),
+        with_args(&format!(" \n{args}\r\n")),
+        with_args(&format!("\u{c}{args}")),
+        with_args(&format!("{args} x")),
+        with_args("{\"results\": null}"),
+        with_args("{\"results\": [], \"results\": []}"),
+        with_args("{\"other\": [1, {\"results\": 2}], \"results\": []}"),
+        with_args("[]"),
+        with_args("{\"results\": [}"),
+        with_args(&args.replace('#', "\\u0023")),
+        base.replace("\"status_code\":200", "\"status_code\":200.0"),
+        base.replace("\"status_code\":200", "\"status_code\":2e2"),
+        base.replace("\"status_code\":200", "\"status_code\":\"200\""),
+        base.replace("\"status_code\":200", "\"status_code\":500"),
+        base.replace("\"error\":null", "\"error\":{\"code\":\"x\"}"),
+        base.replace("\"error\":null", "\"error\":null,\"error\":null"),
+        base.replace("\"custom_id\"", "\"custom_id\":\"x\",\"custom_id\""),
+        base.replace("\"custom_id\"", "\"custom\\u005fid\""),
+        base.replace(
+            "\"object\":\"chat.completion\"",
+            "\"object\":\"chat\\u0041\\n\\/\"",
+        ),
+        base.replace(
+            "\"object\":\"chat.completion\"",
+            "\"object\":\"\\ud83d\\ude00\"",
+        ),
+        base.replace("\"object\":\"chat.completion\"", "\"object\":\"\\x\""),
+        base.replace("\"object\":\"chat.completion\"", "\"object\":01"),
+        base.replace("\"object\":\"chat.completion\"", "\"object\":-"),
+        base.replace("\"object\":\"chat.completion\"", "\"object\":1.e5"),
+        base.replace("\"object\":\"chat.completion\"", "\"object\":[[[[[[]]]]]]"),
+        base.replace("\"object\":\"chat.completion\"", "\"object\":tru"),
+        base.replace("\"object\":\"chat.completion\"", "\"object\":\"\u{1}\""),
+        base.replace(
+            "\"object\":\"chat.completion\"",
+            &format!("\"object\":{}{}", "[".repeat(100), "]".repeat(100)),
+        ),
+        base.replace("\"choices\":[", "\"choices\":[{\"message\":{}},"),
+        base.replace(&custom_id(), "IMAGE#nope#RECEIPT#1"),
+        format!("{base}x"),
+        format!("{base}}}"),
+        base[..base.len() - 1].to_owned(),
+        "[]".to_owned(),
+    ];
+    for e in entries {
+        lines.push(with_args(&format!("{{\"results\": [{e}]}}")));
+    }
+    lines
+}
+
+#[test]
+fn the_scanner_agrees_with_the_general_path_line_for_line() {
+    let lines = scanner_corpus();
+    let mut taken = 0;
+    for line in &lines {
+        let general = parse_general(line.trim().as_bytes());
+        if let Some(scanned) = scanned(line) {
+            taken += 1;
+            assert_eq!(scanned, general, "{line}");
+        }
+        assert_eq!(
+            OutputParser::new().parse(line.as_bytes()),
+            general,
+            "{line}"
+        );
+    }
+    // The usual lines (each answer shape, odd entries) are the scanner's, not serde's.
+    for usual in &lines[..4] {
+        assert!(scanned(usual).is_some(), "{usual}");
+    }
+    assert!(taken >= 30, "{taken} of {}", lines.len());
+}
+
+mod mutations {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Bytes that matter to JSON and to the line's shape.
+    const ALPHABET: &[u8] = b"{}[]\":,\\ 0123456789-+.eEtrunlfasx#u\x01\xc3\xa9\t";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// A usual line with a few bytes replaced, inserted or removed: whatever the scanner
+        /// accepts, the general path reads the same way.
+        #[test]
+        fn a_mutated_line_is_read_by_the_scanner_as_by_the_general_path(
+            base in 0usize..6,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<prop::sample::Index>()), 1..4),
+        ) {
+            let lines = scanner_corpus();
+            let mut line = lines[[0, 2, 3, lines.len() - 1, lines.len() - 9, 11][base]].clone().into_bytes();
+            for (at, op, b) in edits {
+                let i = at.index(line.len() + 1);
+                let b = ALPHABET[b.index(ALPHABET.len())];
+                match op {
+                    0 if i < line.len() => line[i] = b,
+                    1 => line.insert(i, b),
+                    _ if i < line.len() => { line.remove(i); }
+                    _ => {}
+                }
+            }
+            let trimmed = line.trim_ascii();
+            if trimmed.is_empty() {
+                return Ok(());
+            }
+            let general = parse_general(trimmed);
+            let scanned = crate::parse::scan::scan_usual(
+                trimmed,
+                &mut crate::parse::scan::ScanScratch::default(),
+            );
+            if let Some(s) = scanned {
+                prop_assert_eq!(s, general.clone());
+            }
+            prop_assert_eq!(OutputParser::new().parse(&line), general);
+        }
+    }
+}

@@ -88,6 +88,84 @@ impl ResultId {
         s: &str,
         expected: Option<&ReceiptKey>,
     ) -> Result<Self, ResultIdError> {
+        if let Some(id) = Self::parse_canonical(s, expected) {
+            return Ok(id);
+        }
+        Self::parse_parts(s, expected)
+    }
+
+    /// The reading of a valid id in one left-to-right pass over its bytes (a batch has one per
+    /// result, millions in a large file): `None` at the first thing it does not expect, and
+    /// [`parse_parts`](Self::parse_parts) then reads the id again and names what is wrong. It
+    /// only accepts ids that `parse_parts` accepts with the same value: twelve parts, the tags,
+    /// ids of digits, a label of `check_label`'s alphabet, a known status.
+    fn parse_canonical(s: &str, expected: Option<&ReceiptKey>) -> Option<Self> {
+        let b = s.as_bytes();
+        let mut i = 0;
+        let tag = |t: &[u8], i: &mut usize| -> Option<()> {
+            let end = *i + t.len();
+            (b.get(*i..end)? == t).then(|| *i = end)
+        };
+        /// The bytes up to the next `#` (or the end) from `at`, and the index of that `#`.
+        fn part(b: &[u8], at: usize) -> (&[u8], usize) {
+            let len = b[at..]
+                .iter()
+                .position(|c| *c == b'#')
+                .unwrap_or(b.len() - at);
+            (&b[at..at + len], at + len)
+        }
+        fn number(digits: &[u8]) -> Option<u32> {
+            if digits.is_empty() || digits.len() > 9 {
+                return None;
+            }
+            let mut v: u32 = 0;
+            for d in digits {
+                if !d.is_ascii_digit() {
+                    return None;
+                }
+                v = v * 10 + u32::from(d - b'0');
+            }
+            (v > 0).then_some(v)
+        }
+        tag(b"IMAGE#", &mut i)?;
+        let (image, at) = part(b, i);
+        i = at;
+        let image_id = match expected {
+            Some(r) if r.image_id.is(std::str::from_utf8(image).ok()?) => r.image_id.clone(),
+            _ => ImageId::parse(std::str::from_utf8(image).ok()?).ok()?,
+        };
+        tag(b"#RECEIPT#", &mut i)?;
+        let (digits, at) = part(b, i);
+        let receipt_id = number(digits)?;
+        i = at;
+        tag(b"#LINE#", &mut i)?;
+        let (digits, at) = part(b, i);
+        let line_id = number(digits)?;
+        i = at;
+        tag(b"#WORD#", &mut i)?;
+        let (digits, at) = part(b, i);
+        let word_id = number(digits)?;
+        i = at;
+        tag(b"#LABEL#", &mut i)?;
+        let (label, at) = part(b, i);
+        i = at;
+        let label = std::str::from_utf8(label).ok()?;
+        check_label(label).ok()?;
+        tag(b"#VALIDATION_STATUS#", &mut i)?;
+        let (status, at) = part(b, i);
+        if at != b.len() {
+            return None;
+        }
+        let status_at_submit = std::str::from_utf8(status).ok()?.parse().ok()?;
+        Some(ResultId {
+            label: LabelKey::new(image_id, receipt_id, line_id, word_id, label),
+            status_at_submit,
+        })
+    }
+
+    /// The general reading: splits into parts, checks them left to right, names the first
+    /// one at fault.
+    fn parse_parts(s: &str, expected: Option<&ReceiptKey>) -> Result<Self, ResultIdError> {
         let mut parts = [""; PARTS];
         let mut found = 0;
         for part in s.split('#') {
@@ -109,7 +187,7 @@ impl ResultId {
             }
         }
         let image_id = match expected {
-            Some(r) if r.image_id.as_str() == parts[1] => r.image_id.clone(),
+            Some(r) if r.image_id.is(parts[1]) => r.image_id.clone(),
             _ => ImageId::parse(parts[1]).map_err(ResultIdError::ImageId)?,
         };
         let id = |what, v| parse_id(what, v).map_err(ResultIdError::NotNumeric);

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use super::counters::{LineCounters, PlanCounters, TargetCounters};
 use super::input::PlanInput;
 use super::outcome::{Outcome, batch_timestamp, summary_update};
-use super::writes::{Effective, Plan, StatusChange, core_label_bit};
+use super::writes::{Effective, Plan, StatusChange, label_bit};
 use crate::model::keys::push_decimal;
 use crate::model::status::PROPOSED_BY_COMPLETION_BATCH;
 use crate::model::{
@@ -139,49 +139,82 @@ impl PlanBuilder {
         } else {
             Default::default()
         };
-        let mut entries: Vec<Slot> =
-            Vec::with_capacity(input.labels.len() + input.targets.len() + journal.len());
-        for l in input.labels {
-            let present = !is_own_correction(&l, validated_at);
-            entries.push(Slot {
+        // Labels, targets and journal rows, each in key order, merged into one slot per key:
+        // a merge, not a sort of all of them (a chunk has thousands, and slots are large).
+        // The table's labels usually come in key order already; the journal is small.
+        let mut labels: Vec<Slot> = input
+            .labels
+            .into_iter()
+            .map(|l| Slot {
                 status: Some(l.validation_status),
-                present,
+                present: !is_own_correction(&l, validated_at),
                 ..Slot::new(l.key)
-            });
-        }
-        for key in input.targets {
-            entries.push(Slot {
-                target: true,
-                ..Slot::new(key)
-            });
+            })
+            .collect();
+        if !labels.is_sorted_by(|a, b| a.key <= b.key) {
+            // Stable: of two labels with one key, the later one handed in wins (below).
+            labels.sort_by(|a, b| a.key.cmp(&b.key));
         }
         // A label this batch already decided stays its target even if a re-run's target list
         // (say, from the fallback) no longer names it: its remaining writes must be finished,
         // and it must not count as "INVALID before this batch" for its neighbours.
-        for (i, row) in journal.iter().enumerate() {
-            entries.push(Slot {
+        let mut rows: Vec<Slot> = journal
+            .iter()
+            .enumerate()
+            .map(|(i, row)| Slot {
                 target: true,
                 journal: Some(i),
                 ..Slot::new(row.label.clone())
-            });
+            })
+            .collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut slots: Vec<Slot> =
+            Vec::with_capacity(labels.len() + input.targets.len() + rows.len());
+        let mut labels = labels.into_iter().peekable();
+        let mut targets = input
+            .targets
+            .into_iter()
+            .map(|key| Slot {
+                target: true,
+                ..Slot::new(key)
+            })
+            .peekable();
+        let mut rows = rows.into_iter().peekable();
+        loop {
+            // The smallest key next; of equal keys, labels before targets before journal rows
+            // (the order they are handed in), so that the later one wins as documented.
+            let mut next: Option<(usize, &LabelKey)> = None;
+            for (from, head) in [labels.peek(), targets.peek(), rows.peek()]
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(head) = head
+                    && next.is_none_or(|(_, key)| head.key < *key)
+                {
+                    next = Some((from, &head.key));
+                }
+            }
+            let slot = match next.map(|(from, _)| from) {
+                None => break,
+                Some(0) => labels.next(),
+                Some(1) => targets.next(),
+                Some(_) => rows.next(),
+            }
+            .expect("peeked");
+            match slots.last_mut() {
+                Some(kept) if kept.key == slot.key => {
+                    if slot.status.is_some() {
+                        kept.status = slot.status;
+                        kept.present = slot.present;
+                    }
+                    kept.target |= slot.target;
+                    if slot.journal.is_some() {
+                        kept.journal = slot.journal;
+                    }
+                }
+                _ => slots.push(slot),
+            }
         }
-        // Stable: of two labels (or journal rows) with one key, the later one handed in wins.
-        let mut slots = entries;
-        slots.sort_by(|a, b| a.key.cmp(&b.key));
-        slots.dedup_by(|later, kept| {
-            if later.key != kept.key {
-                return false;
-            }
-            if later.status.is_some() {
-                kept.status = later.status;
-                kept.present = later.present;
-            }
-            kept.target |= later.target;
-            if later.journal.is_some() {
-                kept.journal = later.journal;
-            }
-            true
-        });
         counters.targets.total = slots.iter().filter(|s| s.target).count() as u64;
         PlanBuilder {
             batch_id: input.batch_id,
@@ -317,7 +350,7 @@ impl PlanBuilder {
                     let word_labels = word
                         .iter()
                         .filter(|s| s.status.is_some())
-                        .fold(0u32, |m, s| m | core_label_bit(&s.key.label));
+                        .fold(0u32, |m, s| m | label_bit(&s.key.label));
                     let mut apply = |key: &LabelKey, verdict: Verdict, suggestion| {
                         plan.status_changes.push(StatusChange {
                             label: key.clone(),

@@ -9,8 +9,8 @@ use super::counters::PlanCounters;
 use super::outcome::{Outcome, SummaryUpdate};
 use crate::model::status::{CORE_LABELS, PROPOSED_BY_COMPLETION_BATCH, is_core_label};
 use crate::model::{
-    CompletionBatchResult, CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus,
-    Verdict, WordKey,
+    CompletionBatchResult, CompletionBatchVerdict, LabelKey, LabelName, ReceiptWordLabel,
+    ValidationStatus, Verdict, WordKey,
 };
 use crate::pinecone::merge::LabelSets;
 
@@ -94,6 +94,11 @@ pub(crate) fn core_label_bit(label: &str) -> u32 {
         .iter()
         .position(|c| *c == label)
         .map_or(0, |i| 1 << i)
+}
+
+/// [`core_label_bit`] of a key's label name, which knows its index already.
+pub(crate) fn label_bit(label: &LabelName) -> u32 {
+    label.core_index().map_or(0, |i| 1 << i)
 }
 
 /// Every write of one batch, in the order docs/spec/processing-rules.md prescribes:
@@ -230,9 +235,9 @@ impl Plan {
             for (change, e) in word {
                 let label = &change.label;
                 if e.verdict.is_valid() {
-                    merge.valid_labels.insert(label.label.clone());
+                    merge.valid_labels.insert(String::from(&label.label));
                 } else {
-                    merge.invalid_labels.insert(label.label.clone());
+                    merge.invalid_labels.insert(String::from(&label.label));
                     match e.suggestion.as_deref() {
                         None => {}
                         Some(s) if s == label.label => counters.corrections.same_label += 1,
@@ -277,7 +282,7 @@ impl Plan {
                 corrections.push(ReceiptWordLabel {
                     key: LabelKey {
                         word: w.clone(),
-                        label: name.to_owned(),
+                        label: LabelName::new(name),
                     },
                     reasoning: None,
                     timestamp_added: self.validated_at,

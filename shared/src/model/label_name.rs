@@ -1,0 +1,286 @@
+//! A label's name as a label key holds it: one of the core labels without an allocation, any
+//! other name on the heap.
+
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+
+use super::status::CORE_LABELS;
+
+/// A label name (`MERCHANT_NAME`, `TAX`, or any other string a key carries), compared, ordered
+/// and hashed as the string it spells, so it behaves as the `String` it replaces.
+///
+/// Why not a `String`: every label key carries one, and a batch clones label keys millions of
+/// times (its results, journal rows, status changes and result rows), nearly always with one of
+/// the 22 core label names: those are held as an index into [`CORE_LABELS`], so creating,
+/// cloning and dropping them allocates nothing. Any other name (a free string a table may
+/// hold, or a test's) is kept as written.
+#[derive(Clone)]
+pub struct LabelName(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// Index into [`CORE_LABELS`].
+    Core(u8),
+    Other(Box<str>),
+}
+
+/// The index of a core label name, by a `match` the compiler turns into a length switch and a
+/// few comparisons (cheaper than searching [`CORE_LABELS`]; a test checks both agree).
+fn core_index(s: &str) -> Option<u8> {
+    Some(match s {
+        "MERCHANT_NAME" => 0,
+        "STORE_HOURS" => 1,
+        "PHONE_NUMBER" => 2,
+        "WEBSITE" => 3,
+        "LOYALTY_ID" => 4,
+        "ADDRESS_LINE" => 5,
+        "DATE" => 6,
+        "TIME" => 7,
+        "PAYMENT_METHOD" => 8,
+        "COUPON" => 9,
+        "DISCOUNT" => 10,
+        "PRODUCT_NAME" => 11,
+        "QUANTITY" => 12,
+        "UNIT_PRICE" => 13,
+        "LINE_TOTAL" => 14,
+        "SUBTOTAL" => 15,
+        "TAX" => 16,
+        "TIP" => 17,
+        "GRAND_TOTAL" => 18,
+        "CHANGE" => 19,
+        "CASH_BACK" => 20,
+        "REFUND" => 21,
+        _ => return None,
+    })
+}
+
+impl LabelName {
+    pub fn new(s: &str) -> Self {
+        match core_index(s) {
+            Some(i) => LabelName(Repr::Core(i)),
+            None => LabelName(Repr::Other(s.into())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Core(i) => CORE_LABELS[usize::from(*i)],
+            Repr::Other(s) => s,
+        }
+    }
+
+    /// The position of this name in [`CORE_LABELS`], when it is a core label.
+    pub fn core_index(&self) -> Option<usize> {
+        match self.0 {
+            Repr::Core(i) => Some(usize::from(i)),
+            Repr::Other(_) => None,
+        }
+    }
+}
+
+impl Deref for LabelName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for LabelName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for LabelName {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for LabelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for LabelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for LabelName {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Core(a), Repr::Core(b)) => a == b,
+            _ => self.as_str() == other.as_str(),
+        }
+    }
+}
+
+impl Eq for LabelName {}
+
+impl PartialOrd for LabelName {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LabelName {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (&self.0, &other.0) {
+            (Repr::Core(a), Repr::Core(b)) if a == b => Ordering::Equal,
+            _ => self.as_str().cmp(other.as_str()),
+        }
+    }
+}
+
+impl Hash for LabelName {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq<str> for LabelName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for LabelName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for LabelName {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<LabelName> for str {
+    fn eq(&self, other: &LabelName) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<LabelName> for &str {
+    fn eq(&self, other: &LabelName) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<LabelName> for String {
+    fn eq(&self, other: &LabelName) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl From<&str> for LabelName {
+    fn from(s: &str) -> Self {
+        LabelName::new(s)
+    }
+}
+
+impl From<&String> for LabelName {
+    fn from(s: &String) -> Self {
+        LabelName::new(s)
+    }
+}
+
+impl From<String> for LabelName {
+    fn from(s: String) -> Self {
+        match core_index(&s) {
+            Some(i) => LabelName(Repr::Core(i)),
+            None => LabelName(Repr::Other(s.into_boxed_str())),
+        }
+    }
+}
+
+impl From<&LabelName> for LabelName {
+    fn from(s: &LabelName) -> Self {
+        s.clone()
+    }
+}
+
+impl From<LabelName> for String {
+    fn from(s: LabelName) -> Self {
+        match s.0 {
+            Repr::Core(_) => s.as_str().to_owned(),
+            Repr::Other(b) => b.into_string(),
+        }
+    }
+}
+
+impl From<&LabelName> for String {
+    fn from(s: &LabelName) -> Self {
+        s.as_str().to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_core_label_is_held_without_allocation_and_spelled_back() {
+        for (i, name) in CORE_LABELS.iter().enumerate() {
+            let l = LabelName::new(name);
+            assert_eq!(l.core_index(), Some(i), "{name}");
+            assert_eq!(l.as_str(), *name);
+            assert_eq!(String::from(l.clone()), *name);
+        }
+        let other = LabelName::from("NOT_A_CORE_LABEL".to_owned());
+        assert_eq!(other.core_index(), None);
+        assert_eq!(other, "NOT_A_CORE_LABEL");
+        assert_eq!(LabelName::new("date").core_index(), None, "case matters");
+    }
+
+    #[test]
+    fn orders_compares_and_hashes_as_its_string() {
+        let names = [
+            "TAX",
+            "A_FREE_NAME",
+            "DATE",
+            "ZZZ",
+            "TIP",
+            "",
+            "SUBTOTAL",
+            "DATE",
+        ];
+        let ours: Vec<String> = names
+            .iter()
+            .map(|n| LabelName::new(n))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let strings: Vec<String> = names
+            .iter()
+            .map(|n| (*n).to_owned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(ours, strings);
+        for a in names {
+            for b in names {
+                assert_eq!(
+                    LabelName::new(a).cmp(&LabelName::new(b)),
+                    a.cmp(b),
+                    "{a} {b}"
+                );
+                assert_eq!(LabelName::new(a) == LabelName::new(b), a == b);
+            }
+        }
+        let set: std::collections::HashSet<LabelName> = names.iter().map(|n| (*n).into()).collect();
+        assert!(set.contains("TAX") && set.contains("A_FREE_NAME") && !set.contains("X"));
+        assert_eq!(format!("{:?}", LabelName::new("TAX")), "\"TAX\"");
+    }
+}
