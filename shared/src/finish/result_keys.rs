@@ -17,12 +17,12 @@
 
 use std::collections::HashSet;
 
-use crate::model::status::CORE_LABELS;
 use crate::model::{CompletionBatchResult, LabelKey};
 
-/// A result key (receipt id, line, word, core label) in 128 bits; `None` for another label.
+/// A result key (receipt id, line, word, core label: its index in `CORE_LABELS`) in 128 bits;
+/// `None` for another label.
 fn pack(label: &LabelKey) -> Option<u128> {
-    let index = CORE_LABELS.iter().position(|c| *c == label.label)?;
+    let index = label.label.core_index()?;
     let w = &label.word;
     Some(
         u128::from(w.receipt.receipt_id) << 72
