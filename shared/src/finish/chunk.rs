@@ -114,7 +114,7 @@ impl ChunkContext<'_> {
         phases.mark(report, "read_table");
 
         let mut builder = PlanBuilder::new(PlanInput {
-            batch_id: batch_id.clone(),
+            batch_id: batch_id.as_str().into(),
             batch: self.batch,
             targets,
             labels,

@@ -1,6 +1,8 @@
 //! The audit rows of a batch: CompletionBatchResult (read by other programs, with its known key
 //! defect kept) and CompletionBatchVerdict (the fleet's own, collision-free journal).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use super::batch_summary::batch_pk;
@@ -14,7 +16,8 @@ pub const TYPE_COMPLETION_BATCH_VERDICT: &str = "COMPLETION_BATCH_VERDICT";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletionBatchResult {
-    pub batch_id: String,
+    /// Shared by every row of the batch (a plan holds thousands).
+    pub batch_id: Arc<str>,
     /// Not part of the SK (the known defect); kept in GSI3PK.
     pub label: LabelKey,
     pub status: BatchStatus,
@@ -111,7 +114,7 @@ impl CompletionBatchResult {
             return Err(r.error("original_label", "differs from the SK's label"));
         }
         Ok(CompletionBatchResult {
-            batch_id,
+            batch_id: batch_id.into(),
             label: LabelKey::new(receipt.image_id, receipt_id, line_id, word_id, label),
             status: r.parsed("status", str::parse)?,
             gpt_suggested_label: r.opt_string("gpt_suggested_label")?.map(str::to_owned),
@@ -126,7 +129,8 @@ impl CompletionBatchResult {
 /// one per reset (verdict `NONE`, see [`CompletionBatchVerdict::reset`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletionBatchVerdict {
-    pub batch_id: String,
+    /// Shared by every row of the batch (a plan holds thousands).
+    pub batch_id: Arc<str>,
     pub label: LabelKey,
     pub verdict: Verdict,
     pub previous_status: ValidationStatus,
@@ -148,7 +152,7 @@ impl CompletionBatchVerdict {
     /// knows a newer batch claimed it (docs/spec/processing-rules.md, Order of writes, and re-runs).
     pub fn reset(batch_id: &str, label: &LabelKey, validated_at: DateTime<Utc>) -> Self {
         CompletionBatchVerdict {
-            batch_id: batch_id.to_owned(),
+            batch_id: batch_id.into(),
             label: label.clone(),
             verdict: Verdict::Reset,
             previous_status: ValidationStatus::Pending,
@@ -196,7 +200,7 @@ impl CompletionBatchVerdict {
             .ok_or_else(|| r.error("SK", "expected VERDICT#…"))?;
         let label = parse_label_id(rest).map_err(|e| r.error("SK", e))?;
         Ok(CompletionBatchVerdict {
-            batch_id,
+            batch_id: batch_id.into(),
             label,
             verdict: r.parsed("verdict", str::parse)?,
             previous_status: r.parsed("previous_status", str::parse)?,

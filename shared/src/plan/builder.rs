@@ -98,7 +98,7 @@ fn is_own_correction(l: &ReceiptWordLabel, validated_at: DateTime<Utc>) -> bool 
 /// A VALID label is the exception the rules name: it "gets no audit row", verdict row included.
 #[derive(Debug)]
 pub struct PlanBuilder {
-    batch_id: String,
+    batch_id: std::sync::Arc<str>,
     outcome: Outcome,
     validated_at: DateTime<Utc>,
     output_file_id: Option<String>,

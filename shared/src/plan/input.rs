@@ -11,7 +11,7 @@ use crate::openai::BatchObject;
 #[derive(Debug, Clone)]
 pub struct PlanInput<'a> {
     /// The fleet's batch id (the BatchSummary's), not OpenAI's.
-    pub batch_id: String,
+    pub batch_id: std::sync::Arc<str>,
     pub batch: &'a BatchObject,
     /// The labels the batch asked about: from the input file, or [`fallback_targets`].
     pub targets: BTreeSet<LabelKey>,

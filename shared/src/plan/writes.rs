@@ -28,8 +28,6 @@ pub struct StatusChange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VectorMerge {
     pub word: WordKey,
-    /// [`WordKey::vector_id`].
-    pub vector_id: String,
     pub valid_labels: BTreeSet<String>,
     pub invalid_labels: BTreeSet<String>,
     /// The core-label suggestion of an invalid verdict on this word. When several judged labels
@@ -37,6 +35,14 @@ pub struct VectorMerge {
     /// tie-break as a correction's `label_consolidated_from`, and one that a recorded verdict
     /// (which keeps no position within its line) can reproduce on a re-run.
     pub proposed_label: Option<String>,
+}
+
+impl VectorMerge {
+    /// The word's vector id ([`WordKey::vector_id`]), made when the merge is written rather
+    /// than kept per merge in the plan.
+    pub fn vector_id(&self) -> String {
+        self.word.vector_id()
+    }
 }
 
 /// A verdict whose status change is planned; the source of the vector merges, corrections and
@@ -116,7 +122,7 @@ pub(crate) fn label_bit(label: &LabelName) -> u32 {
 /// Every collection is sorted, so two plans of the same input compare equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    pub batch_id: String,
+    pub batch_id: std::sync::Arc<str>,
     pub outcome: Outcome,
     /// The batch's outcome timestamp: `validated_at` of every row and `timestamp_added` of every
     /// correction.
@@ -154,7 +160,11 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn empty(batch_id: String, outcome: Outcome, validated_at: DateTime<Utc>) -> Self {
+    pub(crate) fn empty(
+        batch_id: std::sync::Arc<str>,
+        outcome: Outcome,
+        validated_at: DateTime<Utc>,
+    ) -> Self {
         Plan {
             batch_id,
             outcome,
@@ -224,7 +234,6 @@ impl Plan {
             let w = &word[0].0.label.word;
             let mut merge = VectorMerge {
                 word: w.clone(),
-                vector_id: w.vector_id(),
                 valid_labels: BTreeSet::new(),
                 invalid_labels: BTreeSet::new(),
                 proposed_label: None,

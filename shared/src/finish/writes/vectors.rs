@@ -58,10 +58,12 @@ pub(in crate::finish) async fn write_vectors(
         if let Some(sets) = plan.word_labels.get(&m.word) {
             change.add_sets(sets);
         }
-        match changes.get_mut(&m.vector_id) {
-            Some(earlier) => earlier.absorb(change),
-            None => {
-                changes.insert(m.vector_id.clone(), change);
+        match changes.entry(m.vector_id()) {
+            std::collections::btree_map::Entry::Occupied(mut earlier) => {
+                earlier.get_mut().absorb(change);
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(change);
             }
         }
     }
@@ -89,10 +91,10 @@ pub(in crate::finish) async fn write_vectors(
         written.extend(r.written);
     }
 
-    let by_id: BTreeMap<&str, &WordKey> = plan
+    let by_id: BTreeMap<String, &WordKey> = plan
         .vector_merges
         .iter()
-        .map(|m| (m.vector_id.as_str(), &m.word))
+        .map(|m| (m.vector_id(), &m.word))
         .collect();
     let pending: BTreeMap<WordKey, LabelSets> = written
         .into_iter()

@@ -403,7 +403,7 @@ impl World {
             if !step(&mut done) {
                 return done;
             }
-            match self.vectors.get_mut(&m.vector_id) {
+            match self.vectors.get_mut(&m.vector_id()) {
                 Some(v) => {
                     v.valid_labels.extend(m.valid_labels.iter().cloned());
                     v.invalid_labels.extend(m.invalid_labels.iter().cloned());

@@ -678,7 +678,7 @@ fn vector_merge_unions_labels_per_word_and_proposes_from_the_smallest_judged_lab
         .plan();
     assert_eq!(plan.vector_merges.len(), 2);
     let m = &plan.vector_merges[0];
-    assert_eq!(m.vector_id, w1_date.word.vector_id());
+    assert_eq!(m.word, w1_date.word);
     assert_eq!(m.valid_labels, BTreeSet::from(["DATE".to_owned()]));
     assert_eq!(
         m.invalid_labels,
@@ -749,7 +749,7 @@ fn audit_one_result_row_per_applied_verdict_completed_at_and_suggestion() {
         .plan();
     assert_eq!(plan.results.len(), 2);
     for r in &plan.results {
-        assert_eq!(r.batch_id, BATCH_ID);
+        assert_eq!(&*r.batch_id, BATCH_ID);
         assert_eq!(r.status, BatchStatus::Completed);
         assert_eq!(r.validated_at, completed_at());
     }
