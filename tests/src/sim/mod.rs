@@ -54,17 +54,20 @@
 //!
 //! ## Choosing K, and what a run costs
 //!
-//! Measured on this 2-core machine (load 3–8 from other builds; `fleet_cores` in the DETAIL
+//! Measured on this 2-core machine (load 2–5 from other builds; `fleet_cores` in the DETAIL
 //! line is the workers' and the driver's CPU seconds per real second of the fleet's run):
-//! `big` at `K = 20` used 0.49 cores (worker 61.5 CPU-s, driver about 56 CPU-s for 510,000
-//! DynamoDB calls and 222,000 vector updates) over 221 s, so the run is not CPU-bound and `K`
+//! `big` at `K = 20` used 0.48 cores (worker 57 CPU-s, driver about 50 CPU-s for 510,000
+//! DynamoDB calls and 222,000 vector updates) over 208 s, so the run is not CPU-bound and `K`
 //! could go higher on CPU alone. It stays at 20 because the ratio grows with `K` through
-//! what is not scaled (below): `big` measured `ratio = 1.99` at `K = 20` and `3.48` at
-//! `K = 40`, i.e. about 166 real seconds of the worker's own time (its CPU, its calls'
-//! round trips over loopback) that no `K` compresses. At `K = 20` the whole
-//! `scripts/simulate.sh` fits in 10 minutes once `big` and `restarts` run near their floor
-//! (2225 simulated seconds each, 111 real ones); with the worker of June 2025 (ratio about 2
-//! there) `big` alone takes about 220 s of fleet time.
+//! what is not scaled (below): `big` measured `ratio = 1.52` at `K = 10`, `1.87` at `K = 20`
+//! and `3.48` at `K = 40`. From the first two, `virtual_s ≈ 2610 + 78·K`: about 78 real
+//! seconds of the worker's own time (its CPU, its calls' round trips over loopback) that no
+//! `K` compresses, and a ratio of about 1.17 as `K` goes to 0 (`pacing-1`, one worker at
+//! `K = 5`, measured 1.17 too). So a larger `K` does not make `big` much faster in real time
+//! (208 s at 20, 339 s at 10), it only makes its ratio more pessimistic. The whole
+//! `scripts/simulate.sh` took 712 s (and 59 s of release build) with `pacing` at `K = 20`;
+//! it fits in 10 minutes once `big` and `restarts` run nearer their floor (2225 simulated
+//! seconds each, 111 real ones at `K = 20`).
 //!
 //! The driver: mimalloc instead of glibc's malloc (whose bin searches took 40 % of the
 //! driver's CPU on its 2 GB heap: the reference run of `big` went from 233 s to 57 s), items
