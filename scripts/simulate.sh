@@ -4,8 +4,12 @@
 # the Pinecone emulator at its namespace limit, in scaled real time; each scenario prints one
 # RESULT line (and a DETAIL line). Exits non-zero when an end state differs from the reference.
 #
-#   scripts/simulate.sh                 every scenario: big, restarts, mixed, faults
+#   scripts/simulate.sh                 every scenario: big, restarts, mixed, faults, pacing
 #   scripts/simulate.sh big mixed       the named ones (also: smoke, the small one of test.sh)
+#
+# pacing runs 1, 3 and 10 workers at once (pacing-1, pacing-3, pacing-10) and ends with a
+# `PACING …` line: the namespace's update rate as % of its limit and the % answered 429.
+# The build's time and the scenarios' are printed apart (BUILD and TOTAL lines).
 #
 #   SIM_PROFILE=release|dev  cargo profile of the binaries (default release: figures of CPU
 #                            mean something only optimised; dev reuses the test build)
@@ -35,11 +39,17 @@ case "${SIM_PROFILE:-release}" in
   dev) build=(); dir=debug ;;
   *) echo "SIM_PROFILE must be release or dev" >&2; exit 64 ;;
 esac
+build_started=$SECONDS
 cargo build "${build[@]}" --locked -p worker --bin worker -p fleet-tests --bin simulate
+echo "BUILD real_s=$((SECONDS - build_started))"
 bin="${CARGO_TARGET_DIR:-$root/target}/$dir"
 
 # Reference end states are kept between runs of the same binaries (see --reference-cache).
 args=(--worker-bin "$bin/worker" --work-dir "$root/target/simulate" --reference-cache "$root/target/simulate-references")
 if [ -n "${SIM_SCALE:-}" ]; then args+=(--scale "$SIM_SCALE"); fi
 if [ -n "${SIM_SEED:-}" ]; then args+=(--seed "$SIM_SEED"); fi
-"$bin/simulate" "${args[@]}" "$@"
+run_started=$SECONDS
+status=0
+"$bin/simulate" "${args[@]}" "$@" || status=$?
+echo "TOTAL real_s=$((SECONDS - run_started)) (scenarios, without the build)"
+exit "$status"

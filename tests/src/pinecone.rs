@@ -31,8 +31,11 @@
 //! of a bucket per namespace (like the real per-namespace write limit); fetches
 //! ([`PineconeEmulator::set_fetch_rate_limit`], on by default at [`DEFAULT_FETCH_RATE`] per
 //! second) a token of one bucket for the whole index. A bucket holds at most one second's
-//! worth of tokens; a call over it answers 429 `TOO_MANY_REQUESTS` with `Retry-After: 1` and
-//! changes nothing.
+//! worth of tokens (or the burst given to [`PineconeEmulator::set_rate_limit_with_burst`]);
+//! a call over it answers 429 `TOO_MANY_REQUESTS` with `Retry-After: 1` and changes nothing.
+//! Every 429 answered (limits and injected faults) is counted
+//! ([`PineconeEmulator::answered_429`]); accepted updates are counted, and recorded unless
+//! [`PineconeEmulator::set_record_updates`] turned that off.
 //!
 //! Eventual consistency ([`PineconeEmulator::set_consistency_delay`], 0 by default): a change
 //! made by `/vectors/update` becomes visible to `/vectors/fetch` only after the delay; until
@@ -121,25 +124,32 @@ pub struct UpdateRecord {
 
 struct RateLimiter {
     per_second: f64,
+    /// Most tokens a bucket holds (one second's worth unless set otherwise).
+    burst: f64,
     buckets: HashMap<String, (f64, Instant)>,
 }
 
 impl RateLimiter {
     fn new(per_second: u32) -> Self {
+        Self::with_burst(per_second, per_second)
+    }
+
+    fn with_burst(per_second: u32, burst: u32) -> Self {
         Self {
             per_second: f64::from(per_second.max(1)),
+            burst: f64::from(burst.max(1)),
             buckets: HashMap::new(),
         }
     }
 
     fn allow(&mut self, namespace: &str) -> bool {
         let now = Instant::now();
-        let cap = self.per_second;
+        let (rate, cap) = (self.per_second, self.burst);
         let (tokens, last) = self
             .buckets
             .entry(namespace.to_owned())
             .or_insert((cap, now));
-        let refilled = (*tokens + now.duration_since(*last).as_secs_f64() * cap).min(cap);
+        let refilled = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(cap);
         *last = now;
         if refilled >= 1.0 {
             *tokens = refilled - 1.0;
@@ -164,6 +174,10 @@ struct PineconeState {
     hidden: HashMap<(String, String), VecDeque<Hidden>>,
     consistency_delay: Duration,
     updates: Vec<UpdateRecord>,
+    /// Accepted update calls, also those not kept in `updates`.
+    update_total: usize,
+    /// Whether accepted updates are kept in `updates` (a long simulation only counts them).
+    record_updates: bool,
     rate: Option<RateLimiter>,
     fetch_rate: Option<RateLimiter>,
     max_url_bytes: Option<usize>,
@@ -179,6 +193,8 @@ impl Default for PineconeState {
             hidden: HashMap::new(),
             consistency_delay: Duration::ZERO,
             updates: Vec::new(),
+            update_total: 0,
+            record_updates: true,
             rate: None,
             fetch_rate: Some(RateLimiter::new(DEFAULT_FETCH_RATE)),
             max_url_bytes: Some(DEFAULT_MAX_URL_BYTES),
@@ -244,6 +260,9 @@ impl PineconeState {
 struct Shared {
     state: Mutex<PineconeState>,
     harness: Arc<Harness>,
+    /// API answers with status 429 (rate limits and injected faults alike), counted where
+    /// every answer passes, so that a caller need not keep the request log.
+    answered_429: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -270,6 +289,7 @@ impl PineconeEmulator {
         let shared = Arc::new(Shared {
             state: Mutex::new(PineconeState::default()),
             harness,
+            answered_429: std::sync::atomic::AtomicU64::new(0),
         });
         let server = Server::bind(addr, router(shared.clone())).await?;
         tracing::info!(addr = %server.addr(), "pinecone emulator listening");
@@ -394,6 +414,18 @@ impl PineconeEmulator {
         self.shared.lock().rate = per_second.map(RateLimiter::new);
     }
 
+    /// [`Self::set_rate_limit`] with a bucket of `burst` tokens instead of one second's worth:
+    /// a simulation that compresses time `K`-fold sets `per_second` to `100·K` and `burst` to
+    /// 100, one simulated second's worth (one real second's would be `K` simulated ones).
+    pub fn set_rate_limit_with_burst(&self, per_second: u32, burst: u32) {
+        self.shared.lock().rate = Some(RateLimiter::with_burst(per_second, burst));
+    }
+
+    /// [`Self::set_fetch_rate_limit`] with a bucket of `burst` tokens.
+    pub fn set_fetch_rate_limit_with_burst(&self, per_second: u32, burst: u32) {
+        self.shared.lock().fetch_rate = Some(RateLimiter::with_burst(per_second, burst));
+    }
+
     /// The wait the emulator's own rate-limit 429s ask for: `Some(d)` sends `retry-after-ms`
     /// (and `Retry-After` in whole seconds, at least 1); `None` (default) `Retry-After: 1`.
     /// A simulation that compresses time scales the wait with everything else.
@@ -401,17 +433,53 @@ impl PineconeEmulator {
         self.shared.lock().rate_retry_after = wait;
     }
 
-    /// Accepted (200) update calls so far, including those for absent ids.
+    /// Accepted (200) update calls so far, including those for absent ids (also when they
+    /// are not recorded, see [`Self::set_record_updates`]).
     pub fn update_count(&self) -> usize {
-        self.shared.lock().updates.len()
+        self.shared.lock().update_total
     }
 
+    /// The accepted update calls, as recorded.
     pub fn updates(&self) -> Vec<UpdateRecord> {
         self.shared.lock().updates.clone()
     }
 
+    /// Forgets the recorded updates and sets the count back to 0.
     pub fn clear_updates(&self) {
-        self.shared.lock().updates.clear();
+        let mut state = self.shared.lock();
+        state.updates.clear();
+        state.update_total = 0;
+    }
+
+    /// Whether each accepted update is recorded for [`Self::updates`] (default on). A long
+    /// simulation turns it off: it needs only the count, and 200,000 records with their
+    /// metadata cost hundreds of MB.
+    pub fn set_record_updates(&self, on: bool) {
+        self.shared.lock().record_updates = on;
+    }
+
+    /// API calls answered 429 so far (the emulator's rate limits and injected faults), kept
+    /// also when the request log is cleared.
+    pub fn answered_429(&self) -> u64 {
+        self.shared
+            .answered_429
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Vectors in a namespace.
+    pub fn vector_count(&self, namespace: &str) -> usize {
+        self.shared
+            .lock()
+            .namespaces
+            .get(namespace)
+            .map_or(0, BTreeMap::len)
+    }
+
+    /// Drops a namespace and every vector in it.
+    pub fn drop_namespace(&self, namespace: &str) -> bool {
+        let mut state = self.shared.lock();
+        state.hidden.retain(|(ns, _), _| ns != namespace);
+        state.namespaces.remove(namespace).is_some()
     }
 
     /// Queues a fault (see [`FaultSpec`]), e.g. `FaultSpec::status(429).times(3)`.
@@ -535,16 +603,21 @@ fn router(shared: Arc<Shared>) -> Router {
     api.merge(admin)
         .merge(key_rejection_routes(harness.clone()))
         .fallback(unknown_url)
-        .with_state(shared)
+        .with_state(shared.clone())
         .layer(from_fn_with_state(harness, harness_layer))
         // Outermost: on every answer, faults included.
-        .layer(axum::middleware::from_fn(request_id))
+        .layer(from_fn_with_state(shared, request_id))
 }
 
-/// `x-request-id` on every API answer, as the real service sends it.
-async fn request_id(req: Request, next: Next) -> Response {
+/// `x-request-id` on every API answer, as the real service sends it; counts the 429s.
+async fn request_id(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let admin = req.uri().path().starts_with(crate::common::ADMIN_PREFIX);
     let mut response = next.run(req).await;
+    if !admin && response.status() == StatusCode::TOO_MANY_REQUESTS {
+        shared
+            .answered_429
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if !admin && !response.headers().contains_key("x-request-id") {
         let id = uuid::Uuid::new_v4().simple().to_string();
         if let Ok(v) = HeaderValue::from_str(&id) {
@@ -797,15 +870,18 @@ async fn update(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    state.updates.push(UpdateRecord {
-        namespace: namespace.to_owned(),
-        id: id.to_owned(),
-        set_metadata,
-        values,
-        existed,
-        changed,
-        unix_ms,
-    });
+    state.update_total += 1;
+    if state.record_updates {
+        state.updates.push(UpdateRecord {
+            namespace: namespace.to_owned(),
+            id: id.to_owned(),
+            set_metadata,
+            values,
+            existed,
+            changed,
+            unix_ms,
+        });
+    }
     axum::Json(json!({})).into_response()
 }
 

@@ -347,6 +347,61 @@ async fn rate_limit_per_namespace() {
     }
 }
 
+/// What a long simulation relies on: a burst smaller than a second's worth (the limit of a
+/// time-compressed run), 429s counted without the request log, updates counted without being
+/// recorded, and a namespace dropped whole.
+#[tokio::test]
+async fn burst_429_count_unrecorded_updates_and_dropped_namespaces() {
+    let ctx = Ctx::new().await;
+    // 50 per second but a burst of 3 (not 50): of 20 updates at once, about 3 pass.
+    ctx.emu.set_rate_limit_with_burst(50, 3);
+    ctx.emu.set_record_updates(false);
+    let body = json!({"id": W1, "namespace": NS, "setMetadata": {"k": "v"}});
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(ctx.update(body.clone()).await.status());
+    }
+    // Seconds of a short test times 50: small and non-negative.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let refilled = (started.elapsed().as_secs_f64() * 50.0).floor() as usize;
+    let ok = statuses.iter().filter(|s| **s == Rs::OK).count();
+    let limited = statuses.len() - ok;
+    assert!(
+        statuses[..3].iter().all(|s| *s == Rs::OK),
+        "the burst is free: {statuses:?}"
+    );
+    assert!(ok <= 3 + refilled, "a burst of 3: {statuses:?}");
+    assert_eq!(ctx.emu.update_count(), ok, "counted");
+    assert!(ctx.emu.updates().is_empty(), "not recorded");
+    // The count of 429s survives the request log; an injected 429 counts too.
+    ctx.emu.clear_requests();
+    assert_eq!(ctx.emu.answered_429(), limited as u64);
+    ctx.emu.set_rate_limit(None);
+    ctx.emu
+        .fail_next(FaultSpec::rate_limited(None).on_path("/vectors/update"));
+    assert_eq!(
+        ctx.update(body.clone()).await.status(),
+        Rs::TOO_MANY_REQUESTS
+    );
+    assert_eq!(ctx.emu.answered_429(), limited as u64 + 1);
+    // Recording back on; clearing sets the count back to 0.
+    ctx.emu.set_record_updates(true);
+    assert_eq!(ctx.update(body).await.status(), Rs::OK);
+    assert_eq!(ctx.emu.updates().len(), 1);
+    assert_eq!(ctx.emu.update_count(), ok + 1);
+    ctx.emu.clear_updates();
+    assert_eq!(ctx.emu.update_count(), 0);
+    // A dropped namespace is gone whole; others stay.
+    ctx.emu.upsert("other", W1, vec![0.0], Map::new());
+    assert_eq!(ctx.emu.vector_count(NS), 2);
+    assert!(ctx.emu.drop_namespace(NS));
+    assert!(!ctx.emu.drop_namespace(NS));
+    assert_eq!(ctx.emu.vector_count(NS), 0);
+    assert!(ctx.emu.all(NS).is_empty());
+    assert_eq!(ctx.emu.vector_count("other"), 1);
+}
+
 #[tokio::test]
 async fn faults_and_outage() {
     let ctx = Ctx::new().await;

@@ -55,12 +55,33 @@ pub struct Scenario {
     pub faults: bool,
     /// Give up after this much real time.
     pub timeout: Duration,
+    /// Each worker takes one batch at a time (`MAX_IN_FLIGHT=1`, `MAX_CONCURRENT_APPLIES=1`),
+    /// so that `workers` processes apply at once: how the pacing scenario measures the
+    /// adaptive pacing of 1, 3 and 10 processes sharing the namespace.
+    pub one_batch_per_worker: bool,
 }
 
-/// The scenarios `scripts/simulate.sh` knows, by name.
-pub const NAMES: &[&str] = &["smoke", "big", "restarts", "mixed", "faults"];
+/// The scenarios `scripts/simulate.sh` knows, by name (`pacing` stands for `pacing-1`,
+/// `pacing-3` and `pacing-10`, see [`Scenario::expand`]).
+pub const NAMES: &[&str] = &["smoke", "big", "restarts", "mixed", "faults", "pacing"];
+
+/// The numbers of workers the pacing scenario runs at once.
+pub const PACING_WORKERS: [usize; 3] = [1, 3, 10];
 
 impl Scenario {
+    /// The runs a name stands for: `pacing` is three (1, 3 and 10 workers), any other name
+    /// one; empty for an unknown name.
+    pub fn expand(name: &str, seed: u64) -> Vec<Scenario> {
+        if name == "pacing" {
+            PACING_WORKERS
+                .iter()
+                .filter_map(|n| Scenario::named(&format!("pacing-{n}"), seed))
+                .collect()
+        } else {
+            Scenario::named(name, seed).into_iter().collect()
+        }
+    }
+
     pub fn named(name: &str, seed: u64) -> Option<Scenario> {
         let one = |receipts| BatchPlan {
             receipts,
@@ -94,16 +115,18 @@ impl Scenario {
                 events: vec![Event::Stop { at: 0.4 }],
                 faults: false,
                 timeout: Duration::from_secs(120),
+                one_batch_per_worker: false,
             },
             "big" => Scenario {
                 name: name.into(),
                 seed,
                 workers: 1,
                 batches: vec![big.clone()],
-                scale: 40.0,
+                scale: 20.0,
                 events: Vec::new(),
                 faults: false,
                 timeout: Duration::from_secs(600),
+                one_batch_per_worker: false,
             },
             "restarts" => {
                 let mut at = [
@@ -117,7 +140,7 @@ impl Scenario {
                     seed,
                     workers: 1,
                     batches: vec![big.clone()],
-                    scale: 40.0,
+                    scale: 20.0,
                     events: vec![
                         Event::Stop { at: at[0] },
                         Event::Kill { at: at[1] },
@@ -125,6 +148,7 @@ impl Scenario {
                     ],
                     faults: false,
                     timeout: Duration::from_secs(600),
+                    one_batch_per_worker: false,
                 }
             }
             "mixed" => {
@@ -151,6 +175,7 @@ impl Scenario {
                     events: Vec::new(),
                     faults: false,
                     timeout: Duration::from_secs(400),
+                    one_batch_per_worker: false,
                 }
             }
             "faults" => Scenario {
@@ -162,7 +187,30 @@ impl Scenario {
                 events: vec![Event::Stop { at: 0.5 }],
                 faults: true,
                 timeout: Duration::from_secs(300),
+                one_batch_per_worker: false,
             },
+            // N workers, N batches of equal size (4,000 requests in all, about 12,800 vector
+            // updates): each worker takes one, so N processes apply at once from start to end.
+            // K = 5, not 20: the adaptive pacing's clock is real time (see the module docs);
+            // at K = 20 3 and 10 workers reached 57 % and 85 % of the limit, at K = 4 86 %
+            // and 97 %.
+            pacing if pacing.starts_with("pacing-") => {
+                let workers: usize = pacing["pacing-".len()..].parse().ok()?;
+                if !PACING_WORKERS.contains(&workers) {
+                    return None;
+                }
+                Scenario {
+                    name: name.into(),
+                    seed,
+                    workers,
+                    batches: vec![one(4_000 / workers as u32); workers],
+                    scale: 5.0,
+                    events: Vec::new(),
+                    faults: false,
+                    timeout: Duration::from_secs(300),
+                    one_batch_per_worker: true,
+                }
+            }
             _ => return None,
         };
         Some(s)
@@ -198,8 +246,17 @@ pub struct Measured {
     pub dynamodb_write_units: f64,
     pub dynamodb_throttled: u64,
     pub driver_cpu_s: f64,
+    /// The driver's CPU seconds in the reference run (0 when it came from the cache).
+    pub reference_cpu_s: f64,
     pub reference_real_s: f64,
     pub fleet_real_s: f64,
+    /// Workers' and driver's CPU seconds while the fleet ran, per real second: how close the
+    /// run came to the machine's cores (the scale is chosen to keep this well below 2).
+    pub fleet_cores: f64,
+    /// Updates per simulated second and share of update calls answered 429 between 5 % and
+    /// 85 % of the updates (the steady state, without start and tail).
+    pub steady_updates_per_s: f64,
+    pub steady_429_pct: f64,
 }
 
 impl Measured {
@@ -239,7 +296,7 @@ impl Measured {
             0.0
         };
         format!(
-            "DETAIL scenario={} scale={} workers_started={} pinecone_updates={} namespace_updates_per_s={:.1} pinecone_429_pct={:.2} dynamodb_calls_per_1k_requests={:.0} dynamodb_wcu_per_1k_requests={:.0} dynamodb_throttled={} fleet_real_s={:.1} reference_real_s={:.1} driver_cpu_s={:.1}{}",
+            "DETAIL scenario={} scale={} workers_started={} pinecone_updates={} namespace_updates_per_s={:.1} pinecone_429_pct={:.2} steady_updates_per_s={:.1} steady_pct_of_limit={:.1} steady_429_pct={:.2} dynamodb_calls_per_1k_requests={:.0} dynamodb_wcu_per_1k_requests={:.0} dynamodb_throttled={} fleet_real_s={:.1} fleet_cores={:.2} reference_real_s={:.1} reference_cpu_s={:.1} driver_cpu_s={:.1}{}",
             self.scenario,
             self.scale,
             self.workers_started,
@@ -251,11 +308,16 @@ impl Measured {
             } else {
                 0.0
             },
+            self.steady_updates_per_s,
+            100.0 * self.steady_updates_per_s / NAMESPACE_UPDATES_PER_SECOND,
+            self.steady_429_pct,
             per_k(self.dynamodb_calls as f64),
             per_k(self.dynamodb_write_units),
             self.dynamodb_throttled,
             self.fleet_real_s,
+            self.fleet_cores,
             self.reference_real_s,
+            self.reference_cpu_s,
             self.driver_cpu_s,
             if self.diff.is_empty() {
                 String::new()
@@ -273,6 +335,8 @@ struct World {
     pinecone: PineconeEmulator,
     summaries: Vec<(String, String)>,
     requests: u64,
+    /// Seconds every generated time moves by (the same for the reference and the fleet).
+    shift: i64,
 }
 
 /// The end state of the reference run of some batches, kept for the next scenario of the
@@ -393,10 +457,26 @@ pub async fn run(
     std::fs::create_dir_all(&setup.work_dir)?;
     let key = format!("{}:{:?}", scenario.seed, scenario.batches);
     let known = references.get(&key);
-    let world = build_world(scenario, known.is_none()).await?;
+    let load_started = Instant::now();
+    let first = if known.is_none() {
+        (REF_TABLE, REF_NAMESPACE)
+    } else {
+        (TABLE, NAMESPACE)
+    };
+    let mut world = build_world(scenario, first).await?;
+    let (items, item_bytes) = world.table.table_size(first.0);
+    eprintln!(
+        "simulate: {}: loaded {items} items ({} MB of JSON), {} vectors in {:.1} s; driver rss {:.0} MB",
+        scenario.name,
+        item_bytes >> 20,
+        world.pinecone.vector_count(first.1),
+        load_started.elapsed().as_secs_f64(),
+        driver_rss_mb(),
+    );
 
     // 1. The reference: one uninterrupted run of every batch, in process, unthrottled.
     let started = Instant::now();
+    let reference_cpu0 = proc_cpu_seconds(std::process::id()).unwrap_or(0.0);
     let reference = match known {
         Some(r) => r,
         None => {
@@ -407,13 +487,21 @@ pub async fn run(
                 updates: world.pinecone.update_count() as u64,
             };
             world.table.drop_table(REF_TABLE);
+            world.pinecone.drop_namespace(REF_NAMESPACE);
             world.pinecone.clear_updates();
             world.pinecone.clear_requests();
             references.insert(key, r.clone());
+            load(&mut world, scenario, (TABLE, NAMESPACE), false).await?;
             r
         }
     };
     let reference_real_s = started.elapsed().as_secs_f64();
+    let reference_cpu_s = proc_cpu_seconds(std::process::id()).unwrap_or(0.0) - reference_cpu0;
+    eprintln!(
+        "simulate: {}: reference in {reference_real_s:.1} s; driver rss {:.0} MB",
+        scenario.name,
+        driver_rss_mb()
+    );
     let (ref_table, ref_vectors, needed) =
         (&reference.table, &reference.vectors, reference.updates);
     let floor_s = needed as f64 / NAMESPACE_UPDATES_PER_SECOND;
@@ -422,12 +510,15 @@ pub async fn run(
     let k = scenario.scale;
     world.table.set_model(Model::dynamodb(k));
     world.table.reset_stats();
+    // Buckets of one simulated second's worth (a real second's would be K simulated ones,
+    // letting the namespace run K times its limit after a pause).
+    world.pinecone.set_rate_limit_with_burst(
+        (NAMESPACE_UPDATES_PER_SECOND * k).round() as u32,
+        NAMESPACE_UPDATES_PER_SECOND as u32,
+    );
     world
         .pinecone
-        .set_rate_limit(Some((NAMESPACE_UPDATES_PER_SECOND * k).round() as u32));
-    world
-        .pinecone
-        .set_fetch_rate_limit(Some((100.0 * k).round() as u32));
+        .set_fetch_rate_limit_with_burst((100.0 * k).round() as u32, 100);
     world
         .pinecone
         .set_rate_limit_retry_after(Some(Duration::from_secs(1).div_f64(k)));
@@ -478,16 +569,33 @@ pub async fn run(
             ("PINECONE_API_KEY", "pc-sim".into()),
             ("PINECONE_NAMESPACE", NAMESPACE.into()),
             (
+                // Every worker's ceiling is the namespace's whole limit: the adaptive bucket
+                // finds each one's share (a fixed share would cap the rate by itself).
                 "PINECONE_UPDATES_PER_SECOND",
                 format!(
                     "{:.0}",
-                    (0.9 * NAMESPACE_UPDATES_PER_SECOND * k / scenario.workers as f64)
-                        .clamp(1.0, 10_000.0)
+                    (NAMESPACE_UPDATES_PER_SECOND * k).clamp(1.0, 10_000.0)
                 ),
             ),
             ("METRICS_ADDR", "127.0.0.1:0".into()),
-            ("MAX_IN_FLIGHT", "4".into()),
-            ("MAX_CONCURRENT_APPLIES", "2".into()),
+            (
+                "MAX_IN_FLIGHT",
+                if scenario.one_batch_per_worker {
+                    "1"
+                } else {
+                    "4"
+                }
+                .into(),
+            ),
+            (
+                "MAX_CONCURRENT_APPLIES",
+                if scenario.one_batch_per_worker {
+                    "1"
+                } else {
+                    "2"
+                }
+                .into(),
+            ),
             ("VISIBILITY_TIMEOUT_SECONDS", "10".into()),
             ("HEARTBEAT_SECONDS", "3".into()),
             ("RECHECK_MIN_SECONDS", "1".into()),
@@ -501,6 +609,10 @@ pub async fn run(
         ],
     };
     let started = Instant::now();
+    let fleet_cpu0 = proc_cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let answered_429_before = world.pinecone.answered_429();
+    // (real time, updates, 429s) when the updates first reached 5 % and 85 % of the needed.
+    let mut window: [Option<(Instant, u64, u64)>; 2] = [None, None];
     let mut fleet = Fleet::default();
     for _ in 0..scenario.workers {
         fleet.spawn(&env)?;
@@ -510,15 +622,13 @@ pub async fn run(
     let outcome = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         fleet.sample();
+        // The 429s are counted apart; the log would only grow.
+        world.pinecone.clear_requests();
         let done = world.summaries.iter().all(|(id, _)| {
             world
                 .table
-                .item(TABLE, &format!("BATCH#{id}"), "STATUS")
-                .and_then(|i| {
-                    i.get("status")
-                        .and_then(|v| v["S"].as_str())
-                        .map(str::to_owned)
-                })
+                .attribute(TABLE, &format!("BATCH#{id}"), "STATUS", "status")
+                .and_then(|v| v["S"].as_str().map(str::to_owned))
                 .is_some_and(|s| s != "PENDING")
         });
         if done {
@@ -535,6 +645,15 @@ pub async fn run(
         } else {
             world.pinecone.update_count() as f64 / needed as f64
         };
+        for (slot, at) in window.iter_mut().zip([0.05, 0.85]) {
+            if slot.is_none() && progress >= at {
+                *slot = Some((
+                    Instant::now(),
+                    world.pinecone.update_count() as u64,
+                    world.pinecone.answered_429() - answered_429_before,
+                ));
+            }
+        }
         if let Some(pos) = events.iter().position(|e| match e {
             Event::Stop { at } | Event::Kill { at } => progress >= *at,
         }) {
@@ -565,14 +684,23 @@ pub async fn run(
         }
     };
     let fleet_real_s = started.elapsed().as_secs_f64();
+    let fleet_driver_cpu_s = proc_cpu_seconds(std::process::id()).unwrap_or(0.0) - fleet_cpu0;
+    fleet.sample();
+    let fleet_cores = (fleet.cpu_s() + fleet_driver_cpu_s) / fleet_real_s.max(1e-9);
+    let (steady_updates_per_s, steady_429_pct) = match window {
+        [Some((t0, u0, r0)), Some((t1, u1, r1))] if t1 > t0 => {
+            let updates = (u1 - u0) as f64;
+            let rejected = (r1 - r0) as f64;
+            (
+                updates / (t1.duration_since(t0).as_secs_f64() * k),
+                100.0 * rejected / (updates + rejected).max(1.0),
+            )
+        }
+        _ => (0.0, 0.0),
+    };
     fleet.stop_all().await;
     let stats = world.table.stats();
-    let pinecone_429 = world
-        .pinecone
-        .requests()
-        .iter()
-        .filter(|r| r.status == 429)
-        .count() as u64;
+    let pinecone_429 = world.pinecone.answered_429() - answered_429_before;
     let pinecone_updates = world.pinecone.update_count() as u64;
     let mut diff = Vec::new();
     if let Err(e) = &outcome {
@@ -587,9 +715,26 @@ pub async fn run(
         diff.push(format!("vectors: {vector_diff}"));
     }
     sim_server.shutdown().await;
-    let driver_cpu_s =
-        proc_cpu_seconds(std::process::id()).unwrap_or(0.0) - driver_cpu0 - fleet.cpu_s();
+    // The driver's own threads only: /proc/PID/stat's utime and stime do not include the
+    // workers (children), whose CPU is `cpu_s`.
+    let driver_cpu_s = proc_cpu_seconds(std::process::id()).unwrap_or(0.0) - driver_cpu0;
     let total = stats.total();
+    let per_k = 1000.0 / (world.requests.max(1) as f64);
+    eprintln!(
+        "simulate: {}: DynamoDB per 1,000 requests: {}",
+        scenario.name,
+        stats
+            .by_op
+            .iter()
+            .filter(|(_, o)| o.calls > 0)
+            .map(|(op, o)| format!(
+                "{op} {:.0} calls {:.0} WCU",
+                o.calls as f64 * per_k,
+                o.write_units * per_k
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(Measured {
         scenario: scenario.name.clone(),
         requests: world.requests,
@@ -608,54 +753,68 @@ pub async fn run(
         dynamodb_write_units: total.write_units,
         dynamodb_throttled: total.throttled,
         driver_cpu_s,
+        reference_cpu_s,
         reference_real_s,
         fleet_real_s,
+        fleet_cores,
+        steady_updates_per_s,
+        steady_429_pct,
     })
 }
 
-/// Starts the services and loads the batches (into the reference's table and namespace too
-/// when `with_reference`).
-async fn build_world(scenario: &Scenario, with_reference: bool) -> anyhow::Result<World> {
+/// Starts the services and loads the batches into `table` and `namespace` (the reference's
+/// or the fleet's).
+async fn build_world(
+    scenario: &Scenario,
+    (table_name, namespace): (&str, &str),
+) -> anyhow::Result<World> {
     let table = SimTable::new(scenario.seed);
     table.keep_only_indexes(&["GSI1"]);
-    let clients = super::clients(&table);
-    let names: &[&str] = if with_reference {
-        &[TABLE, REF_TABLE]
-    } else {
-        &[TABLE]
-    };
-    for name in names {
-        crate::aws_env::create_receipts_table(&clients.dynamodb, name).await?;
-    }
     let openai = OpenAiEmulator::start().await?;
     let pinecone = PineconeEmulator::start().await?;
     pinecone.set_fetch_rate_limit(None);
+    pinecone.set_record_updates(false);
     // Every time moves to "now", so that no batch looks overdue and gets cancelled; one shift
     // for the whole run, so the reference and the fleet see the same times.
     let now = chrono::Utc::now().timestamp();
     let shift = (now - crate::scenario::CREATED_AT - 3_600) / 3_600 * 3_600;
+    let mut world = World {
+        table,
+        openai,
+        pinecone,
+        summaries: Vec::new(),
+        requests: 0,
+        shift,
+    };
+    load(&mut world, scenario, (table_name, namespace), true).await?;
+    Ok(world)
+}
+
+/// Generates the batches (the same ones every time: seeded) into `table` and `namespace`, and
+/// the first time (`first`) their files and OpenAI batches. The reference and the fleet load
+/// one after the other, so that the driver never holds two copies of a big batch's data.
+async fn load(
+    world: &mut World,
+    scenario: &Scenario,
+    (table_name, namespace): (&str, &str),
+    first: bool,
+) -> anyhow::Result<()> {
+    let table = &world.table;
+    let pinecone = &world.pinecone;
+    let clients = super::clients(table);
+    crate::aws_env::create_receipts_table(&clients.dynamodb, table_name).await?;
     let mut rng = Rng::new(scenario.seed);
-    let mut summaries = Vec::new();
-    let mut requests = 0;
     for (index, plan) in scenario.batches.iter().enumerate() {
         let mut failed: Option<String> = None;
-        let generated = batches::generate(&mut rng, index, plan, shift, |piece| {
+        let generated = batches::generate(&mut rng, index, plan, world.shift, |piece| {
             let result = match piece {
                 Piece::Label(l) => {
                     let item = to_wire_json(&l.to_item());
                     let item = item.as_object().cloned().unwrap_or_default();
-                    let reference = if with_reference {
-                        table.put(REF_TABLE, item.clone())
-                    } else {
-                        Ok(())
-                    };
-                    reference.and_then(|()| table.put(TABLE, item))
+                    table.put(table_name, item)
                 }
                 Piece::Vector(id, meta) => {
-                    pinecone.upsert(NAMESPACE, id, vec![0.0], meta.clone());
-                    if with_reference {
-                        pinecone.upsert(REF_NAMESPACE, id, vec![0.0], meta.clone());
-                    }
+                    pinecone.upsert(namespace, id, vec![0.0], meta.clone());
                     Ok(())
                 }
             };
@@ -668,30 +827,24 @@ async fn build_world(scenario: &Scenario, with_reference: bool) -> anyhow::Resul
         }
         let item = to_wire_json(&generated.summary.to_item());
         let item = item.as_object().cloned().unwrap_or_default();
-        if with_reference {
-            table
-                .put(REF_TABLE, item.clone())
-                .map_err(anyhow::Error::msg)?;
+        table.put(table_name, item).map_err(anyhow::Error::msg)?;
+        if !first {
+            continue;
         }
-        table.put(TABLE, item).map_err(anyhow::Error::msg)?;
         for (id, content) in generated.files {
-            openai.add_file(id, content);
+            world.openai.add_file(id, content);
         }
         let mut reference = generated.spec.clone();
         reference.id = format!("ref-{}", generated.spec.id);
         reference.steps = vec![(generated.final_status.clone(), 1)];
-        openai.add_batch(reference.clone());
-        openai.add_batch(generated.spec.clone());
-        summaries.push((generated.summary.batch_id.clone(), reference.id));
-        requests += generated.requests;
+        world.openai.add_batch(reference.clone());
+        world.openai.add_batch(generated.spec.clone());
+        world
+            .summaries
+            .push((generated.summary.batch_id.clone(), reference.id));
+        world.requests += generated.requests;
     }
-    Ok(World {
-        table,
-        openai,
-        pinecone,
-        summaries,
-        requests,
-    })
+    Ok(())
 }
 
 /// Applies every batch once, in process, with no limits: the state any other run must end in.
@@ -711,13 +864,21 @@ async fn reference_run(world: &World) -> anyhow::Result<()> {
                 base_url: openai_url,
                 ..OpenAiConfig::new(SecretString::from("sk-sim"))
             })?;
+            // Unthrottled, and more calls in flight than a worker makes: the reference is
+            // CPU-bound (its client here, SimTable and the emulators on the driver's other
+            // threads), and concurrency changes no outcome (the apply's writes are
+            // idempotent or conditional; see `fleet_shared::finish`).
             let pinecone = PineconeClient::new(PineconeConfig {
                 namespace: REF_NAMESPACE.into(),
                 updates_per_second: 1e6,
                 fetches_per_second: 1e6,
+                update_concurrency: 32,
+                fetch_concurrency: 8,
                 ..PineconeConfig::new(pinecone_url, SecretString::from("pc-sim"))
             })?;
-            let services = Services::new(store, openai, pinecone);
+            let mut services = Services::new(store, openai, pinecone);
+            services.options.label_concurrency = 64;
+            services.options.read_concurrency = 32;
             for (batch_id, openai_id) in &batches {
                 let summary = services.load_summary(batch_id).await?;
                 let batch = services.openai.get_batch(openai_id).await?;
@@ -954,6 +1115,19 @@ fn dir_bytes(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// The driver's resident set now, in MiB.
+fn driver_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 /// The driver's own peak RSS in MiB (emulators, SimTable, reference run).

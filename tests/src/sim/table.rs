@@ -189,9 +189,18 @@ impl Bucket {
     }
 }
 
+/// A stored item: its compact JSON (wire form) and the size DynamoDB bills for it. Text, not
+/// a parsed `Map`: a parsed attribute costs a `BTreeMap` node of its own (hundreds of bytes),
+/// the text a few dozen, and most reads hand the text back as it is (Get and Query splice it
+/// into the answer unparsed).
+struct Stored {
+    text: Box<str>,
+    size: u32,
+}
+
 #[derive(Default)]
 struct Partition {
-    items: BTreeMap<String, Box<str>>,
+    items: BTreeMap<String, Stored>,
     reads: Option<Bucket>,
     writes: Option<Bucket>,
 }
@@ -256,15 +265,29 @@ impl Table {
     }
 
     fn get(&self, pk: &str, sk: &str) -> Option<&str> {
-        self.partitions
-            .get(pk)
-            .and_then(|p| p.items.get(sk))
-            .map(|s| &**s)
+        self.stored(pk, sk).map(|s| &*s.text)
+    }
+
+    fn stored(&self, pk: &str, sk: &str) -> Option<&Stored> {
+        self.partitions.get(pk).and_then(|p| p.items.get(sk))
+    }
+
+    /// The billed size of the item at the key (0 when there is none).
+    fn size_at(&self, pk: &str, sk: &str) -> usize {
+        self.stored(pk, sk).map_or(0, |s| s.size as usize)
     }
 
     /// Stores `new` (or deletes when `None`) at the key, keeping the indexes in step.
     fn write(&mut self, pk: &str, sk: &str, new: Option<&Attrs>) {
-        let old = self.get(pk, sk).map(parse_item);
+        // The old item is parsed only when it may hold an index key (its text names one of
+        // the indexes' attributes): most writes touch items no index covers.
+        let old = self.get(pk, sk).and_then(|text| {
+            self.indexes
+                .values()
+                .filter(|i| i.upkeep)
+                .any(|i| mentions(text, &i.hash))
+                .then(|| parse_item(text))
+        });
         for index in self.indexes.values_mut() {
             if !index.upkeep {
                 continue;
@@ -284,12 +307,18 @@ impl Table {
         let partition = self.partitions.entry(pk.to_owned()).or_default();
         let old_len = match new {
             Some(item) => {
-                let text = Value::Object(item.clone()).to_string().into_boxed_str();
+                let text = serde_json::to_string(item)
+                    .unwrap_or_default()
+                    .into_boxed_str();
                 let new_len = text.len() as u64;
                 self.bytes += new_len;
-                partition.items.insert(sk.to_owned(), text).map(|o| o.len())
+                let size = u32::try_from(item_size(item)).unwrap_or(u32::MAX);
+                partition
+                    .items
+                    .insert(sk.to_owned(), Stored { text, size })
+                    .map(|o| o.text.len())
             }
-            None => partition.items.remove(sk).map(|o| o.len()),
+            None => partition.items.remove(sk).map(|o| o.text.len()),
         };
         match old_len {
             Some(len) => self.bytes -= len as u64,
@@ -322,6 +351,17 @@ fn index_entry(
 
 fn s_value(v: &Value) -> Option<&str> {
     v.as_object()?.get("S")?.as_str()
+}
+
+/// Whether an item's JSON text names attribute `name` (possibly also as a key nested in a map:
+/// a `true` only costs a parse). A quote inside a string value is escaped, so a value can
+/// never contain `"name":`.
+fn mentions(text: &str, name: &str) -> bool {
+    let mut pattern = String::with_capacity(name.len() + 3);
+    pattern.push('"');
+    pattern.push_str(name);
+    pattern.push_str("\":");
+    text.contains(&pattern)
 }
 
 fn parse_item(text: &str) -> Attrs {
@@ -462,6 +502,14 @@ impl SimTable {
         self.lock().index_upkeep = Some(names.iter().map(|s| (*s).to_owned()).collect());
     }
 
+    /// Items in a table and the bytes of their stored text.
+    pub fn table_size(&self, table: &str) -> (u64, u64) {
+        self.lock()
+            .tables
+            .get(table)
+            .map_or((0, 0), |t| (t.items, t.bytes))
+    }
+
     /// Drops a table and everything in it (memory back between two phases of a run).
     pub fn drop_table(&self, table: &str) -> bool {
         self.lock().tables.remove(table).is_some()
@@ -483,7 +531,7 @@ impl SimTable {
         };
         t.partitions
             .values()
-            .flat_map(|p| p.items.values().map(|text| parse_item(text)))
+            .flat_map(|p| p.items.values().map(|s| parse_item(&s.text)))
             .collect()
     }
 
@@ -492,8 +540,8 @@ impl SimTable {
         let s = self.lock();
         if let Some(t) = s.tables.get(table) {
             for (pk, p) in &t.partitions {
-                for (sk, text) in &p.items {
-                    f(pk, sk, text);
+                for (sk, stored) in &p.items {
+                    f(pk, sk, &stored.text);
                 }
             }
         }
@@ -508,6 +556,19 @@ impl SimTable {
             .map(parse_item)
     }
 
+    /// One attribute of a stored item (wire form), bypassing the model: cheap also on a large
+    /// item (the others are skipped over, not built), for a driver that polls one field.
+    pub fn attribute(&self, table: &str, pk: &str, sk: &str, name: &str) -> Option<Value> {
+        let s = self.lock();
+        let text = s.tables.get(table)?.get(pk, sk)?;
+        match serde_json::from_str::<HashMap<&str, &serde_json::value::RawValue>>(text) {
+            Ok(attrs) => attrs
+                .get(name)
+                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            Err(_) => parse_item(text).remove(name),
+        }
+    }
+
     /// Writes an item directly (seeding), bypassing model and faults; the item is validated.
     pub fn put(&self, table: &str, item: Attrs) -> Result<(), String> {
         let mut s = self.lock();
@@ -520,11 +581,13 @@ impl SimTable {
     /// Answers one DynamoDB call: `target` is the `X-Amz-Target` header
     /// (`DynamoDB_20120810.GetItem`), `body` the JSON request.
     pub async fn handle(&self, target: &str, body: &[u8]) -> Reply {
-        let op = target
-            .strip_prefix("DynamoDB_20120810.")
-            .unwrap_or(target)
-            .to_owned();
-        let delay = {
+        let arrived = Instant::now();
+        let op = target.strip_prefix("DynamoDB_20120810.").unwrap_or(target);
+        let request = serde_json::from_slice::<Value>(body);
+        // The call takes effect when it arrives and is answered once its latency has passed
+        // since then: the driver's own time to answer is part of the modelled latency, not
+        // added to it (in scaled real time it would be unscaled, K times too long).
+        let (answer, delay) = {
             let mut s = self.lock();
             let m = &s.model;
             let (latency, jitter, scale) = (m.latency, m.jitter, m.scale.max(1e-9));
@@ -534,28 +597,30 @@ impl SimTable {
                 let nanos = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
                 Duration::from_nanos(s.rng.below(nanos))
             };
-            (latency + extra).div_f64(scale)
-        };
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let answer = {
-            let mut s = self.lock();
-            s.stats.by_op.entry(op.clone()).or_default().calls += 1;
-            match serde_json::from_slice::<Value>(body) {
-                Ok(Value::Object(req)) => s.dispatch(&op, &req),
+            let delay = (latency + extra).div_f64(scale);
+            if let Some(stats) = s.stats.by_op.get_mut(op) {
+                stats.calls += 1;
+            } else {
+                s.stats.by_op.entry(op.to_owned()).or_default().calls += 1;
+            }
+            let answer = match request {
+                Ok(Value::Object(req)) => s.dispatch(op, &req),
                 _ => Err(Fail {
                     status: 400,
                     kind: "SerializationException",
                     message: "the request body is not a JSON object".into(),
                     item: None,
                 }),
-            }
+            };
+            (answer, delay)
         };
+        if !delay.is_zero() {
+            tokio::time::sleep_until(arrived + delay).await;
+        }
         match answer {
-            Ok(v) => Reply {
+            Ok(text) => Reply {
                 status: 200,
-                body: v.to_string().into_bytes(),
+                body: text.into_bytes(),
             },
             Err(f) => {
                 let mut body = json!({
@@ -984,7 +1049,8 @@ impl State {
         true
     }
 
-    fn dispatch(&mut self, op: &str, req: &Map<String, Value>) -> Answer {
+    /// Answers one call: the JSON text of the answer, or the failure.
+    fn dispatch(&mut self, op: &str, req: &Map<String, Value>) -> Result<String, Fail> {
         match self.fault(op) {
             Some(FaultKind::Throughput) => {
                 self.count(op).throttled += 1;
@@ -1011,12 +1077,23 @@ impl State {
             Some(FaultKind::Unprocessed) if op.starts_with("Batch") => {
                 self.count(op).faults += 1;
                 return match op {
-                    "BatchWriteItem" => self.batch_write(req, true),
+                    "BatchWriteItem" => self.batch_write(req, true).map(|v| v.to_string()),
                     _ => self.batch_get(req, true),
                 };
             }
             _ => {}
         }
+        match op {
+            "GetItem" => self.get_item(req),
+            "Query" => self.query(req, false),
+            "Scan" => self.query(req, true),
+            "BatchGetItem" => self.batch_get(req, false),
+            _ => self.dispatch_json(op, req).map(|v| v.to_string()),
+        }
+    }
+
+    /// The operations whose answers are small: built as JSON values.
+    fn dispatch_json(&mut self, op: &str, req: &Map<String, Value>) -> Answer {
         match op {
             "CreateTable" => self.create_table(req),
             "DescribeTable" => {
@@ -1053,14 +1130,10 @@ impl State {
                     None => json!({"TimeToLiveDescription": {"TimeToLiveStatus": "DISABLED"}}),
                 })
             }
-            "GetItem" => self.get_item(req),
             "PutItem" => self.put_item(req),
             "UpdateItem" => self.update_item(req),
             "DeleteItem" => self.delete_item(req),
-            "Query" => self.query(req, false),
-            "Scan" => self.query(req, true),
             "BatchWriteItem" => self.batch_write(req, false),
-            "BatchGetItem" => self.batch_get(req, false),
             other => Err(Fail {
                 status: 400,
                 kind: "UnknownOperationException",
@@ -1183,23 +1256,28 @@ impl State {
         Ok(json!({"TableDescription": d}))
     }
 
-    fn get_item(&mut self, req: &Map<String, Value>) -> Answer {
+    fn get_item(&mut self, req: &Map<String, Value>) -> Result<String, Fail> {
         let name = str_field(req, "TableName")?;
         let e = exprs(req)?;
         let t = self.table(name)?;
         let (pk, sk) = key_of(t, obj(req, "Key")?)?;
-        let item = t.get(&pk, &sk).map(parse_item);
         let consistent = req.get("ConsistentRead").and_then(Value::as_bool) == Some(true);
-        let units = read_units(item.as_ref().map_or(0, item_size), consistent);
+        let units = read_units(t.size_at(&pk, &sk), consistent);
+        // The answer is built before the capacity is taken (it borrows the table); a
+        // throttled call drops it.
+        let answer = match t.get(&pk, &sk) {
+            Some(text) => match &e.projection {
+                None => format!("{{\"Item\":{text}}}"),
+                Some(_) => json!({"Item": project(parse_item(text), &e.projection)}).to_string(),
+            },
+            None => "{}".to_owned(),
+        };
         if !self.capacity(name, &pk, units, false) {
             self.count("GetItem").throttled += 1;
             return Err(Fail::throughput());
         }
         self.count("GetItem").read_units += units;
-        Ok(match item {
-            Some(i) => json!({"Item": project(i, &e.projection)}),
-            None => json!({}),
-        })
+        Ok(answer)
     }
 
     /// Checks the condition of a single-item write against the current item.
@@ -1263,14 +1341,19 @@ impl State {
             return Err(Fail::invalid("PutItem takes a ConditionExpression only"));
         }
         let rv = Self::return_values(req, &["ALL_OLD"])?;
-        let item = obj(req, "Item")?.clone();
+        let item = obj(req, "Item")?;
         let t = self.table(name)?;
-        let (pk, sk) = check_item(t, &item)?;
-        let old = t.get(&pk, &sk).map(parse_item);
-        let bytes = item_size(&item).max(old.as_ref().map_or(0, item_size));
+        let (pk, sk) = check_item(t, item)?;
+        // The old item is parsed only when the call looks at it.
+        let old = if e.condition.is_some() || rv == "ALL_OLD" {
+            t.get(&pk, &sk).map(parse_item)
+        } else {
+            None
+        };
+        let bytes = item_size(item).max(t.size_at(&pk, &sk));
         self.write_capacity("PutItem", name, &pk, bytes)?;
         Self::check_condition(&e.condition, old.as_ref(), req)?;
-        self.table(name)?.write(&pk, &sk, Some(&item));
+        self.table(name)?.write(&pk, &sk, Some(item));
         Ok(match (rv.as_str(), old) {
             ("ALL_OLD", Some(o)) => json!({"Attributes": o}),
             _ => json!({}),
@@ -1290,12 +1373,13 @@ impl State {
         let key = obj(req, "Key")?.clone();
         let (pk, sk) = key_of(t, &key)?;
         let old = t.get(&pk, &sk).map(parse_item);
-        let base = old.clone().unwrap_or_else(|| key.clone());
+        let old_size = t.size_at(&pk, &sk);
+        let base = old.as_ref().unwrap_or(&key);
         let keys: Vec<String> = t.keys().iter().map(|k| (*k).to_owned()).collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let actions = e.update.unwrap_or_default();
-        let new = expr::apply_update(&actions, &base, &keys)?;
-        let bytes = item_size(&new).max(old.as_ref().map_or(0, item_size));
+        let new = expr::apply_update(&actions, base, &keys)?;
+        let bytes = item_size(&new).max(old_size);
         self.write_capacity("UpdateItem", name, &pk, bytes)?;
         Self::check_condition(&e.condition, old.as_ref(), req)?;
         let t = self.table(name)?;
@@ -1335,8 +1419,13 @@ impl State {
         let rv = Self::return_values(req, &["ALL_OLD"])?;
         let t = self.table(name)?;
         let (pk, sk) = key_of(t, obj(req, "Key")?)?;
-        let old = t.get(&pk, &sk).map(parse_item);
-        self.write_capacity("DeleteItem", name, &pk, old.as_ref().map_or(0, item_size))?;
+        let old = if e.condition.is_some() || rv == "ALL_OLD" {
+            t.get(&pk, &sk).map(parse_item)
+        } else {
+            None
+        };
+        let old_size = t.size_at(&pk, &sk);
+        self.write_capacity("DeleteItem", name, &pk, old_size)?;
         Self::check_condition(&e.condition, old.as_ref(), req)?;
         self.table(name)?.write(&pk, &sk, None);
         Ok(match (rv.as_str(), old) {
@@ -1347,7 +1436,7 @@ impl State {
 
     /// Query (or Scan, `scan`): key order, `Limit` items evaluated per page, a page ends at
     /// 1 MB, `LastEvaluatedKey` whenever the page stopped before the end.
-    fn query(&mut self, req: &Map<String, Value>, scan: bool) -> Answer {
+    fn query(&mut self, req: &Map<String, Value>, scan: bool) -> Result<String, Fail> {
         let op = if scan { "Scan" } else { "Query" };
         let name = str_field(req, "TableName")?;
         let e = exprs(req)?;
@@ -1557,69 +1646,89 @@ impl State {
                 }
             }
         }
-        // Read the page: up to `limit` items and 1 MB.
+        // Read the page: up to `limit` items and 1 MB. Without a filter or a projection the
+        // stored texts go into the answer as they are; only the last item is parsed, for its
+        // key.
         let more_beyond = keys.len() > limit;
         keys.truncate(limit);
-        let mut items = Vec::new();
+        let raw = e.filter.is_none() && e.projection.is_none();
+        let mut items = String::from("[");
+        let mut count = 0usize;
         let mut bytes = 0usize;
         let mut scanned = 0usize;
-        let mut last: Option<Attrs> = None;
+        let mut last: Option<&str> = None;
         let mut stopped_early = more_beyond;
         let total = keys.len();
-        for (i, (pk, sk, _)) in keys.into_iter().enumerate() {
-            let Some(text) = t.get(&pk, &sk) else {
+        for (i, (pk, sk, _)) in keys.iter().enumerate() {
+            let Some(stored) = t.stored(pk, sk) else {
                 continue;
             };
-            let item = parse_item(text);
-            bytes += item_size(&item);
+            bytes += stored.size as usize;
             scanned += 1;
-            let mut key = Attrs::new();
-            for k in t.keys() {
-                if let Some(v) = item.get(k) {
-                    key.insert(k.to_owned(), v.clone());
-                }
-            }
-            if let Some((h, r)) = &index_attrs {
-                for k in std::iter::once(h).chain(r.as_ref()) {
-                    if let Some(v) = item.get(k) {
-                        key.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            last = Some(key);
-            let keep = match &e.filter {
-                Some(f) => expr::eval(f, &item)?,
-                None => true,
+            last = Some(&stored.text);
+            let kept = if raw {
+                Some(std::borrow::Cow::Borrowed(&*stored.text))
+            } else {
+                let item = parse_item(&stored.text);
+                let keep = match &e.filter {
+                    Some(f) => expr::eval(f, &item)?,
+                    None => true,
+                };
+                keep.then(|| {
+                    std::borrow::Cow::Owned(
+                        serde_json::to_string(&project(item, &e.projection)).unwrap_or_default(),
+                    )
+                })
             };
-            if keep {
-                items.push(project(item, &e.projection));
+            if let Some(text) = kept {
+                if count > 0 {
+                    items.push(',');
+                }
+                items.push_str(&text);
+                count += 1;
             }
             if bytes >= MAX_PAGE_BYTES && i + 1 < total {
                 stopped_early = true;
                 break;
             }
         }
+        items.push(']');
+        let mut out = format!("{{\"Count\":{count},\"ScannedCount\":{scanned}");
+        if select != "COUNT" {
+            out.push_str(",\"Items\":");
+            out.push_str(&items);
+        }
+        // DynamoDB does not look ahead: a page that reached its Limit names its last key.
+        if (stopped_early || (scanned == limit && limit != usize::MAX))
+            && let Some(text) = last
+        {
+            let item = parse_item(text);
+            let mut key = Attrs::new();
+            let names = t.keys().into_iter().map(str::to_owned).chain(
+                index_attrs
+                    .iter()
+                    .flat_map(|(h, r)| std::iter::once(h.clone()).chain(r.clone())),
+            );
+            for k in names {
+                if let Some(v) = item.get(&k) {
+                    key.insert(k, v.clone());
+                }
+            }
+            out.push_str(",\"LastEvaluatedKey\":");
+            out.push_str(&Value::Object(key).to_string());
+        }
+        out.push('}');
         let units = read_units(bytes, consistent);
         if !self.capacity(name, &hash_for_capacity, units, false) {
             self.count(op).throttled += 1;
             return Err(Fail::throughput());
         }
         self.count(op).read_units += units;
-        let mut out = json!({"Count": items.len(), "ScannedCount": scanned});
-        if select != "COUNT" {
-            out["Items"] = Value::Array(items.into_iter().map(Value::Object).collect());
-        }
-        // DynamoDB does not look ahead: a page that reached its Limit names its last key.
-        if (stopped_early || (scanned == limit && limit != usize::MAX))
-            && let Some(k) = last
-        {
-            out["LastEvaluatedKey"] = Value::Object(k);
-        }
         Ok(out)
     }
 
     fn batch_write(&mut self, req: &Map<String, Value>, withhold: bool) -> Answer {
-        let request_items = obj(req, "RequestItems")?.clone();
+        let request_items = obj(req, "RequestItems")?;
         let total: usize = request_items
             .values()
             .map(|v| v.as_array().map_or(0, Vec::len))
@@ -1639,7 +1748,7 @@ impl State {
         }
         // Validate everything first: DynamoDB rejects the whole batch on any bad entry.
         let mut planned = Vec::new();
-        for (name, list) in &request_items {
+        for (name, list) in request_items {
             let t = self.table(name)?;
             let mut seen = BTreeSet::new();
             for w in list.as_array().into_iter().flatten() {
@@ -1654,7 +1763,7 @@ impl State {
                         .and_then(|d| d.get("Key"))
                         .and_then(Value::as_object),
                 ) {
-                    (Some(item), None) => (check_item(t, item)?, Some(item.clone())),
+                    (Some(item), None) => (check_item(t, item)?, Some(item)),
                     (None, Some(key)) => (key_of(t, key)?, None),
                     _ => {
                         return Err(Fail::invalid(
@@ -1668,7 +1777,7 @@ impl State {
                         "Provided list of item keys contains duplicates",
                     ));
                 }
-                planned.push((name.clone(), key, item, Value::Object(w.clone())));
+                planned.push((name, key, item, w));
             }
         }
         let keep = if withhold {
@@ -1679,23 +1788,20 @@ impl State {
         let mut unprocessed: Map<String, Value> = Map::new();
         let mut done = 0usize;
         for (i, (name, (pk, sk), item, raw)) in planned.into_iter().enumerate() {
-            let old_size = self
-                .table(&name)?
-                .get(&pk, &sk)
-                .map_or(0, |o| item_size(&parse_item(o)));
-            let bytes = item.as_ref().map_or(0, item_size).max(old_size);
+            let old_size = self.table(name)?.size_at(&pk, &sk);
+            let bytes = item.map_or(0, item_size).max(old_size);
             let units = write_units(bytes);
-            if i >= keep || !self.capacity(&name, &pk, units, true) {
+            if i >= keep || !self.capacity(name, &pk, units, true) {
                 unprocessed
-                    .entry(name)
+                    .entry(name.clone())
                     .or_insert_with(|| json!([]))
                     .as_array_mut()
                     .expect("array")
-                    .push(raw);
+                    .push(Value::Object(raw.clone()));
                 continue;
             }
             self.count("BatchWriteItem").write_units += units;
-            self.table(&name)?.write(&pk, &sk, item.as_ref());
+            self.table(name)?.write(&pk, &sk, item);
             done += 1;
         }
         if done == 0 && !withhold {
@@ -1708,8 +1814,9 @@ impl State {
         Ok(json!({"UnprocessedItems": unprocessed}))
     }
 
-    fn batch_get(&mut self, req: &Map<String, Value>, withhold: bool) -> Answer {
-        let request_items = obj(req, "RequestItems")?.clone();
+    /// BatchGetItem; found items go into the answer as stored (parsed only for a projection).
+    fn batch_get(&mut self, req: &Map<String, Value>, withhold: bool) -> Result<String, Fail> {
+        let request_items = obj(req, "RequestItems")?;
         let mut total = 0usize;
         for spec in request_items.values() {
             total += spec
@@ -1727,10 +1834,11 @@ impl State {
         } else {
             total
         };
-        let mut responses: Map<String, Value> = Map::new();
+        // `{"Responses": {table: [item, …], …}, "UnprocessedKeys": {…}}`, built as text.
+        let mut responses = String::new();
         let mut unprocessed: Map<String, Value> = Map::new();
         let mut i = 0usize;
-        for (name, spec) in &request_items {
+        for (name, spec) in request_items {
             let spec = spec
                 .as_object()
                 .ok_or_else(|| Fail::invalid("KeysAndAttributes must be an object"))?;
@@ -1739,13 +1847,12 @@ impl State {
             let keys = spec
                 .get("Keys")
                 .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+                .map_or(&[][..], Vec::as_slice);
             let mut seen = BTreeSet::new();
             let mut parsed = Vec::new();
             {
                 let t = self.table(name)?;
-                for k in &keys {
+                for k in keys {
                     let key = k
                         .as_object()
                         .ok_or_else(|| Fail::invalid("a key must be an object"))?;
@@ -1755,33 +1862,49 @@ impl State {
                             "Provided list of item keys contains duplicates",
                         ));
                     }
-                    parsed.push((pk_sk, k.clone()));
+                    parsed.push((pk_sk, k));
                 }
             }
-            let found = responses.entry(name.clone()).or_insert_with(|| json!([]));
-            let mut found_items = Vec::new();
+            if !responses.is_empty() {
+                responses.push(',');
+            }
+            responses.push_str(&Value::String(name.clone()).to_string());
+            responses.push_str(":[");
+            let mut found = 0usize;
             let mut left = Vec::new();
             for ((pk, sk), raw) in parsed {
-                let item = self.table(name)?.get(&pk, &sk).map(parse_item);
-                let units = read_units(item.as_ref().map_or(0, item_size), consistent);
+                let units = read_units(self.table(name)?.size_at(&pk, &sk), consistent);
                 if i >= keep || !self.capacity(name, &pk, units, false) {
-                    left.push(raw);
+                    left.push(raw.clone());
                 } else {
                     self.count("BatchGetItem").read_units += units;
-                    if let Some(item) = item {
-                        found_items.push(Value::Object(project(item, &e.projection)));
+                    if let Some(text) = self.table(name)?.get(&pk, &sk) {
+                        if found > 0 {
+                            responses.push(',');
+                        }
+                        match &e.projection {
+                            None => responses.push_str(text),
+                            Some(_) => responses.push_str(
+                                &serde_json::to_string(&project(parse_item(text), &e.projection))
+                                    .unwrap_or_default(),
+                            ),
+                        }
+                        found += 1;
                     }
                 }
                 i += 1;
             }
-            found.as_array_mut().expect("array").extend(found_items);
+            responses.push(']');
             if !left.is_empty() {
                 let mut rest = spec.clone();
                 rest.insert("Keys".into(), Value::Array(left));
                 unprocessed.insert(name.clone(), Value::Object(rest));
             }
         }
-        Ok(json!({"Responses": responses, "UnprocessedKeys": unprocessed}))
+        Ok(format!(
+            "{{\"Responses\":{{{responses}}},\"UnprocessedKeys\":{}}}",
+            Value::Object(unprocessed)
+        ))
     }
 }
 
