@@ -35,6 +35,10 @@ use fleet_shared::plan::{PlanBuilder, PlanCounters, PlanInput};
 use fleet_tests::openai::fixtures::{self, AnswerShape};
 use fleet_tests::scenario::{self, Rng};
 
+/// The worker's allocator (worker/src/main.rs): the parse + plan measured is the worker's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const LABELS_PER_RECEIPT: u32 = 24;
 
 fn env_usize(name: &str, default: usize) -> usize {

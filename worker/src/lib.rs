@@ -30,6 +30,10 @@
 // The unit tests see the dev-dependencies of the integration tests and benchmarks too.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
+// The binary's global allocator (worker/src/main.rs); the library itself allocates through
+// whatever allocator its binary sets.
+use mimalloc as _;
+
 pub mod apply_batch;
 pub mod cli;
 pub mod clock;

@@ -35,7 +35,7 @@ use crate::plan::Plan;
 pub(in crate::finish) const REPAIR_ROUNDS: usize = 4;
 
 /// Merge calls (a fetch, then paced updates) of one chunk in flight at once.
-const MERGES_AT_ONCE: usize = 2;
+const MERGES_AT_ONCE: usize = 3;
 
 /// Writes the vectors of `plan`'s merges, verifies and repairs them. `rewrite`: words whose
 /// verdicts an earlier run of this batch had already applied.
@@ -68,7 +68,7 @@ pub(in crate::finish) async fn write_vectors(
         }
     }
     let changes: Vec<(String, MetadataChange)> = changes.into_iter().collect();
-    // Two merge calls at a time: one's fetch while the other's updates are paced, so the
+    // Merge calls several at a time: one's fetch while the others' updates are paced, so the
     // update rate has no gap per call (the pacing is the process's, shared by both).
     let reports: Vec<_> = stream::iter(changes.chunks(services.options.vector_chunk.max(1)))
         .map(|chunk| async move {
