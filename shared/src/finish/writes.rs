@@ -111,20 +111,6 @@ pub(super) struct LabelsWritten {
     rewrite: BTreeSet<WordKey>,
 }
 
-/// A chunk's first writes, in order: journal; status changes; corrections; resets and their
-/// journal rows. [`write_vectors_and_results`] follows (the summary is written once after every
-/// chunk).
-pub(super) async fn write_labels(
-    services: &Services,
-    gate: &Gate<'_>,
-    plan: Plan,
-    report: &mut ApplyReport,
-    phases: &mut Phases,
-) -> Result<LabelsWritten, FinishError> {
-    write_journal(services, gate, &plan, report, phases).await?;
-    change_labels(services, gate, plan, report, phases).await
-}
-
 /// The journal of a chunk's decisions.
 async fn write_journal(
     services: &Services,
@@ -161,15 +147,17 @@ async fn write_journal(
     Ok(())
 }
 
-/// A chunk's label writes, after its journal: status changes; corrections; resets and their
-/// journal rows.
-async fn change_labels(
+/// A chunk's first writes, in order: journal; status changes; corrections; resets and their
+/// journal rows. [`write_vectors_and_results`] follows (the summary is written once after every
+/// chunk).
+pub(super) async fn write_labels(
     services: &Services,
     gate: &Gate<'_>,
     plan: Plan,
     report: &mut ApplyReport,
     phases: &mut Phases,
 ) -> Result<LabelsWritten, FinishError> {
+    write_journal(services, gate, &plan, report, phases).await?;
     let store = &services.store;
     let concurrency = services.options.label_concurrency.max(1);
 
