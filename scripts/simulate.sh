@@ -15,6 +15,7 @@
 #                            mean something only optimised; dev reuses the test build)
 #   SIM_SCALE=K              time compression (default: each scenario's own)
 #   SIM_SEED=N               seed of data, events and faults
+#   SIM_WORKER_LOG=LEVEL     the workers' RUST_LOG (default warn; logs in target/simulate/<scenario>/)
 # moto: FLEET_TEST_AWS_ENDPOINT when set, else scripts/moto.sh (started here if needed).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -44,10 +44,12 @@ setting_flags! {
     pinecone_namespace => "PINECONE_NAMESPACE", "Namespace of word vectors [default: words]";
     pinecone_updates_per_second => "PINECONE_UPDATES_PER_SECOND",
         "Ceiling of this process's adaptive pacing of metadata updates, per second [default: 90]";
+    simulation_time_scale => "SIMULATION_TIME_SCALE",
+        "Only for scripts/simulate.sh, whose services run this many times faster: the pacing's clock runs as fast, 1..=1000 [default: 1]";
     metrics_addr => "METRICS_ADDR", "Where /metrics, /healthz and /readyz listen [default: 0.0.0.0:9090]";
     max_in_flight => "MAX_IN_FLIGHT", "Messages handled at once, 1..=1000 [default: 16]";
     visibility_timeout_seconds => "VISIBILITY_TIMEOUT_SECONDS",
-        "Visibility taken on receive and renewed by the heartbeat; also the lease length, 10..=43200 [default: 120]";
+        "Visibility taken on receive and renewed by the heartbeat; also the lease length, 2..=43200 [default: 120]";
     heartbeat_seconds => "HEARTBEAT_SECONDS",
         "How often visibility and lease are renewed (each on its own); below the visibility timeout [default: a third of it, at most 300]";
     recheck_min_seconds => "RECHECK_MIN_SECONDS", "Shortest delay before re-checking an unfinished batch [default: 60]";

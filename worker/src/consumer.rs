@@ -3,9 +3,14 @@
 //! One loop long-polls the work queue and hands each message to its own task; a semaphore
 //! bounds the tasks at `MAX_IN_FLIGHT`, and the loop asks SQS for no more messages than there
 //! are free slots, so nothing waits unseen in this process while its visibility runs down.
-//! On shutdown the loop stops at once (the long poll is dropped mid-flight), the tasks get
-//! `SHUTDOWN_GRACE_SECONDS` to finish, and the rest are abandoned: their messages are made
-//! visible again for another worker.
+//! On shutdown the loop stops at once, the tasks get `SHUTDOWN_GRACE_SECONDS` to finish, and
+//! the rest are abandoned: their messages are made visible again for another worker.
+//!
+//! A long poll in flight at shutdown is not simply dropped while handlers are still running:
+//! SQS (and moto) keep a dropped poll open on their side until its wait ends, and a message made
+//! visible meanwhile — one of our own abandoned messages, above all — is delivered to that
+//! dead connection and stays invisible for a whole visibility timeout. So the poll is kept, and
+//! whatever it brings is handed back at once (visibility 0), before the worker exits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -133,6 +138,9 @@ async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Resu
     }
 
     let mut receive_failures: u32 = 0;
+    // The long poll in flight when the loop stopped, if any.
+    let mut outstanding: Option<JoinHandle<Result<Vec<aws_sdk_sqs::types::Message>, QueueError>>> =
+        None;
     loop {
         health.turn();
         let first = tokio::select! {
@@ -151,10 +159,17 @@ async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Resu
                 Err(_) => break,
             }
         }
+        let mut polling = tokio::spawn(receive_owned(ctx.clone(), permits.len()));
         let received = tokio::select! {
             biased;
-            () = stop.cancelled() => break,
-            r = receive(&ctx, permits.len()) => r,
+            () = stop.cancelled() => {
+                outstanding = Some(polling);
+                break;
+            }
+            r = &mut polling => r.unwrap_or_else(|e| Err(QueueError::Transient {
+                op: "ReceiveMessage",
+                message: format!("the receive task ended: {e}"),
+            })),
         };
         match received {
             Ok(messages) => {
@@ -181,6 +196,14 @@ async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Resu
 
     health.start_draining();
     let in_hand = held.load(Ordering::SeqCst);
+    // With nothing in hand no message of ours can turn visible: the poll may go.
+    let outstanding = match outstanding {
+        Some(poll) if in_hand == 0 => {
+            poll.abort();
+            None
+        }
+        other => other,
+    };
     tracing::info!(
         in_flight = in_hand,
         grace_seconds = settings.shutdown_grace.as_secs(),
@@ -205,6 +228,9 @@ async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Resu
             );
         }
     }
+    if let Some(poll) = outstanding {
+        hand_back_late(&ctx, poll).await;
+    }
     // Leases of handlings dropped half-way are being handed back: wait for those sends.
     let releases = crate::lease::pending_releases();
     releases.close();
@@ -216,6 +242,54 @@ async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Resu
     }
     tracing::info!("drained; worker stopped");
     Ok(())
+}
+
+/// Waits for the long poll left in flight at shutdown (it ends within its wait time) and
+/// makes whatever it received visible again at once: this worker will not handle it.
+async fn hand_back_late(
+    ctx: &Context,
+    poll: JoinHandle<Result<Vec<aws_sdk_sqs::types::Message>, QueueError>>,
+) {
+    let wait = Duration::from_secs(u64::from(WAIT_TIME_SECONDS.unsigned_abs())) + ABANDON_TIMEOUT;
+    let messages = match tokio::time::timeout(wait, poll).await {
+        Ok(Ok(Ok(messages))) => messages,
+        Ok(Ok(Err(e))) => {
+            tracing::debug!(error = %e, "the last receive failed while draining");
+            return;
+        }
+        Ok(Err(_)) | Err(_) => return,
+    };
+    for message in messages {
+        let Some(handle) = message.receipt_handle() else {
+            continue;
+        };
+        let sent = ctx
+            .sqs
+            .change_message_visibility()
+            .queue_url(&ctx.settings.common.queue_url)
+            .receipt_handle(handle)
+            .visibility_timeout(0)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => tracing::info!(
+                message_id = message.message_id().unwrap_or_default(),
+                "message received while draining; handed back"
+            ),
+            Err(e) => tracing::warn!(
+                message_id = message.message_id().unwrap_or_default(),
+                error = %queue::classify("ChangeMessageVisibility", e),
+                "message received while draining could not be handed back; it returns after the visibility timeout"
+            ),
+        }
+    }
+}
+
+async fn receive_owned(
+    ctx: Arc<Context>,
+    max: usize,
+) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
+    receive(&ctx, max).await
 }
 
 async fn receive(

@@ -75,6 +75,14 @@ fn two_workers_on_one_pod_name_get_distinct_ids() {
 }
 
 #[test]
+fn the_pacing_clock_runs_at_the_wall_clock_unless_simulated() {
+    let s = read(&base()).unwrap();
+    assert!((s.pinecone.pacing_time_scale - 1.0).abs() < f64::EPSILON);
+    let s = read(&with(&[("SIMULATION_TIME_SCALE", "20")])).unwrap();
+    assert!((s.pinecone.pacing_time_scale - 20.0).abs() < f64::EPSILON);
+}
+
+#[test]
 fn default_heartbeat_is_a_third_of_the_visibility_capped() {
     let s = read(&with(&[("VISIBILITY_TIMEOUT_SECONDS", "30")])).unwrap();
     assert_eq!(s.heartbeat, Duration::from_secs(10));
@@ -162,8 +170,8 @@ fn each_bad_value_is_named() {
             "RECHECK_MIN_SECONDS=\"1.5\" is not a whole number",
         ),
         (
-            &[("VISIBILITY_TIMEOUT_SECONDS", "5")],
-            "VISIBILITY_TIMEOUT_SECONDS=5 is out of range (10..=43200)",
+            &[("VISIBILITY_TIMEOUT_SECONDS", "1")],
+            "VISIBILITY_TIMEOUT_SECONDS=1 is out of range (2..=43200)",
         ),
         (
             &[
@@ -203,6 +211,14 @@ fn each_bad_value_is_named() {
         (
             &[("PINECONE_UPDATES_PER_SECOND", "0")],
             "PINECONE_UPDATES_PER_SECOND=0 is out of range",
+        ),
+        (
+            &[("SIMULATION_TIME_SCALE", "0.5")],
+            "SIMULATION_TIME_SCALE=0.5 is out of range",
+        ),
+        (
+            &[("SIMULATION_TIME_SCALE", "fast")],
+            "SIMULATION_TIME_SCALE=\"fast\"",
         ),
         (
             &[("QUEUE_URL", "queue")],

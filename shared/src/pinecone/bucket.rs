@@ -44,6 +44,9 @@ struct Adapt {
     /// At most one decrease per this long (a burst of 429s to calls already in flight is one
     /// signal, not many).
     decrease_gap: Duration,
+    /// How many times faster than the wall clock the bucket's own clock runs (1 but in the
+    /// simulation, see [`TokenBucket::adaptive_scaled`]).
+    time_scale: f64,
 }
 
 #[derive(Debug)]
@@ -99,19 +102,39 @@ impl TokenBucket {
     /// one per second), doubles per second of answered calls until its first 429, then climbs
     /// by a ninetieth of the ceiling (1/s for Pinecone's 90) per second of answered calls.
     pub fn adaptive(ceiling: f64) -> Self {
-        Self::adaptive_at(ceiling, Instant::now())
+        Self::adaptive_at(ceiling, 1.0, Instant::now())
     }
 
-    fn adaptive_at(ceiling: f64, now: Instant) -> Self {
+    /// An adaptive bucket whose own clock runs `time_scale` times faster than the wall clock:
+    /// the additive increase per second and the gap between decreases are scaled, so that a
+    /// simulation running every service `time_scale` times faster (rates multiplied, latencies
+    /// and `Retry-After` divided) sees the pacing it would see unscaled. The rate itself is
+    /// not scaled here: `ceiling` is already in the caller's (scaled) units. With
+    /// `time_scale = 1` this is [`TokenBucket::adaptive`].
+    ///
+    /// Why the increase needs it: rates scale by `K` and so does time, so an increase of
+    /// `ceiling / 90` per second, in the scaled rates' units, must happen `K` times per real
+    /// second to be `ceiling / 90` per simulated second.
+    pub fn adaptive_scaled(ceiling: f64, time_scale: f64) -> Self {
+        Self::adaptive_at(ceiling, time_scale, Instant::now())
+    }
+
+    fn adaptive_at(ceiling: f64, time_scale: f64, now: Instant) -> Self {
         let ceiling = sane_rate(ceiling);
+        let time_scale = if time_scale.is_finite() {
+            time_scale.clamp(1.0, 1_000.0)
+        } else {
+            1.0
+        };
         let start = (ceiling / 10.0).max(1.0).min(ceiling);
         Self {
             ceiling,
             burst_seconds: 0.1,
             adapt: Some(Adapt {
                 floor: (ceiling / 100.0).min(1.0),
-                increase_per_second: (ceiling / 90.0).max(0.1),
-                decrease_gap: Duration::from_secs(1),
+                increase_per_second: (ceiling / 90.0).max(0.1) * time_scale,
+                decrease_gap: Duration::from_secs_f64(1.0 / time_scale),
+                time_scale,
             }),
             state: Mutex::new(State {
                 rate: start,
@@ -148,7 +171,7 @@ impl TokenBucket {
         // Per second at the current rate: `rate` more (doubling) in slow start, else
         // `increase_per_second` more; spread over that second's calls.
         let per_second = if state.slow_start() {
-            state.rate
+            state.rate * adapt.time_scale
         } else {
             adapt.increase_per_second
         };
@@ -307,20 +330,44 @@ mod tests {
         assert!((b.burst(b.rate()) - 1.0).abs() < f64::EPSILON);
     }
 
+    /// The world of [`shared_limit_with`]: how fast it runs, and how the buckets are made.
+    #[derive(Clone, Copy)]
+    struct Shared {
+        /// Every rate multiplied, every latency and `Retry-After` divided by this.
+        scale: f64,
+        /// Each process's ceiling, in unscaled updates per second.
+        ceiling: f64,
+        /// Whether the buckets are told the scale ([`TokenBucket::adaptive_scaled`]).
+        scaled_buckets: bool,
+    }
+
     /// N processes with adaptive buckets (ceiling 90/s each) share a namespace limited to 100
     /// updates/s (a server-side bucket of one second's worth); each process keeps 8 updates in
     /// flight, 20 ms each. Returns (updates answered per second, share answered 429).
     fn shared_limit(processes: usize, seconds: u64) -> (f64, f64) {
+        let world = Shared {
+            scale: 1.0,
+            ceiling: 90.0,
+            scaled_buckets: false,
+        };
+        shared_limit_with(processes, seconds, world)
+    }
+
+    /// [`shared_limit`] in a world running `scale` times faster; figures in unscaled units.
+    fn shared_limit_with(processes: usize, seconds: u64, world: Shared) -> (f64, f64) {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
-        const LIMIT: f64 = 100.0;
-        const LATENCY: Duration = Duration::from_millis(20);
+        let k = world.scale;
+        let limit = 100.0 * k;
+        let latency = Duration::from_secs_f64(0.020 / k);
+        let retry_after = Duration::from_secs_f64(1.0 / k);
         let t0 = Instant::now();
-        let end = t0 + Duration::from_secs(seconds);
+        let end = t0 + Duration::from_secs_f64(seconds as f64 / k);
+        let time_scale = if world.scaled_buckets { k } else { 1.0 };
         let buckets: Vec<TokenBucket> = (0..processes)
-            .map(|_| TokenBucket::adaptive_at(90.0, t0))
+            .map(|_| TokenBucket::adaptive_at(world.ceiling * k, time_scale, t0))
             .collect();
-        let (mut server_tokens, mut server_last) = (LIMIT, t0);
+        let (mut server_tokens, mut server_last) = (limit, t0);
         let (mut ok, mut throttled) = (0u64, 0u64);
         // (when the lane is free again, process)
         let mut lanes: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
@@ -338,16 +385,17 @@ mod tests {
                 continue;
             }
             let elapsed = sent.saturating_duration_since(server_last).as_secs_f64();
-            server_tokens = (server_tokens + elapsed * LIMIT).min(LIMIT);
+            // A burst of one (simulated) second's worth, as the Pinecone emulator allows.
+            server_tokens = (server_tokens + elapsed * limit).min(100.0);
             server_last = server_last.max(sent);
-            let answered = sent + LATENCY;
+            let answered = sent + latency;
             if server_tokens >= 1.0 {
                 server_tokens -= 1.0;
                 ok += 1;
                 buckets[p].on_success_at(answered);
             } else {
                 throttled += 1;
-                buckets[p].on_throttled_at(Some(Duration::from_secs(1)), answered);
+                buckets[p].on_throttled_at(Some(retry_after), answered);
             }
             lanes.push(Reverse((answered, p)));
         }
@@ -356,6 +404,46 @@ mod tests {
             ok as f64 / seconds as f64,
             throttled as f64 / total.max(1.0),
         )
+    }
+
+    /// The simulation runs every service 20 times faster and gives each worker the
+    /// namespace's whole limit as its ceiling. Told the scale, the buckets share the limit as
+    /// they would unscaled; not told, their additive increase is 20 times too slow in
+    /// simulated time and 3 processes lose a tenth of the limit or more.
+    #[test]
+    fn told_the_time_scale_adaptive_buckets_pace_a_scaled_world_as_an_unscaled_one() {
+        for processes in [1, 3, 10] {
+            let at = |scale, scaled_buckets| {
+                let world = Shared {
+                    scale,
+                    ceiling: 100.0,
+                    scaled_buckets,
+                };
+                shared_limit_with(processes, 600, world)
+            };
+            let (unscaled, unscaled_429) = at(1.0, false);
+            let (scaled, scaled_429) = at(20.0, true);
+            let (untold, untold_429) = at(20.0, false);
+            println!(
+                "RESULT pacing processes={processes} ceiling=limit unscaled={unscaled:.1}/s ({:.2}% 429) scaled_told={scaled:.1}/s ({:.2}% 429) scaled_untold={untold:.1}/s ({:.2}% 429)",
+                unscaled_429 * 100.0,
+                scaled_429 * 100.0,
+                untold_429 * 100.0
+            );
+            assert!(scaled >= 90.0, "{processes} processes: {scaled:.1}/s");
+            assert!(
+                scaled_429 <= 0.02,
+                "{processes}: {:.2}% 429",
+                scaled_429 * 100.0
+            );
+            assert!(
+                (scaled - unscaled).abs() <= 0.05 * unscaled,
+                "{processes}: scaled {scaled:.1} vs unscaled {unscaled:.1}"
+            );
+            if processes == 3 {
+                assert!(untold < 0.95 * scaled, "{untold:.1} vs {scaled:.1}");
+            }
+        }
     }
 
     #[test]
@@ -383,7 +471,7 @@ mod tests {
     #[test]
     fn an_adaptive_bucket_climbs_to_its_ceiling_halves_on_429_and_honours_retry_after() {
         let t0 = Instant::now();
-        let b = TokenBucket::adaptive_at(90.0, t0);
+        let b = TokenBucket::adaptive_at(90.0, 1.0, t0);
         assert!((b.rate() - 9.0).abs() < 1e-9, "starts at a tenth");
         for _ in 0..10_000 {
             b.on_success_at(t0);

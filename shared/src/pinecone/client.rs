@@ -76,6 +76,9 @@ pub struct PineconeConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    /// 1 but in the simulation, whose services run this many times faster: the adaptive
+    /// pacing's own clock runs as fast ([`TokenBucket::adaptive_scaled`]).
+    pub pacing_time_scale: f64,
 }
 
 impl PineconeConfig {
@@ -94,6 +97,7 @@ impl PineconeConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            pacing_time_scale: 1.0,
         }
     }
 }
@@ -215,8 +219,14 @@ impl PineconeClient {
             fetch_max_query_bytes: config.fetch_max_query_bytes,
             fetch_concurrency: config.fetch_concurrency.max(1),
             // Both limits are shared with every other worker: each process finds its share.
-            bucket: Arc::new(TokenBucket::adaptive(config.updates_per_second)),
-            fetch_bucket: Arc::new(TokenBucket::adaptive(config.fetches_per_second)),
+            bucket: Arc::new(TokenBucket::adaptive_scaled(
+                config.updates_per_second,
+                config.pacing_time_scale,
+            )),
+            fetch_bucket: Arc::new(TokenBucket::adaptive_scaled(
+                config.fetches_per_second,
+                config.pacing_time_scale,
+            )),
         })
     }
 

@@ -596,8 +596,12 @@ pub async fn run(
                 }
                 .into(),
             ),
-            ("VISIBILITY_TIMEOUT_SECONDS", "10".into()),
-            ("HEARTBEAT_SECONDS", "3".into()),
+            // 3 s (a minute at K = 20): what a crash costs, the message and the lease
+            // running out, is not inflated by the scale; the heartbeat every second.
+            ("VISIBILITY_TIMEOUT_SECONDS", "3".into()),
+            ("HEARTBEAT_SECONDS", "1".into()),
+            // The adaptive pacing's clock runs as fast as the services do.
+            ("SIMULATION_TIME_SCALE", format!("{k}")),
             ("RECHECK_MIN_SECONDS", "1".into()),
             ("RECHECK_MAX_SECONDS", "2".into()),
             ("RETRY_MIN_SECONDS", "1".into()),
@@ -605,7 +609,11 @@ pub async fn run(
             ("MESSAGE_DEADLINE_SECONDS", "120".into()),
             ("SHUTDOWN_GRACE_SECONDS", "1".into()),
             ("LOG_FORMAT", "json".into()),
-            ("RUST_LOG", "warn".into()),
+            // SIM_WORKER_LOG (e.g. `info`) to see what the workers did.
+            (
+                "RUST_LOG",
+                std::env::var("SIM_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
         ],
     };
     let started = Instant::now();
@@ -658,7 +666,7 @@ pub async fn run(
             Event::Stop { at } | Event::Kill { at } => progress >= *at,
         }) {
             let event = events.remove(pos);
-            fleet.event(event, &env, &mut rng).await?;
+            fleet.event(event, &env, &mut rng)?;
         }
         // One fault of each kind waits at a time (a queued fault waits for a matching call:
         // fetches are rare, so piling them up would fail every one), one more per 1,000
@@ -959,6 +967,8 @@ struct Worker {
     child: Child,
     cpu_s: f64,
     tmp: PathBuf,
+    /// Sent SIGTERM: draining, no longer one of the fleet's replicas.
+    stopping: bool,
 }
 
 /// The worker processes, live and past, and what was measured of them.
@@ -993,6 +1003,7 @@ impl Fleet {
             child,
             cpu_s: 0.0,
             tmp,
+            stopping: false,
         });
         Ok(())
     }
@@ -1026,11 +1037,16 @@ impl Fleet {
         self.past_cpu_s + self.live.iter().map(|w| w.cpu_s).sum::<f64>()
     }
 
-    async fn event(&mut self, event: Event, env: &WorkerEnv, rng: &mut Rng) -> anyhow::Result<()> {
-        if self.live.is_empty() {
+    /// Stops (SIGTERM) or kills (SIGKILL) one replica and starts its replacement at once, as
+    /// a ReplicaSet does: the new pod starts while the old one drains.
+    fn event(&mut self, event: Event, env: &WorkerEnv, rng: &mut Rng) -> anyhow::Result<()> {
+        let replicas: Vec<usize> = (0..self.live.len())
+            .filter(|&i| !self.live[i].stopping)
+            .collect();
+        if replicas.is_empty() {
             return self.spawn(env);
         }
-        let i = rng.below(self.live.len() as u64) as usize;
+        let i = replicas[rng.below(replicas.len() as u64) as usize];
         let pid = self.live[i].child.id();
         let signal = match event {
             Event::Stop { .. } => "-TERM",
@@ -1041,12 +1057,7 @@ impl Fleet {
             .arg(signal)
             .arg(pid.to_string())
             .status()?;
-        // A stopped worker drains (grace period, then its messages are handed back).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.live.iter().any(|w| w.child.id() == pid) && Instant::now() < deadline {
-            self.sample();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.live[i].stopping = true;
         self.spawn(env)
     }
 
