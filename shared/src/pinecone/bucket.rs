@@ -55,6 +55,9 @@ struct State {
     tokens: f64,
     last: Instant,
     last_decrease: Option<Instant>,
+    /// Moves on at every 429 that changed the pace (a decrease or a `Retry-After` hold):
+    /// reservations made before it are void, their callers take new ones.
+    generation: u64,
 }
 
 impl State {
@@ -86,6 +89,7 @@ impl TokenBucket {
                 tokens: burst,
                 last: now,
                 last_decrease: None,
+                generation: 0,
             }),
         }
     }
@@ -141,6 +145,7 @@ impl TokenBucket {
                 tokens: 1.0,
                 last: now,
                 last_decrease: None,
+                generation: 0,
             }),
         }
     }
@@ -187,6 +192,7 @@ impl TokenBucket {
 
     fn on_throttled_at(&self, retry_after: Option<Duration>, now: Instant) {
         let mut state = self.lock();
+        let mut changed = false;
         if let Some(adapt) = self.adapt {
             let due = state
                 .last_decrease
@@ -194,16 +200,27 @@ impl TokenBucket {
             if due {
                 state.rate = (state.rate / 2.0).max(adapt.floor);
                 state.last_decrease = Some(now);
+                changed = true;
             }
         }
         if let Some(wait) = retry_after {
-            // Settle the balance up to now, then owe at least `wait` worth of tokens.
+            // Settle the balance up to now; then owe at least `wait` worth of tokens.
             let elapsed = now.saturating_duration_since(state.last).as_secs_f64();
             let burst = self.burst(state.rate);
             state.tokens = (state.tokens + elapsed * state.rate).min(burst);
             state.last = now;
-            let owed = -wait.as_secs_f64() * state.rate;
-            state.tokens = state.tokens.min(owed);
+            // The reservations outstanding are void (their callers take new ones at the new
+            // pace), so their debt is forgiven rather than counted twice.
+            state.tokens = state.tokens.max(0.0).min(-wait.as_secs_f64() * state.rate);
+            changed = true;
+        } else if changed {
+            let elapsed = now.saturating_duration_since(state.last).as_secs_f64();
+            let burst = self.burst(state.rate);
+            state.tokens = (state.tokens + elapsed * state.rate).clamp(0.0, burst);
+            state.last = now;
+        }
+        if changed {
+            state.generation += 1;
         }
     }
 
@@ -212,31 +229,55 @@ impl TokenBucket {
     }
 
     /// Waits until a token is available and takes it.
+    ///
+    /// A 429 answered while the caller waits voids its reservation (it was made at the old
+    /// pace): the caller takes a new one. Without this, with many calls in flight, every
+    /// caller already waiting went out at the old pace after each 429, into the same
+    /// exhausted limit (the pacing's own model: 10 processes of 24 calls in flight each had a
+    /// third of their updates answered 429).
     pub async fn acquire(&self) {
-        let wait = self.reserve();
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        loop {
+            let (wait, generation) = self.take(Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            if self.lock().generation == generation {
+                return;
+            }
         }
     }
 
-    /// Takes a token now and returns how long to wait before using it.
-    fn reserve(&self) -> Duration {
-        self.reserve_at(Instant::now())
-    }
-
-    /// The clock is a parameter so the pacing can be tested without sleeping.
-    fn reserve_at(&self, now: Instant) -> Duration {
+    /// Takes a token at `now`; returns how long to wait before using it, and the generation
+    /// it belongs to. The clock is a parameter so the pacing can be tested without sleeping.
+    fn take(&self, now: Instant) -> (Duration, u64) {
         let mut state = self.lock();
         let elapsed = now.saturating_duration_since(state.last).as_secs_f64();
         let burst = self.burst(state.rate);
         state.tokens = (state.tokens + elapsed * state.rate).min(burst);
         state.last = now;
         state.tokens -= 1.0;
-        if state.tokens >= 0.0 {
+        let wait = if state.tokens >= 0.0 {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(-state.tokens / state.rate)
-        }
+        };
+        (wait, state.generation)
+    }
+
+    /// Takes a token now and returns how long to wait before using it.
+    #[cfg(test)]
+    fn reserve(&self) -> Duration {
+        self.take(Instant::now()).0
+    }
+
+    #[cfg(test)]
+    fn reserve_at(&self, now: Instant) -> Duration {
+        self.take(now).0
+    }
+
+    #[cfg(test)]
+    fn generation(&self) -> u64 {
+        self.lock().generation
     }
 }
 
@@ -339,6 +380,10 @@ mod tests {
         ceiling: f64,
         /// Whether the buckets are told the scale ([`TokenBucket::adaptive_scaled`]).
         scaled_buckets: bool,
+        /// Calls each process keeps in flight.
+        lanes: usize,
+        /// Each call's latency, unscaled.
+        latency_ms: f64,
     }
 
     /// N processes with adaptive buckets (ceiling 90/s each) share a namespace limited to 100
@@ -349,6 +394,8 @@ mod tests {
             scale: 1.0,
             ceiling: 90.0,
             scaled_buckets: false,
+            lanes: 8,
+            latency_ms: 20.0,
         };
         shared_limit_with(processes, seconds, world)
     }
@@ -359,7 +406,7 @@ mod tests {
         use std::collections::BinaryHeap;
         let k = world.scale;
         let limit = 100.0 * k;
-        let latency = Duration::from_secs_f64(0.020 / k);
+        let latency = Duration::from_secs_f64(world.latency_ms / 1000.0 / k);
         let retry_after = Duration::from_secs_f64(1.0 / k);
         let t0 = Instant::now();
         let end = t0 + Duration::from_secs_f64(seconds as f64 / k);
@@ -367,37 +414,59 @@ mod tests {
         let buckets: Vec<TokenBucket> = (0..processes)
             .map(|_| TokenBucket::adaptive_at(world.ceiling * k, time_scale, t0))
             .collect();
-        let (mut server_tokens, mut server_last) = (limit, t0);
+        let (mut server_tokens, mut server_last) = (100.0, t0);
         let (mut ok, mut throttled) = (0u64, 0u64);
-        // (when the lane is free again, process)
-        let mut lanes: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+        // What a lane does next, at an instant: take a token, send (holding a token of that
+        // generation), or learn its answer. Ordered by (instant, sequence) for determinism.
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        enum Step {
+            Take,
+            Send(u64),
+            Answer(bool),
+        }
+        let mut events: BinaryHeap<Reverse<(Instant, u64, usize, Step)>> = BinaryHeap::new();
+        let mut seq = 0u64;
         for p in 0..processes {
-            for _ in 0..8 {
-                lanes.push(Reverse((t0, p)));
+            for _ in 0..world.lanes {
+                events.push(Reverse((t0, seq, p, Step::Take)));
+                seq += 1;
             }
         }
-        while let Some(Reverse((free_at, p))) = lanes.pop() {
-            if free_at >= end {
+        while let Some(Reverse((at, _, p, step))) = events.pop() {
+            if at >= end {
                 continue;
             }
-            let sent = free_at + buckets[p].reserve_at(free_at);
-            if sent >= end {
-                continue;
-            }
-            let elapsed = sent.saturating_duration_since(server_last).as_secs_f64();
-            // A burst of one (simulated) second's worth, as the Pinecone emulator allows.
-            server_tokens = (server_tokens + elapsed * limit).min(100.0);
-            server_last = server_last.max(sent);
-            let answered = sent + latency;
-            if server_tokens >= 1.0 {
-                server_tokens -= 1.0;
-                ok += 1;
-                buckets[p].on_success_at(answered);
-            } else {
-                throttled += 1;
-                buckets[p].on_throttled_at(Some(retry_after), answered);
-            }
-            lanes.push(Reverse((answered, p)));
+            let next = match step {
+                Step::Take => {
+                    let (wait, generation) = buckets[p].take(at);
+                    (at + wait, Step::Send(generation))
+                }
+                // A 429 came while this lane waited: as `acquire` does, take a new token.
+                Step::Send(generation) if generation != buckets[p].generation() => (at, Step::Take),
+                Step::Send(_) => {
+                    let elapsed = at.saturating_duration_since(server_last).as_secs_f64();
+                    // A burst of one (simulated) second's worth, as the Pinecone emulator allows.
+                    server_tokens = (server_tokens + elapsed * limit).min(100.0);
+                    server_last = server_last.max(at);
+                    let answered = server_tokens >= 1.0;
+                    if answered {
+                        server_tokens -= 1.0;
+                    }
+                    (at + latency, Step::Answer(answered))
+                }
+                Step::Answer(answered) => {
+                    if answered {
+                        ok += 1;
+                        buckets[p].on_success_at(at);
+                    } else {
+                        throttled += 1;
+                        buckets[p].on_throttled_at(Some(retry_after), at);
+                    }
+                    (at, Step::Take)
+                }
+            };
+            events.push(Reverse((next.0, seq, p, next.1)));
+            seq += 1;
         }
         let total = (ok + throttled) as f64;
         (
@@ -407,7 +476,8 @@ mod tests {
     }
 
     /// The simulation runs every service 20 times faster and gives each worker the
-    /// namespace's whole limit as its ceiling. Told the scale, the buckets share the limit as
+    /// namespace's whole limit as its ceiling; a worker keeps 24 updates in flight (3 merges
+    /// of 8), each 10 ms as the emulator answers. Told the scale, the buckets share the limit as
     /// they would unscaled; not told, their additive increase is 20 times too slow in
     /// simulated time and 3 processes lose a tenth of the limit or more.
     #[test]
@@ -418,6 +488,8 @@ mod tests {
                     scale,
                     ceiling: 100.0,
                     scaled_buckets,
+                    lanes: 24,
+                    latency_ms: 10.0,
                 };
                 shared_limit_with(processes, 600, world)
             };
@@ -444,6 +516,28 @@ mod tests {
                 assert!(untold < 0.95 * scaled, "{untold:.1} vs {scaled:.1}");
             }
         }
+    }
+
+    /// A caller waiting its turn when a 429 comes goes back for a new token at the new pace
+    /// (here: after `Retry-After`), instead of going out at the old one.
+    #[tokio::test(start_paused = true)]
+    async fn a_429_while_callers_wait_sends_them_back_for_a_new_token() {
+        let bucket = std::sync::Arc::new(TokenBucket::new(10.0, 1.0));
+        bucket.acquire().await;
+        let start = Instant::now();
+        let waiting = bucket.clone();
+        let waiter = tokio::spawn(async move {
+            waiting.acquire().await;
+            Instant::now()
+        });
+        // The waiter's token is due at 100 ms; the 429 comes at 50 ms.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bucket.on_throttled(Some(Duration::from_secs(2)));
+        let released = waiter.await.unwrap().duration_since(start);
+        assert!(
+            released >= Duration::from_millis(2_050),
+            "released after {released:?}"
+        );
     }
 
     #[test]
