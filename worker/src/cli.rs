@@ -44,6 +44,8 @@ setting_flags! {
     pinecone_namespace => "PINECONE_NAMESPACE", "Namespace of word vectors [default: words]";
     pinecone_updates_per_second => "PINECONE_UPDATES_PER_SECOND",
         "Ceiling of this process's adaptive pacing of metadata updates, per second [default: 90]";
+    pinecone_fetches_per_second => "PINECONE_FETCHES_PER_SECOND",
+        "Ceiling of this process's adaptive pacing of fetches, per second (Pinecone's limit is per index) [default: 50]";
     simulation_time_scale => "SIMULATION_TIME_SCALE",
         "Only for scripts/simulate.sh, whose services run this many times faster: the pacing's clock runs as fast, 1..=1000 [default: 1]";
     metrics_addr => "METRICS_ADDR", "Where /metrics, /healthz and /readyz listen [default: 0.0.0.0:9090]";

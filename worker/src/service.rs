@@ -76,6 +76,7 @@ pub fn build_services(
     let pinecone = PineconeClient::new(PineconeConfig {
         namespace: settings.pinecone.namespace.clone(),
         updates_per_second: settings.pinecone.updates_per_second,
+        fetches_per_second: settings.pinecone.fetches_per_second,
         pacing_time_scale: settings.pinecone.pacing_time_scale,
         ..PineconeConfig::new(
             settings.pinecone.index_host.clone(),

@@ -27,6 +27,8 @@ pub struct PineconeSettings {
     pub api_key: SecretString,
     pub namespace: String,
     pub updates_per_second: f64,
+    /// Ceiling of the adaptive pacing of fetches (Pinecone's limit is per index).
+    pub fetches_per_second: f64,
     /// `SIMULATION_TIME_SCALE`: 1 but in `scripts/simulate.sh`, which runs every service
     /// this many times faster; the adaptive pacing's clock then runs as fast.
     pub pacing_time_scale: f64,
@@ -111,6 +113,7 @@ impl Settings {
                 fleet_shared::pinecone::DEFAULT_NAMESPACE,
             ),
             updates_per_second: l.float_in("PINECONE_UPDATES_PER_SECOND", 90.0, 0.1, 10_000.0),
+            fetches_per_second: l.float_in("PINECONE_FETCHES_PER_SECOND", 50.0, 0.1, 10_000.0),
             pacing_time_scale: l.float_in("SIMULATION_TIME_SCALE", 1.0, 1.0, 1_000.0),
         };
 
@@ -219,6 +222,7 @@ impl Settings {
             pinecone_index_host = %self.pinecone.index_host,
             pinecone_namespace = %self.pinecone.namespace,
             pinecone_updates_per_second = self.pinecone.updates_per_second,
+            pinecone_fetches_per_second = self.pinecone.fetches_per_second,
             simulation_time_scale = self.pinecone.pacing_time_scale,
             metrics_addr = %self.metrics_addr,
             max_in_flight = self.max_in_flight,

@@ -78,8 +78,14 @@ fn two_workers_on_one_pod_name_get_distinct_ids() {
 fn the_pacing_clock_runs_at_the_wall_clock_unless_simulated() {
     let s = read(&base()).unwrap();
     assert!((s.pinecone.pacing_time_scale - 1.0).abs() < f64::EPSILON);
-    let s = read(&with(&[("SIMULATION_TIME_SCALE", "20")])).unwrap();
+    assert!((s.pinecone.fetches_per_second - 50.0).abs() < f64::EPSILON);
+    let s = read(&with(&[
+        ("SIMULATION_TIME_SCALE", "20"),
+        ("PINECONE_FETCHES_PER_SECOND", "1000"),
+    ]))
+    .unwrap();
     assert!((s.pinecone.pacing_time_scale - 20.0).abs() < f64::EPSILON);
+    assert!((s.pinecone.fetches_per_second - 1000.0).abs() < f64::EPSILON);
 }
 
 #[test]
@@ -211,6 +217,10 @@ fn each_bad_value_is_named() {
         (
             &[("PINECONE_UPDATES_PER_SECOND", "0")],
             "PINECONE_UPDATES_PER_SECOND=0 is out of range",
+        ),
+        (
+            &[("PINECONE_FETCHES_PER_SECOND", "-1")],
+            "PINECONE_FETCHES_PER_SECOND=-1 is out of range",
         ),
         (
             &[("SIMULATION_TIME_SCALE", "0.5")],

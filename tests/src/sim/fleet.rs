@@ -577,6 +577,11 @@ pub async fn run(
                     (NAMESPACE_UPDATES_PER_SECOND * k).clamp(1.0, 10_000.0)
                 ),
             ),
+            // Fetches too (the emulator does not limit them): 50 per simulated second.
+            (
+                "PINECONE_FETCHES_PER_SECOND",
+                format!("{:.0}", (50.0 * k).clamp(1.0, 10_000.0)),
+            ),
             ("METRICS_ADDR", "127.0.0.1:0".into()),
             (
                 "MAX_IN_FLIGHT",
