@@ -16,6 +16,7 @@
 #   SIM_SCALE=K              time compression (default: each scenario's own)
 #   SIM_SEED=N               seed of data, events and faults
 #   SIM_WORKER_LOG=LEVEL     the workers' RUST_LOG (default warn; logs in target/simulate/<scenario>/)
+#   SIM_TIMELINE=FILE        write the updates made by each tenth of a real second (to see stalls)
 # moto: FLEET_TEST_AWS_ENDPOINT when set, else scripts/moto.sh (started here if needed).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -601,9 +601,10 @@ pub async fn run(
                 }
                 .into(),
             ),
-            // 3 s (a minute at K = 20): what a crash costs, the message and the lease
-            // running out, is not inflated by the scale; the heartbeat every second.
-            ("VISIBILITY_TIMEOUT_SECONDS", "3".into()),
+            // 2 s (40 s at K = 20, the lowest the worker takes): what a crash costs, the
+            // message and the lease running out, is not inflated by the scale; the heartbeat
+            // every second.
+            ("VISIBILITY_TIMEOUT_SECONDS", "2".into()),
             ("HEARTBEAT_SECONDS", "1".into()),
             // The adaptive pacing's clock runs as fast as the services do.
             ("SIMULATION_TIME_SCALE", format!("{k}")),
@@ -632,6 +633,11 @@ pub async fn run(
     }
     let mut events = scenario.events.clone();
     let mut injected_at = 0u64;
+    // SIM_TIMELINE=FILE: the updates made by each tenth of a real second, to see stalls.
+    let mut timeline = std::env::var_os("SIM_TIMELINE")
+        .map(std::fs::File::create)
+        .transpose()?
+        .map(std::io::BufWriter::new);
     let outcome = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         fleet.sample();
@@ -653,6 +659,15 @@ pub async fn run(
                 started.elapsed().as_secs_f64()
             ));
         }
+        if let Some(out) = timeline.as_mut() {
+            use std::io::Write as _;
+            writeln!(
+                out,
+                "{:.1} {}",
+                started.elapsed().as_secs_f64(),
+                world.pinecone.update_count()
+            )?;
+        }
         let progress = if needed == 0 {
             1.0
         } else {
@@ -671,6 +686,10 @@ pub async fn run(
             Event::Stop { at } | Event::Kill { at } => progress >= *at,
         }) {
             let event = events.remove(pos);
+            if let Some(out) = timeline.as_mut() {
+                use std::io::Write as _;
+                writeln!(out, "# {:.1} {event:?}", started.elapsed().as_secs_f64())?;
+            }
             fleet.event(event, &env, &mut rng)?;
         }
         // One fault of each kind waits at a time (a queued fault waits for a matching call:
