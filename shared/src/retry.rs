@@ -49,6 +49,23 @@ impl RetryPolicy {
         }
     }
 
+    /// The same policy with its back-off delays `time_scale` times shorter (at least 1 ms):
+    /// the simulation runs every service that many times faster. `Retry-After` is the
+    /// server's, already scaled there.
+    pub fn scaled(self, time_scale: f64) -> Self {
+        if !time_scale.is_finite() || time_scale <= 1.0 {
+            return self;
+        }
+        let shorten = |d: Duration| {
+            Duration::from_secs_f64(d.as_secs_f64() / time_scale).max(Duration::from_millis(1))
+        };
+        Self {
+            min_delay: shorten(self.min_delay),
+            max_delay: shorten(self.max_delay),
+            ..self
+        }
+    }
+
     /// The backon schedule: `max_attempts - 1` delays (the first try needs none).
     pub fn builder(&self) -> ExponentialBuilder {
         let retries = usize::try_from(self.max_attempts.saturating_sub(1)).unwrap_or(usize::MAX);
@@ -165,6 +182,19 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    #[test]
+    fn a_scaled_policy_backs_off_as_many_times_faster() {
+        let p = RetryPolicy::default().scaled(20.0);
+        assert_eq!(p.min_delay, Duration::from_millis(25));
+        assert_eq!(p.max_delay, Duration::from_secs(1));
+        assert_eq!(p.max_attempts, RetryPolicy::default().max_attempts);
+        assert_eq!(RetryPolicy::default().scaled(1.0), RetryPolicy::default());
+        assert_eq!(
+            RetryPolicy::default().scaled(f64::NAN),
+            RetryPolicy::default()
+        );
+    }
 
     #[test]
     fn delays_are_bounded_in_number_and_size() {

@@ -47,7 +47,7 @@ setting_flags! {
     pinecone_fetches_per_second => "PINECONE_FETCHES_PER_SECOND",
         "Ceiling of this process's adaptive pacing of fetches, per second (Pinecone's limit is per index) [default: 50]";
     simulation_time_scale => "SIMULATION_TIME_SCALE",
-        "Only for scripts/simulate.sh, whose services run this many times faster: the pacing's clock runs as fast, 1..=1000 [default: 1]";
+        "Only for scripts/simulate.sh, whose services run this many times faster: the pacing's clock and the clients' retry back-offs run as fast, 1..=1000 [default: 1]";
     metrics_addr => "METRICS_ADDR", "Where /metrics, /healthz and /readyz listen [default: 0.0.0.0:9090]";
     max_in_flight => "MAX_IN_FLIGHT", "Messages handled at once, 1..=1000 [default: 16]";
     visibility_timeout_seconds => "VISIBILITY_TIMEOUT_SECONDS",

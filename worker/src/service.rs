@@ -66,11 +66,13 @@ pub fn build_services(
 ) -> anyhow::Result<Services> {
     use fleet_shared::openai::{OpenAiClient, OpenAiConfig};
     use fleet_shared::pinecone::{PineconeClient, PineconeConfig};
+    use fleet_shared::retry::RetryPolicy;
 
     let openai = OpenAiClient::new(OpenAiConfig {
         base_url: settings.openai.base_url.clone(),
         organization: settings.openai.organization.clone(),
         project: settings.openai.project.clone(),
+        retry: RetryPolicy::default().scaled(settings.pinecone.pacing_time_scale),
         ..OpenAiConfig::new(settings.openai.api_key.clone())
     })?;
     let pinecone = PineconeClient::new(PineconeConfig {
@@ -78,6 +80,7 @@ pub fn build_services(
         updates_per_second: settings.pinecone.updates_per_second,
         fetches_per_second: settings.pinecone.fetches_per_second,
         pacing_time_scale: settings.pinecone.pacing_time_scale,
+        retry: RetryPolicy::default().scaled(settings.pinecone.pacing_time_scale),
         ..PineconeConfig::new(
             settings.pinecone.index_host.clone(),
             settings.pinecone.api_key.clone(),

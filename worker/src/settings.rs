@@ -30,7 +30,8 @@ pub struct PineconeSettings {
     /// Ceiling of the adaptive pacing of fetches (Pinecone's limit is per index).
     pub fetches_per_second: f64,
     /// `SIMULATION_TIME_SCALE`: 1 but in `scripts/simulate.sh`, which runs every service
-    /// this many times faster; the adaptive pacing's clock then runs as fast.
+    /// this many times faster; the adaptive pacing's clock and the OpenAI and Pinecone
+    /// clients' retry back-offs then run as fast.
     pub pacing_time_scale: f64,
 }
 

@@ -191,9 +191,8 @@ impl Scenario {
             },
             // N workers, N batches of equal size (4,000 requests in all, about 12,800 vector
             // updates): each worker takes one, so N processes apply at once from start to end.
-            // K = 5, not 20: the adaptive pacing's clock is real time (see the module docs);
-            // at K = 20 3 and 10 workers reached 57 % and 85 % of the limit, at K = 4 86 %
-            // and 97 %.
+            // K = 5, not 20: at K = 20 one worker alone is held by the machine (see the
+            // module docs).
             pacing if pacing.starts_with("pacing-") => {
                 let workers: usize = pacing["pacing-".len()..].parse().ok()?;
                 if !PACING_WORKERS.contains(&workers) {
@@ -694,8 +693,8 @@ pub async fn run(
         }
         // One fault of each kind waits at a time (a queued fault waits for a matching call:
         // fetches are rare, so piling them up would fail every one), one more per 1,000
-        // updates made: paced by progress, not by real time, as the clients' back-offs are
-        // not scaled (a 740 ms back-off is 15 simulated seconds at scale 20).
+        // updates made: paced by progress, not by real time, so the figures do not depend on
+        // how fast the machine runs the scenario.
         let made = world.pinecone.update_count() as u64;
         if scenario.faults
             && made >= injected_at + 1_000
