@@ -196,9 +196,10 @@ async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Resu
 
     health.start_draining();
     let in_hand = held.load(Ordering::SeqCst);
-    // With nothing in hand no message of ours can turn visible: the poll may go.
+    // With nothing in hand no message of ours can turn visible: the poll may go (unless it
+    // has just brought messages, which are handed back).
     let outstanding = match outstanding {
-        Some(poll) if in_hand == 0 => {
+        Some(poll) if in_hand == 0 && !poll.is_finished() => {
             poll.abort();
             None
         }
