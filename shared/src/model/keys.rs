@@ -46,6 +46,12 @@ impl ImageId {
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
+    /// The id's bytes (a hyphenated UUID as written): compared with bytes read from a file
+    /// without a UTF-8 check first.
+    pub fn as_bytes(&self) -> &[u8; 36] {
+        &self.0
+    }
+
     /// Whether `s` spells this id exactly (byte for byte, as keys compare).
     pub fn is(&self, s: &str) -> bool {
         self.0.as_slice() == s.as_bytes()

@@ -88,7 +88,7 @@ impl ResultId {
         s: &str,
         expected: Option<&ReceiptKey>,
     ) -> Result<Self, ResultIdError> {
-        if let Some(id) = Self::parse_canonical(s, expected) {
+        if let Some(id) = Self::parse_canonical(s.as_bytes(), expected) {
             return Ok(id);
         }
         Self::parse_parts(s, expected)
@@ -99,8 +99,10 @@ impl ResultId {
     /// [`parse_parts`](Self::parse_parts) then reads the id again and names what is wrong. It
     /// only accepts ids that `parse_parts` accepts with the same value: twelve parts, the tags,
     /// ids of digits, a label of `check_label`'s alphabet, a known status.
-    fn parse_canonical(s: &str, expected: Option<&ReceiptKey>) -> Option<Self> {
-        let b = s.as_bytes();
+    ///
+    /// On bytes, so that an id borrowed from an answer read in place (see
+    /// [`super::escaped`]) needs no UTF-8 check first.
+    pub(crate) fn parse_canonical(b: &[u8], expected: Option<&ReceiptKey>) -> Option<Self> {
         let mut i = 0;
         let tag = |t: &[u8], i: &mut usize| -> Option<()> {
             let end = *i + t.len();
@@ -131,7 +133,7 @@ impl ResultId {
         let (image, at) = part(b, i);
         i = at;
         let image_id = match expected {
-            Some(r) if r.image_id.is(std::str::from_utf8(image).ok()?) => r.image_id.clone(),
+            Some(r) if r.image_id.as_bytes().as_slice() == image => r.image_id.clone(),
             _ => ImageId::parse(std::str::from_utf8(image).ok()?).ok()?,
         };
         tag(b"#RECEIPT#", &mut i)?;
@@ -149,8 +151,15 @@ impl ResultId {
         tag(b"#LABEL#", &mut i)?;
         let (label, at) = part(b, i);
         i = at;
+        // check_label's alphabet, byte by byte: ASCII, so the str conversion cannot fail.
+        if label.is_empty()
+            || !label
+                .iter()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+        {
+            return None;
+        }
         let label = std::str::from_utf8(label).ok()?;
-        check_label(label).ok()?;
         tag(b"#VALIDATION_STATUS#", &mut i)?;
         let (status, at) = part(b, i);
         if at != b.len() {
