@@ -136,8 +136,9 @@ pub struct CompletionBatchVerdict {
     pub previous_status: ValidationStatus,
     pub suggested_label: Option<String>,
     /// `output:{line_number}` of the output line that carried the verdict; [`RESET_SOURCE`]
-    /// for a reset.
-    pub source: String,
+    /// for a reset. Shared, like `batch_id`: the verdicts of one output line (dozens) carry
+    /// the same text, built once.
+    pub source: Arc<str>,
     pub validated_at: DateTime<Utc>,
 }
 
@@ -157,7 +158,7 @@ impl CompletionBatchVerdict {
             verdict: Verdict::Reset,
             previous_status: ValidationStatus::Pending,
             suggested_label: None,
-            source: RESET_SOURCE.to_owned(),
+            source: RESET_SOURCE.into(),
             validated_at,
         }
     }
@@ -177,7 +178,7 @@ impl CompletionBatchVerdict {
                 "suggested_label".into(),
                 s_or_null(self.suggested_label.as_deref()),
             ),
-            ("source".into(), s(&self.source)),
+            ("source".into(), s(&*self.source)),
             (
                 "validated_at".into(),
                 s(format_timestamp(self.validated_at)),
@@ -205,7 +206,7 @@ impl CompletionBatchVerdict {
             verdict: r.parsed("verdict", str::parse)?,
             previous_status: r.parsed("previous_status", str::parse)?,
             suggested_label: r.opt_string("suggested_label")?.map(str::to_owned),
-            source: r.string("source")?.to_owned(),
+            source: r.string("source")?.into(),
             validated_at: r.parsed("validated_at", |v| {
                 parse_timestamp(v).ok_or("not an ISO-8601 timestamp")
             })?,

@@ -103,69 +103,52 @@ impl ResultId {
     /// On bytes, so that an id borrowed from an answer read in place (see
     /// [`super::escaped`]) needs no UTF-8 check first.
     pub(crate) fn parse_canonical(b: &[u8], expected: Option<&ReceiptKey>) -> Option<Self> {
-        let mut i = 0;
-        let tag = |t: &[u8], i: &mut usize| -> Option<()> {
-            let end = *i + t.len();
-            (b.get(*i..end)? == t).then(|| *i = end)
-        };
-        /// The bytes up to the next `#` (or the end) from `at`, and the index of that `#`.
-        fn part(b: &[u8], at: usize) -> (&[u8], usize) {
-            let len = b[at..]
-                .iter()
-                .position(|c| *c == b'#')
-                .unwrap_or(b.len() - at);
-            (&b[at..at + len], at + len)
-        }
-        fn number(digits: &[u8]) -> Option<u32> {
-            if digits.is_empty() || digits.len() > 9 {
+        /// A positive id of at most 9 digits at the start of `b` (the part ends at the first
+        /// other byte, which the next tag must then match); the rest.
+        #[inline]
+        fn number(b: &[u8]) -> Option<(u32, &[u8])> {
+            let len = b.iter().take(10).take_while(|d| d.is_ascii_digit()).count();
+            if len == 0 || len > 9 {
                 return None;
             }
-            let mut v: u32 = 0;
-            for d in digits {
-                if !d.is_ascii_digit() {
-                    return None;
-                }
-                v = v * 10 + u32::from(d - b'0');
-            }
-            (v > 0).then_some(v)
-        }
-        tag(b"IMAGE#", &mut i)?;
-        let (image, at) = part(b, i);
-        i = at;
-        let image_id = match expected {
-            Some(r) if r.image_id.as_bytes().as_slice() == image => r.image_id.clone(),
-            _ => ImageId::parse(std::str::from_utf8(image).ok()?).ok()?,
-        };
-        tag(b"#RECEIPT#", &mut i)?;
-        let (digits, at) = part(b, i);
-        let receipt_id = number(digits)?;
-        i = at;
-        tag(b"#LINE#", &mut i)?;
-        let (digits, at) = part(b, i);
-        let line_id = number(digits)?;
-        i = at;
-        tag(b"#WORD#", &mut i)?;
-        let (digits, at) = part(b, i);
-        let word_id = number(digits)?;
-        i = at;
-        tag(b"#LABEL#", &mut i)?;
-        let (label, at) = part(b, i);
-        i = at;
-        // check_label's alphabet, byte by byte: ASCII, so the str conversion cannot fail.
-        if label.is_empty()
-            || !label
+            let v = b[..len]
                 .iter()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
-        {
+                .fold(0u32, |v, d| v * 10 + u32::from(d - b'0'));
+            (v > 0).then_some((v, &b[len..]))
+        }
+        let rest = b.strip_prefix(b"IMAGE#")?;
+        // The line's own image, compared in place; any other is parsed in full.
+        let (image_id, rest) = match expected {
+            Some(r) if rest.get(36) == Some(&b'#') && rest[..36] == *r.image_id.as_bytes() => {
+                (r.image_id.clone(), &rest[36..])
+            }
+            _ => {
+                let len = rest.iter().position(|c| *c == b'#').unwrap_or(rest.len());
+                let image = ImageId::parse(std::str::from_utf8(&rest[..len]).ok()?).ok()?;
+                (image, &rest[len..])
+            }
+        };
+        let (receipt_id, rest) = number(rest.strip_prefix(b"#RECEIPT#")?)?;
+        let (line_id, rest) = number(rest.strip_prefix(b"#LINE#")?)?;
+        let (word_id, rest) = number(rest.strip_prefix(b"#WORD#")?)?;
+        let rest = rest.strip_prefix(b"#LABEL#")?;
+        // check_label's alphabet; the part ends at the first other byte, which must be the
+        // next tag's `#`.
+        let len = rest
+            .iter()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || **c == b'_')
+            .count();
+        if len == 0 {
             return None;
         }
+        let (label, rest) = rest.split_at(len);
+        // ASCII: the conversion cannot fail.
         let label = std::str::from_utf8(label).ok()?;
-        tag(b"#VALIDATION_STATUS#", &mut i)?;
-        let (status, at) = part(b, i);
-        if at != b.len() {
-            return None;
-        }
-        let status_at_submit = std::str::from_utf8(status).ok()?.parse().ok()?;
+        let status = rest.strip_prefix(b"#VALIDATION_STATUS#")?;
+        // The whole rest, which holds no `#`, must spell a status.
+        let status_at_submit = *ValidationStatus::ALL
+            .iter()
+            .find(|s| s.as_str().as_bytes() == status)?;
         Some(ResultId {
             label: LabelKey::new(image_id, receipt_id, line_id, word_id, label),
             status_at_submit,

@@ -1,6 +1,7 @@
 //! Deciding verdicts: output lines stream in, the decisions are made once all are in.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -337,6 +338,7 @@ impl PlanBuilder {
                 }
             }
             Outcome::Completed | Outcome::Expired | Outcome::Cancelled => {
+                let mut last_source = None;
                 // A word's labels are contiguous in key order.
                 for word in self.slots.chunk_by_mut(|a, b| a.key.word == b.key.word) {
                     // NEEDS_REVIEW when another label of the word was INVALID before this
@@ -410,7 +412,7 @@ impl PlanBuilder {
                                     verdict,
                                     previous_status: status,
                                     suggested_label: c.correct_label.clone(),
-                                    source: source(c.position.0),
+                                    source: source(&mut last_source, c.position.0),
                                     validated_at: self.validated_at,
                                 });
                                 if status == ValidationStatus::Pending {
@@ -453,12 +455,20 @@ fn recorded_reset(tc: &mut TargetCounters, current: Option<ValidationStatus>) {
     }
 }
 
-/// `output:{n}`, without the formatting machinery (one per verdict).
-fn source(line_no: u64) -> String {
-    let mut s = String::with_capacity(7 + 20);
-    s.push_str("output:");
-    push_decimal(&mut s, line_no, 1);
-    s
+/// `output:{n}`, without the formatting machinery; built once per output line and shared by
+/// its verdicts (`last`: the line number and text built last).
+fn source(last: &mut Option<(u64, Arc<str>)>, line_no: u64) -> Arc<str> {
+    match last {
+        Some((n, text)) if *n == line_no => Arc::clone(text),
+        _ => {
+            let mut s = String::with_capacity(7 + 20);
+            s.push_str("output:");
+            push_decimal(&mut s, line_no, 1);
+            let text: Arc<str> = s.into();
+            *last = Some((line_no, Arc::clone(&text)));
+            text
+        }
+    }
 }
 
 /// Counts a line; hands back the results of an answered one.

@@ -63,8 +63,15 @@ pub(crate) struct Effective {
 pub(crate) struct FastHasher(u64);
 
 impl std::hash::Hasher for FastHasher {
+    /// A folded multiply of the state, so that every bit of it reaches the low bits (which
+    /// pick the bucket) and the high bits (which the table compares first).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the product's two halves, folded"
+    )]
     fn finish(&self) -> u64 {
-        self.0
+        let m = u128::from(self.0) * 0x9e37_79b9_7f4a_7c15;
+        (m as u64) ^ ((m >> 64) as u64)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -93,6 +100,20 @@ impl std::hash::Hasher for FastHasher {
 }
 
 type FastSet<T> = HashSet<T, BuildHasherDefault<FastHasher>>;
+
+/// A CompletionBatchResult key (receipt, line, word, label: the SK without the image) as one
+/// integer, when its ids are small enough and its label is a core label (nearly always): a
+/// set of these is much cheaper than one of tuples holding the label's string. Keys that do
+/// not fit are kept in a set of tuples; a key's own fields decide which, so the two sets
+/// together hold each key once.
+fn packed_result_key(label: &LabelKey) -> Option<u64> {
+    let w = &label.word;
+    let name = u64::try_from(label.label.core_index()?).ok()?;
+    let receipt = u64::from(w.receipt.receipt_id);
+    let (line, word) = (u64::from(w.line_id), u64::from(w.word_id));
+    (receipt < 1 << 16 && line < 1 << 21 && word < 1 << 21 && name < 1 << 5)
+        .then_some(receipt << 47 | line << 26 | word << 5 | name)
+}
 
 /// A bit per core label (docs/spec/data-model.md lists 22), 0 for any other name.
 pub(crate) fn core_label_bit(label: &str) -> u32 {
@@ -223,8 +244,9 @@ impl Plan {
         let mut corrections = Vec::new();
         let mut results = Vec::with_capacity(n);
         // Result keys taken: (receipt, line, word, label), the SK without the image.
+        let mut packed_keys: FastSet<u64> = FastSet::default();
+        packed_keys.reserve(n);
         let mut result_keys: FastSet<(u32, u32, u32, &str)> = FastSet::default();
-        result_keys.reserve(n);
         // Sorted by (image, receipt, line, word, label): a word's verdicts are contiguous,
         // within a word the smallest judged label comes first, and among colliding result keys
         // the smallest image id.
@@ -266,13 +288,16 @@ impl Plan {
                 }
                 if let Some(status) = row_status {
                     let w = &label.word;
-                    let key = (
-                        w.receipt.receipt_id,
-                        w.line_id,
-                        w.word_id,
-                        label.label.as_str(),
-                    );
-                    if result_keys.insert(key) {
+                    let taken = match packed_result_key(label) {
+                        Some(key) => !packed_keys.insert(key),
+                        None => !result_keys.insert((
+                            w.receipt.receipt_id,
+                            w.line_id,
+                            w.word_id,
+                            label.label.as_str(),
+                        )),
+                    };
+                    if !taken {
                         results.push(CompletionBatchResult {
                             batch_id: self.batch_id.clone(),
                             label: label.clone(),

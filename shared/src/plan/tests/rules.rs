@@ -302,7 +302,7 @@ fn rule_4_two_results_for_the_same_label_the_later_in_the_file_wins() {
         "later within the line"
     );
     let row = plan.verdicts.iter().find(|v| v.label == a).unwrap();
-    assert_eq!(row.source, "output:7");
+    assert_eq!(&*row.source, "output:7");
     assert_eq!(row.suggested_label.as_deref(), Some("TIME"));
     assert_eq!(plan.counters.results.duplicate_overridden, 2);
     let mut reversed = s.clone();
@@ -600,7 +600,7 @@ fn conflict_at_planning_writes_the_verdict_row_and_nothing_else() {
             .plan();
         assert_eq!(plan.verdicts.len(), 1, "{now}");
         assert_eq!(plan.verdicts[0].previous_status, now);
-        assert_eq!(plan.verdicts[0].source, "output:4");
+        assert_eq!(&*plan.verdicts[0].source, "output:4");
         assert!(plan.status_changes.is_empty());
         assert!(plan.resets.is_empty());
         assert!(plan.vector_merges.is_empty());
@@ -799,7 +799,7 @@ fn audit_verdict_source_is_the_physical_line_number_with_blank_lines_counted() {
         builder.add_line(n, parse_output_read(bytes));
     }
     let plan = builder.finish();
-    assert_eq!(plan.verdicts[0].source, "output:5");
+    assert_eq!(&*plan.verdicts[0].source, "output:5");
     assert_eq!(plan.counters.output_lines.total, 5);
     assert_eq!(plan.counters.output_lines.blank, 3);
 }
@@ -1002,7 +1002,7 @@ fn reset_rows_are_written_after_each_reset_and_say_none_from_pending() {
     assert_eq!(row.verdict.as_str(), "NONE");
     assert_eq!(row.previous_status, PENDING);
     assert_eq!(row.suggested_label, None);
-    assert_eq!(row.source, "reset");
+    assert_eq!(&*row.source, "reset");
     assert_eq!(row.validated_at, completed_at());
     assert!(plan.verdicts.is_empty(), "not planned before the reset");
 }
