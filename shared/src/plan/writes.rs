@@ -26,15 +26,18 @@ pub struct StatusChange {
 /// Labels to merge (set union) into one word vector's metadata. Apply by fetching the vector,
 /// merging, and writing only when something changed; a missing vector is counted, not written.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The names are [`LabelName`]s, not strings: a plan holds a merge per word with a verdict,
+/// nearly always of core labels, which a [`LabelName`] holds without an allocation.
 pub struct VectorMerge {
     pub word: WordKey,
-    pub valid_labels: BTreeSet<String>,
-    pub invalid_labels: BTreeSet<String>,
+    pub valid_labels: BTreeSet<LabelName>,
+    pub invalid_labels: BTreeSet<LabelName>,
     /// The core-label suggestion of an invalid verdict on this word. When several judged labels
     /// of the word suggest one, the suggestion of the smallest judged label name wins: the same
     /// tie-break as a correction's `label_consolidated_from`, and one that a recorded verdict
     /// (which keeps no position within its line) can reproduce on a re-run.
-    pub proposed_label: Option<String>,
+    pub proposed_label: Option<LabelName>,
 }
 
 impl VectorMerge {
@@ -252,6 +255,10 @@ impl Plan {
         // the smallest image id.
         let applied: Vec<(&StatusChange, &Effective)> =
             self.status_changes.iter().zip(&self.effective).collect();
+        // (suggested name, judged label) of a word's new labels, and names already there:
+        // cleared for each word, allocated once.
+        let mut created: Vec<(&str, &str)> = Vec::new();
+        let mut existing: Vec<&str> = Vec::new();
         for word in applied.chunk_by(|a, b| a.0.label.word == b.0.label.word) {
             let w = &word[0].0.label.word;
             let mut merge = VectorMerge {
@@ -260,21 +267,22 @@ impl Plan {
                 invalid_labels: BTreeSet::new(),
                 proposed_label: None,
             };
-            // (suggested name, judged label) of the word's new labels, and names already there.
-            let mut created: Vec<(&str, &str)> = Vec::new();
-            let mut existing: Vec<&str> = Vec::new();
+            created.clear();
+            existing.clear();
             for (change, e) in word {
                 let label = &change.label;
                 if e.verdict.is_valid() {
-                    merge.valid_labels.insert(String::from(&label.label));
+                    merge.valid_labels.insert(label.label.clone());
                 } else {
-                    merge.invalid_labels.insert(String::from(&label.label));
+                    merge.invalid_labels.insert(label.label.clone());
                     match e.suggestion.as_deref() {
                         None => {}
                         Some(s) if s == label.label => counters.corrections.same_label += 1,
                         Some(s) if !is_core_label(s) => counters.corrections.non_core += 1,
                         Some(s) => {
-                            merge.proposed_label.get_or_insert_with(|| s.to_owned());
+                            merge
+                                .proposed_label
+                                .get_or_insert_with(|| LabelName::new(s));
                             if e.word_labels & core_label_bit(s) != 0 {
                                 if !existing.contains(&s) {
                                     existing.push(s);
@@ -312,7 +320,7 @@ impl Plan {
             }
             counters.corrections.existing += existing.len() as u64;
             created.sort_unstable();
-            for (name, from) in created {
+            for &(name, from) in &created {
                 corrections.push(ReceiptWordLabel {
                     key: LabelKey {
                         word: w.clone(),

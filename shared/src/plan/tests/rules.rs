@@ -563,7 +563,7 @@ fn needs_review_is_an_invalid_verdict_for_vectors_and_corrections() {
     assert_eq!(plan.status_changes, vec![change(&a, NEEDS_REVIEW)]);
     assert_eq!(
         plan.vector_merges[0].invalid_labels,
-        BTreeSet::from(["DATE".to_owned()])
+        BTreeSet::from(["DATE".into()])
     );
     assert_eq!(
         plan.vector_merges[0].proposed_label.as_deref(),
@@ -679,10 +679,10 @@ fn vector_merge_unions_labels_per_word_and_proposes_from_the_smallest_judged_lab
     assert_eq!(plan.vector_merges.len(), 2);
     let m = &plan.vector_merges[0];
     assert_eq!(m.word, w1_date.word);
-    assert_eq!(m.valid_labels, BTreeSet::from(["DATE".to_owned()]));
+    assert_eq!(m.valid_labels, BTreeSet::from(["DATE".into()]));
     assert_eq!(
         m.invalid_labels,
-        BTreeSet::from(["TAX".to_owned(), "TIME".to_owned()])
+        BTreeSet::from(["TAX".into(), "TIME".into()])
     );
     assert_eq!(
         m.proposed_label.as_deref(),
@@ -722,7 +722,7 @@ fn vector_merges_come_with_the_labels_other_batches_decided_on_their_words() {
     assert_eq!(plan.vector_merges.len(), 1);
     assert_eq!(
         plan.vector_merges[0].valid_labels,
-        BTreeSet::from(["DATE".to_owned()]),
+        BTreeSet::from(["DATE".into()]),
         "the merge itself is this batch's verdicts"
     );
     let words: Vec<_> = plan.word_labels.keys().cloned().collect();
