@@ -61,7 +61,9 @@ impl ImageId {
 impl PartialEq for ImageId {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.words() == other.words()
+        // Spelled out: an array comparison becomes a `memcmp` call.
+        let (a, b) = (self.words(), other.words());
+        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
     }
 }
 
@@ -77,7 +79,13 @@ impl PartialOrd for ImageId {
 impl Ord for ImageId {
     #[inline]
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.words().cmp(&other.words())
+        let (a, b) = (self.words(), other.words());
+        for (x, y) in a.iter().zip(&b) {
+            if x != y {
+                return x.cmp(y);
+            }
+        }
+        std::cmp::Ordering::Equal
     }
 }
 
@@ -102,10 +110,20 @@ impl ImageId {
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
-    /// The id's bytes (a hyphenated UUID as written): compared with bytes read from a file
-    /// without a UTF-8 check first.
+    /// The id's bytes (a hyphenated UUID as written).
     pub fn as_bytes(&self) -> &[u8; 36] {
         &self.0
+    }
+
+    /// Whether `b` starts with this id's bytes: compared with bytes read from a file, without
+    /// a UTF-8 check first.
+    #[inline]
+    pub fn prefix_of(&self, b: &[u8]) -> bool {
+        b.get(..36).is_some_and(|b| {
+            let mut other = [0u8; 36];
+            other.copy_from_slice(b);
+            ImageId(other) == *self
+        })
     }
 
     /// Whether `s` spells this id exactly (byte for byte, as keys compare).

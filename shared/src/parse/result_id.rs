@@ -119,7 +119,7 @@ impl ResultId {
         let rest = b.strip_prefix(b"IMAGE#")?;
         // The line's own image, compared in place; any other is parsed in full.
         let (image_id, rest) = match expected {
-            Some(r) if rest.get(36) == Some(&b'#') && rest[..36] == *r.image_id.as_bytes() => {
+            Some(r) if rest.get(36) == Some(&b'#') && r.image_id.prefix_of(rest) => {
                 (r.image_id.clone(), &rest[36..])
             }
             _ => {

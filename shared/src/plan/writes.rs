@@ -27,17 +27,94 @@ pub struct StatusChange {
 /// merging, and writing only when something changed; a missing vector is counted, not written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 ///
-/// The names are [`LabelName`]s, not strings: a plan holds a merge per word with a verdict,
-/// nearly always of core labels, which a [`LabelName`] holds without an allocation.
+/// The names are [`LabelSet`]s, not sets of strings: a plan holds a merge per word with a
+/// verdict, nearly always of core labels, which a [`LabelSet`] holds without an allocation.
 pub struct VectorMerge {
     pub word: WordKey,
-    pub valid_labels: BTreeSet<LabelName>,
-    pub invalid_labels: BTreeSet<LabelName>,
+    pub valid_labels: LabelSet,
+    pub invalid_labels: LabelSet,
     /// The core-label suggestion of an invalid verdict on this word. When several judged labels
     /// of the word suggest one, the suggestion of the smallest judged label name wins: the same
     /// tie-break as a correction's `label_consolidated_from`, and one that a recorded verdict
     /// (which keeps no position within its line) can reproduce on a re-run.
     pub proposed_label: Option<LabelName>,
+}
+
+/// A set of label names: the core labels as bits, any other name in a sorted vector. What a
+/// [`VectorMerge`] adds to a list; [`to_strings`](Self::to_strings) spells it as the metadata
+/// write needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSet {
+    /// Bit `i`: `CORE_LABELS[i]` ([`label_bit`]).
+    core: u32,
+    /// Sorted, without duplicates.
+    other: Vec<LabelName>,
+}
+
+impl LabelSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `name`; whether it was new.
+    pub fn insert(&mut self, name: LabelName) -> bool {
+        let bit = label_bit(&name);
+        if bit != 0 {
+            let new = self.core & bit == 0;
+            self.core |= bit;
+            return new;
+        }
+        match self.other.binary_search(&name) {
+            Ok(_) => false,
+            Err(at) => {
+                self.other.insert(at, name);
+                true
+            }
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match core_label_bit(name) {
+            0 => self.other.iter().any(|n| *n == name),
+            bit => self.core & bit != 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.core.count_ones() as usize + self.other.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.core == 0 && self.other.is_empty()
+    }
+
+    /// The names in string order (as a set of strings holds them).
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let mut names: Vec<&str> = CORE_LABELS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.core & (1 << i) != 0)
+            .map(|(_, name)| *name)
+            .chain(self.other.iter().map(LabelName::as_str))
+            .collect();
+        names.sort_unstable();
+        names.into_iter()
+    }
+
+    /// The names as the metadata write takes them.
+    pub fn to_strings(&self) -> BTreeSet<String> {
+        self.iter().map(str::to_owned).collect()
+    }
+}
+
+impl<'a> FromIterator<&'a str> for LabelSet {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(names: I) -> Self {
+        let mut set = LabelSet::new();
+        for name in names {
+            set.insert(LabelName::new(name));
+        }
+        set
+    }
 }
 
 impl VectorMerge {
@@ -263,8 +340,8 @@ impl Plan {
             let w = &word[0].0.label.word;
             let mut merge = VectorMerge {
                 word: w.clone(),
-                valid_labels: BTreeSet::new(),
-                invalid_labels: BTreeSet::new(),
+                valid_labels: LabelSet::new(),
+                invalid_labels: LabelSet::new(),
                 proposed_label: None,
             };
             created.clear();
@@ -344,5 +421,38 @@ impl Plan {
         self.corrections = corrections;
         self.vector_merges = merges;
         self.results = results;
+    }
+}
+
+#[cfg(test)]
+mod label_set_tests {
+    use super::*;
+
+    #[test]
+    fn a_label_set_holds_core_and_other_names_in_string_order() {
+        let names = [
+            "TIP",
+            "A_FREE_NAME",
+            "DATE",
+            "ZZZ",
+            "TAX",
+            "DATE",
+            "ZZZ",
+            "date",
+        ];
+        let set: LabelSet = names.into_iter().collect();
+        let strings: BTreeSet<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        assert_eq!(set.to_strings(), strings);
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            strings.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert_eq!(set.len(), strings.len());
+        assert!(set.contains("TIP") && set.contains("ZZZ") && set.contains("date"));
+        assert!(!set.contains("TIME") && !set.contains("Z"));
+        let mut again = set.clone();
+        assert!(!again.insert(LabelName::new("TAX")) && !again.insert(LabelName::new("ZZZ")));
+        assert!(again.insert(LabelName::new("TIME")) && again.insert(LabelName::new("AAA")));
+        assert!(LabelSet::new().is_empty() && !set.is_empty());
     }
 }

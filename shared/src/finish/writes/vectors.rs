@@ -50,8 +50,8 @@ pub(in crate::finish) async fn write_vectors(
     let mut changes: BTreeMap<String, MetadataChange> = BTreeMap::new();
     for m in &plan.vector_merges {
         let mut change = MetadataChange {
-            add_valid: m.valid_labels.iter().map(String::from).collect(),
-            add_invalid: m.invalid_labels.iter().map(String::from).collect(),
+            add_valid: m.valid_labels.to_strings(),
+            add_invalid: m.invalid_labels.to_strings(),
             proposed_label: m.proposed_label.as_ref().map(String::from),
             rewrite: rewrite.contains(&m.word),
         };

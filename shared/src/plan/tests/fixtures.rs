@@ -405,10 +405,8 @@ impl World {
             }
             match self.vectors.get_mut(&m.vector_id()) {
                 Some(v) => {
-                    v.valid_labels
-                        .extend(m.valid_labels.iter().map(String::from));
-                    v.invalid_labels
-                        .extend(m.invalid_labels.iter().map(String::from));
+                    v.valid_labels.extend(m.valid_labels.to_strings());
+                    v.invalid_labels.extend(m.invalid_labels.to_strings());
                     if let Some(p) = &m.proposed_label {
                         v.proposed_label = Some(String::from(p));
                     }

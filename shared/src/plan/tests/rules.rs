@@ -8,7 +8,7 @@ use crate::parse::{
     LineReader, Malformed, MalformedKind, ParsedLine, RequestFailure, ResultIdError, ResultSkip,
     parse_output_read,
 };
-use crate::plan::{Outcome, Plan, StatusChange, fallback_targets, receipts_to_load};
+use crate::plan::{LabelSet, Outcome, Plan, StatusChange, fallback_targets, receipts_to_load};
 
 fn change(key: &crate::model::LabelKey, to: crate::model::ValidationStatus) -> StatusChange {
     StatusChange {
@@ -563,7 +563,7 @@ fn needs_review_is_an_invalid_verdict_for_vectors_and_corrections() {
     assert_eq!(plan.status_changes, vec![change(&a, NEEDS_REVIEW)]);
     assert_eq!(
         plan.vector_merges[0].invalid_labels,
-        BTreeSet::from(["DATE".into()])
+        LabelSet::from_iter(["DATE"])
     );
     assert_eq!(
         plan.vector_merges[0].proposed_label.as_deref(),
@@ -679,10 +679,11 @@ fn vector_merge_unions_labels_per_word_and_proposes_from_the_smallest_judged_lab
     assert_eq!(plan.vector_merges.len(), 2);
     let m = &plan.vector_merges[0];
     assert_eq!(m.word, w1_date.word);
-    assert_eq!(m.valid_labels, BTreeSet::from(["DATE".into()]));
+    assert_eq!(m.valid_labels, LabelSet::from_iter(["DATE"]));
+    assert_eq!(m.invalid_labels, LabelSet::from_iter(["TIME", "TAX"]));
     assert_eq!(
-        m.invalid_labels,
-        BTreeSet::from(["TAX".into(), "TIME".into()])
+        m.invalid_labels.to_strings(),
+        BTreeSet::from(["TAX".to_owned(), "TIME".to_owned()])
     );
     assert_eq!(
         m.proposed_label.as_deref(),
@@ -722,7 +723,7 @@ fn vector_merges_come_with_the_labels_other_batches_decided_on_their_words() {
     assert_eq!(plan.vector_merges.len(), 1);
     assert_eq!(
         plan.vector_merges[0].valid_labels,
-        BTreeSet::from(["DATE".into()]),
+        LabelSet::from_iter(["DATE"]),
         "the merge itself is this batch's verdicts"
     );
     let words: Vec<_> = plan.word_labels.keys().cloned().collect();
