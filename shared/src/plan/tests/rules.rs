@@ -73,11 +73,44 @@ fn outcome_completed_applies_output_resets_the_rest_and_summary_completed() {
         .plan();
     assert_eq!(plan.status_changes, vec![change(&a, VALID)]);
     assert_eq!(plan.resets, vec![change(&b, NONE)]);
-    let s = plan.summary.unwrap();
+    let s = plan.summary.clone().unwrap();
     assert_eq!(s.status, BatchStatus::Completed);
     assert_eq!(s.result_file_id.as_deref(), Some(OUTPUT_FILE));
     assert_eq!(plan.validated_at, completed_at());
     assert_eq!(plan.counters.timestamp_field, "completed_at");
+}
+
+#[test]
+fn a_plan_built_in_the_storage_of_a_dropped_one_is_the_same_plan() {
+    let a = k(IMG_A, 1, 1, "DATE");
+    let b = k(IMG_A, 1, 2, "TAX");
+    let c = k(IMG_A, 2, 1, "TIP");
+    let big = Scenario::new("completed")
+        .target(&a, PENDING)
+        .target(&b, PENDING)
+        .target(&c, PENDING)
+        .answer(
+            1,
+            vec![
+                res(&a, true, None),
+                res(&b, false, Some("TIME")),
+                res(&c, false, None),
+            ],
+        );
+    let small = Scenario::new("completed")
+        .target(&a, PENDING)
+        .answer(1, vec![res(&a, false, Some("TAX"))]);
+    let (big_plan, small_plan) = (big.plan(), small.plan());
+    // Whichever storage each plan gets (other tests drop plans meanwhile), nothing of an
+    // earlier plan is left in a later one.
+    for _ in 0..3 {
+        drop(big.plan());
+        assert_eq!(small.plan(), small_plan);
+        drop(small.plan());
+        assert_eq!(big.plan(), big_plan);
+    }
+    assert_eq!(small_plan.verdicts.len(), 1);
+    assert_eq!(small_plan.corrections.len(), 1);
 }
 
 #[test]
@@ -96,7 +129,7 @@ fn outcome_failed_resets_every_pending_target_no_verdicts_summary_failed() {
     assert_eq!(plan.resets, vec![change(&a, NONE), change(&b, NONE)]);
     assert_eq!(plan.counters.targets.not_pending, 1);
     assert_eq!(plan.counters.results.ignored, 1);
-    assert_eq!(plan.summary.unwrap().status, BatchStatus::Failed);
+    assert_eq!(plan.summary.as_ref().unwrap().status, BatchStatus::Failed);
 }
 
 #[test]
@@ -136,7 +169,10 @@ fn outcome_cancelled_rows_carry_cancelled_and_cancelled_at() {
         .answer(1, vec![res(&a, true, None)])
         .plan();
     let cancelled_at = from_unix_seconds(CANCELLED_AT).unwrap();
-    assert_eq!(plan.summary.unwrap().status, BatchStatus::Cancelled);
+    assert_eq!(
+        plan.summary.as_ref().unwrap().status,
+        BatchStatus::Cancelled
+    );
     assert_eq!(plan.results[0].status, BatchStatus::Cancelled);
     assert_eq!(plan.results[0].validated_at, cancelled_at);
     assert_eq!(plan.verdicts[0].validated_at, cancelled_at);
