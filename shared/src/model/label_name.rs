@@ -30,29 +30,34 @@ enum Repr {
 /// The index of a core label name, by a `match` the compiler turns into a length switch and a
 /// few comparisons (cheaper than searching [`CORE_LABELS`]; a test checks both agree).
 fn core_index(s: &str) -> Option<u8> {
+    core_index_of_bytes(s.as_bytes())
+}
+
+/// [`core_index`] of bytes.
+fn core_index_of_bytes(s: &[u8]) -> Option<u8> {
     Some(match s {
-        "MERCHANT_NAME" => 0,
-        "STORE_HOURS" => 1,
-        "PHONE_NUMBER" => 2,
-        "WEBSITE" => 3,
-        "LOYALTY_ID" => 4,
-        "ADDRESS_LINE" => 5,
-        "DATE" => 6,
-        "TIME" => 7,
-        "PAYMENT_METHOD" => 8,
-        "COUPON" => 9,
-        "DISCOUNT" => 10,
-        "PRODUCT_NAME" => 11,
-        "QUANTITY" => 12,
-        "UNIT_PRICE" => 13,
-        "LINE_TOTAL" => 14,
-        "SUBTOTAL" => 15,
-        "TAX" => 16,
-        "TIP" => 17,
-        "GRAND_TOTAL" => 18,
-        "CHANGE" => 19,
-        "CASH_BACK" => 20,
-        "REFUND" => 21,
+        b"MERCHANT_NAME" => 0,
+        b"STORE_HOURS" => 1,
+        b"PHONE_NUMBER" => 2,
+        b"WEBSITE" => 3,
+        b"LOYALTY_ID" => 4,
+        b"ADDRESS_LINE" => 5,
+        b"DATE" => 6,
+        b"TIME" => 7,
+        b"PAYMENT_METHOD" => 8,
+        b"COUPON" => 9,
+        b"DISCOUNT" => 10,
+        b"PRODUCT_NAME" => 11,
+        b"QUANTITY" => 12,
+        b"UNIT_PRICE" => 13,
+        b"LINE_TOTAL" => 14,
+        b"SUBTOTAL" => 15,
+        b"TAX" => 16,
+        b"TIP" => 17,
+        b"GRAND_TOTAL" => 18,
+        b"CHANGE" => 19,
+        b"CASH_BACK" => 20,
+        b"REFUND" => 21,
         _ => return None,
     })
 }
@@ -94,6 +99,17 @@ impl LabelName {
         match core_index(s) {
             Some(i) => LabelName(Repr::Core(i)),
             None => LabelName(Repr::Other(s.into())),
+        }
+    }
+
+    /// [`new`](Self::new) of the bytes of a name read from a file: a core label is found
+    /// without a UTF-8 check first; `None` when the bytes are not UTF-8.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        match core_index_of_bytes(b) {
+            Some(i) => Some(LabelName(Repr::Core(i))),
+            None => std::str::from_utf8(b)
+                .ok()
+                .map(|s| LabelName(Repr::Other(s.into()))),
         }
     }
 
@@ -271,6 +287,15 @@ mod tests {
             assert_eq!(l.as_str(), *name);
             assert_eq!(String::from(l.clone()), *name);
         }
+        for name in CORE_LABELS.iter().chain(&["NOT_A_CORE_LABEL", "date", ""]) {
+            assert_eq!(
+                LabelName::from_bytes(name.as_bytes()).map(|l| l.core_index()),
+                Some(LabelName::new(name).core_index()),
+                "{name}"
+            );
+            assert_eq!(LabelName::from_bytes(name.as_bytes()).unwrap(), *name);
+        }
+        assert_eq!(LabelName::from_bytes(b"\xff"), None);
         let other = LabelName::from("NOT_A_CORE_LABEL".to_owned());
         assert_eq!(other.core_index(), None);
         assert_eq!(other, "NOT_A_CORE_LABEL");

@@ -85,6 +85,27 @@ impl<'a> Esc<'a> {
         Some(&self.s[start..end])
     }
 
+    /// An inner string holding a canonical result id
+    /// ([`ResultId::parse_canonical_prefix`]), read and parsed in one pass: the id and the
+    /// string's contents. `None` (the cursor unmoved) for any other string or value.
+    #[inline]
+    fn id_string(&mut self, receipt: &ReceiptKey) -> Option<(ResultId, &'a [u8])> {
+        self.ws();
+        let start = self.i + 2;
+        if self.s.get(self.i..start)? != b"\\\"" {
+            return None;
+        }
+        let (id, len) = ResultId::parse_canonical_prefix(&self.s[start..], Some(receipt))?;
+        // The id's bytes are printable ASCII without quotes or backslashes: a plain string
+        // when its closing `\"` follows.
+        let end = start + len;
+        if self.s.get(end..end + 2)? != b"\\\"" {
+            return None;
+        }
+        self.i = end + 2;
+        Some((id, &self.s[start..end]))
+    }
+
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         self.ws();
         let end = self.i + word.len();
@@ -255,11 +276,21 @@ fn small_integer(n: &[u8]) -> Option<()> {
 /// One element of `results` (the last of a repeated key wins, as [`Picked`] reads it), judged.
 fn entry(sc: &mut Esc<'_>, receipt: &ReceiptKey) -> Option<Result<ParsedResult, ResultSkip>> {
     let mut values: [Option<Value<'_>>; 3] = [None; 3];
+    // The value of `values[0]` parsed, when it is a canonical id (the last `id` wins).
+    let mut parsed_id = None;
     match sc.peek()? {
         b'{' => {
             sc.object(2, |sc, key| {
                 let at = match key {
-                    b"id" => 0,
+                    b"id" => {
+                        parsed_id = None;
+                        if let Some((id, raw)) = sc.id_string(receipt) {
+                            parsed_id = Some(id);
+                            values[0] = Some(Value::Str(raw));
+                            return Some(());
+                        }
+                        0
+                    }
                     b"is_valid" => 1,
                     b"correct_label" => 2,
                     _ => return sc.skip(3),
@@ -277,7 +308,7 @@ fn entry(sc: &mut Esc<'_>, receipt: &ReceiptKey) -> Option<Result<ParsedResult, 
             return Some(check_result(receipt, Picked::not_an_object()));
         }
     }
-    if let Some(result) = usual_result(&values, receipt) {
+    if let Some(result) = usual_result(&values, parsed_id, receipt) {
         return Some(Ok(result));
     }
     // Anything else is judged as the two-pass reading judges it.
@@ -301,11 +332,18 @@ fn scalar(v: Option<Value<'_>>) -> Option<Option<Scalar<'_>>> {
 /// The result of an entry that [`check_result`] accepts, built directly; `None` when anything
 /// about it needs judging (the id, its receipt, `is_valid`, `correct_label`).
 #[inline]
-fn usual_result(values: &[Option<Value<'_>>; 3], receipt: &ReceiptKey) -> Option<ParsedResult> {
+fn usual_result(
+    values: &[Option<Value<'_>>; 3],
+    parsed_id: Option<ResultId>,
+    receipt: &ReceiptKey,
+) -> Option<ParsedResult> {
     let (Some(Value::Str(id)), Some(Value::Bool(is_valid))) = (values[0], values[1]) else {
         return None;
     };
-    let id = ResultId::parse_canonical(id, Some(receipt))?;
+    let id = match parsed_id {
+        Some(parsed) => parsed,
+        None => ResultId::parse_canonical(id, Some(receipt))?,
+    };
     if id.label.word.receipt != *receipt {
         return None;
     }

@@ -890,6 +890,27 @@ fn a_plain_answer_is_read_in_place_as_the_two_pass_reading_reads_it() {
             results
         }
     );
+    // A repeated id: the last one is judged; an id followed by more text is no id.
+    let arguments = format!(
+        r#"{{"results":[{{"id":"{}","is_valid":true,"id":"IMAGE#x"}},{{"id":"IMAGE#x","is_valid":true,"id":"{}"}},{{"id":"{}#MORE","is_valid":true}}]}}"#,
+        rid(1, 5, "DATE"),
+        rid(1, 6, "DATE"),
+        rid(1, 7, "DATE")
+    );
+    let line = line_with_message(json!({"function_call": {"arguments": arguments}}));
+    let (results, _) =
+        crate::parse::escaped::results_in_place(line.as_bytes(), arguments_at(&line), &receipt())
+            .expect("read in place");
+    assert!(matches!(results[0], Err(ResultSkip::BadId(_))));
+    assert_eq!(results[1], ok(key(1, 6, "DATE"), true, None));
+    assert!(matches!(results[2], Err(ResultSkip::BadId(_))));
+    assert_eq!(
+        parse_arguments(receipt(), "arguments", &arguments),
+        ParsedLine::Answered {
+            receipt: receipt(),
+            results
+        }
+    );
     // Other escapes, or an answer that is not `{"results": [...]}`, are left to the two-pass
     // reading, which reads the line as before.
     for arguments in [

@@ -3,7 +3,9 @@
 use std::fmt;
 
 use crate::model::ValidationStatus;
-use crate::model::keys::{ImageId, KeyError, LabelKey, ReceiptKey, check_label, parse_id};
+use crate::model::keys::{
+    ImageId, KeyError, LabelKey, LabelName, ReceiptKey, check_label, parse_id,
+};
 
 /// A label as a request named it, with the status it had when the batch was submitted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,6 +105,19 @@ impl ResultId {
     /// On bytes, so that an id borrowed from an answer read in place (see
     /// [`super::escaped`]) needs no UTF-8 check first.
     pub(crate) fn parse_canonical(b: &[u8], expected: Option<&ReceiptKey>) -> Option<Self> {
+        match Self::parse_canonical_prefix(b, expected)? {
+            (id, len) if len == b.len() => Some(id),
+            _ => None,
+        }
+    }
+
+    /// [`parse_canonical`](Self::parse_canonical) of the id at the start of `b`, and its
+    /// length: the id ends after its status (upper-case letters and `_`), so that an id can be
+    /// read straight from a file, where its string's closing quote follows.
+    pub(crate) fn parse_canonical_prefix(
+        b: &[u8],
+        expected: Option<&ReceiptKey>,
+    ) -> Option<(Self, usize)> {
         /// A positive id of at most 9 digits at the start of `b` (the part ends at the first
         /// other byte, which the next tag must then match); the rest.
         #[inline]
@@ -143,16 +158,22 @@ impl ResultId {
         }
         let (label, rest) = rest.split_at(len);
         // ASCII: the conversion cannot fail.
-        let label = std::str::from_utf8(label).ok()?;
-        let status = rest.strip_prefix(b"#VALIDATION_STATUS#")?;
-        // The whole rest, which holds no `#`, must spell a status.
+        let label = LabelName::from_bytes(label)?;
+        let rest = rest.strip_prefix(b"#VALIDATION_STATUS#")?;
+        // Every status is spelled with upper-case letters and `_`.
+        let len = rest
+            .iter()
+            .take_while(|c| c.is_ascii_uppercase() || **c == b'_')
+            .count();
+        let status = &rest[..len];
         let status_at_submit = *ValidationStatus::ALL
             .iter()
             .find(|s| s.as_str().as_bytes() == status)?;
-        Some(ResultId {
+        let id = ResultId {
             label: LabelKey::new(image_id, receipt_id, line_id, word_id, label),
             status_at_submit,
-        })
+        };
+        Some((id, b.len() - rest.len() + len))
     }
 
     /// The general reading: splits into parts, checks them left to right, names the first

@@ -61,6 +61,31 @@ impl Slot {
     }
 }
 
+/// The emptied slot vector of the last builder that finished, for the next one: as with a
+/// plan's rows (`super::writes::Spare`), a chunk's slots are a large allocation the allocator
+/// would otherwise hand back to the system and zero again for every chunk. At most one is
+/// kept, of at most [`MAX_SPARE_BYTES`].
+static SPARE_SLOTS: std::sync::Mutex<Vec<Slot>> = std::sync::Mutex::new(Vec::new());
+
+const MAX_SPARE_BYTES: usize = 1 << 20;
+
+fn spare_slots() -> Vec<Slot> {
+    SPARE_SLOTS
+        .lock()
+        .map(|mut spare| std::mem::take(&mut *spare))
+        .unwrap_or_default()
+}
+
+fn keep_slots(mut slots: Vec<Slot>) {
+    slots.clear();
+    if slots.capacity() * std::mem::size_of::<Slot>() <= MAX_SPARE_BYTES
+        && let Ok(mut spare) = SPARE_SLOTS.lock()
+        && spare.capacity() < slots.capacity()
+    {
+        *spare = slots;
+    }
+}
+
 /// A correction this very batch created in an earlier run did not exist before the batch, so a
 /// result naming it is "not in the table" on every run alike (otherwise a re-run would judge it).
 fn is_own_correction(l: &ReceiptWordLabel, validated_at: DateTime<Utc>) -> bool {
@@ -143,19 +168,12 @@ impl PlanBuilder {
         // Labels, targets and journal rows, each in key order, merged into one slot per key:
         // a merge, not a sort of all of them (a chunk has thousands, and slots are large).
         // The table's labels usually come in key order already; the journal is small.
-        let mut labels: Vec<Slot> = input
-            .labels
-            .into_iter()
-            .map(|l| Slot {
-                status: Some(l.validation_status),
-                present: !is_own_correction(&l, validated_at),
-                ..Slot::new(l.key)
-            })
-            .collect();
+        let mut labels = input.labels;
         if !labels.is_sorted_by(|a, b| a.key <= b.key) {
             // Stable: of two labels with one key, the later one handed in wins (below).
             labels.sort_by(|a, b| a.key.cmp(&b.key));
         }
+        let n_labels = labels.len();
         // A label this batch already decided stays its target even if a re-run's target list
         // (say, from the fallback) no longer names it: its remaining writes must be finished,
         // and it must not count as "INVALID before this batch" for its neighbours.
@@ -169,9 +187,16 @@ impl PlanBuilder {
             })
             .collect();
         rows.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut slots: Vec<Slot> =
-            Vec::with_capacity(labels.len() + input.targets.len() + rows.len());
-        let mut labels = labels.into_iter().peekable();
+        let mut slots = spare_slots();
+        slots.reserve(n_labels + input.targets.len() + rows.len());
+        let mut labels = labels
+            .into_iter()
+            .map(|l| Slot {
+                status: Some(l.validation_status),
+                present: !is_own_correction(&l, validated_at),
+                ..Slot::new(l.key)
+            })
+            .peekable();
         let mut targets = input
             .targets
             .into_iter()
@@ -440,6 +465,7 @@ impl PlanBuilder {
         plan.summary = summary_update(self.outcome, self.output_file_id.take());
         plan.word_labels = std::mem::take(&mut self.word_labels);
         plan.derive();
+        keep_slots(std::mem::take(&mut self.slots));
         plan
     }
 }
