@@ -122,13 +122,15 @@ impl ResultId {
         /// other byte, which the next tag must then match); the rest.
         #[inline]
         fn number(b: &[u8]) -> Option<(u32, &[u8])> {
-            let len = b.iter().take(10).take_while(|d| d.is_ascii_digit()).count();
-            if len == 0 || len > 9 {
-                return None;
+            let mut v: u32 = 0;
+            let mut len = 0;
+            while let Some(d) = b.get(len).map(|d| d.wrapping_sub(b'0')).filter(|d| *d <= 9) {
+                if len == 9 {
+                    return None;
+                }
+                v = v * 10 + u32::from(d);
+                len += 1;
             }
-            let v = b[..len]
-                .iter()
-                .fold(0u32, |v, d| v * 10 + u32::from(d - b'0'));
             (v > 0).then_some((v, &b[len..]))
         }
         let rest = b.strip_prefix(b"IMAGE#")?;

@@ -189,42 +189,55 @@ impl PlanBuilder {
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         let mut slots = spare_slots();
         slots.reserve(n_labels + input.targets.len() + rows.len());
-        let mut labels = labels
-            .into_iter()
-            .map(|l| Slot {
-                status: Some(l.validation_status),
-                present: !is_own_correction(&l, validated_at),
-                ..Slot::new(l.key)
-            })
-            .peekable();
-        let mut targets = input
-            .targets
-            .into_iter()
-            .map(|key| Slot {
-                target: true,
-                ..Slot::new(key)
-            })
-            .peekable();
+        let label_slot = |l: ReceiptWordLabel| Slot {
+            status: Some(l.validation_status),
+            present: !is_own_correction(&l, validated_at),
+            ..Slot::new(l.key)
+        };
+        let target_slot = |key| Slot {
+            target: true,
+            ..Slot::new(key)
+        };
+        // Peeked as handed in; a slot is made only for what is taken.
+        let mut labels = labels.into_iter().peekable();
+        let mut targets = input.targets.into_iter().peekable();
         let mut rows = rows.into_iter().peekable();
         loop {
             // The smallest key next; of equal keys, labels before targets before journal rows
             // (the order they are handed in), so that the later one wins as documented.
-            let mut next: Option<(usize, &LabelKey)> = None;
-            for (from, head) in [labels.peek(), targets.peek(), rows.peek()]
-                .into_iter()
-                .enumerate()
-            {
-                if let Some(head) = head
-                    && next.is_none_or(|(_, key)| head.key < *key)
-                {
-                    next = Some((from, &head.key));
+            let slot = match (labels.peek(), targets.peek(), rows.peek()) {
+                (None, None, None) => break,
+                // Without journal rows (nearly always), one comparison: a label and the
+                // target of the same key make one slot at once.
+                (Some(label), Some(target), None) => match label.key.cmp(target) {
+                    std::cmp::Ordering::Less => labels.next().map(label_slot),
+                    std::cmp::Ordering::Equal => {
+                        targets.next();
+                        labels.next().map(|l| Slot {
+                            target: true,
+                            ..label_slot(l)
+                        })
+                    }
+                    std::cmp::Ordering::Greater => targets.next().map(target_slot),
+                },
+                (label, target, row) => {
+                    let mut next: Option<(usize, &LabelKey)> = None;
+                    for (from, head) in [label.map(|l| &l.key), target, row.map(|r| &r.key)]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        if let Some(head) = head
+                            && next.is_none_or(|(_, key)| head < key)
+                        {
+                            next = Some((from, head));
+                        }
+                    }
+                    match next.map(|(from, _)| from) {
+                        Some(0) => labels.next().map(label_slot),
+                        Some(1) => targets.next().map(target_slot),
+                        _ => rows.next(),
+                    }
                 }
-            }
-            let slot = match next.map(|(from, _)| from) {
-                None => break,
-                Some(0) => labels.next(),
-                Some(1) => targets.next(),
-                Some(_) => rows.next(),
             }
             .expect("peeked");
             match slots.last_mut() {
