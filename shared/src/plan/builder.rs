@@ -1,7 +1,6 @@
 //! Deciding verdicts: output lines stream in, the decisions are made once all are in.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -9,10 +8,10 @@ use super::counters::{LineCounters, PlanCounters, TargetCounters};
 use super::input::PlanInput;
 use super::outcome::{Outcome, batch_timestamp, summary_update};
 use super::writes::{Effective, Plan, StatusChange, label_bit};
-use crate::model::keys::push_decimal;
 use crate::model::status::PROPOSED_BY_COMPLETION_BATCH;
 use crate::model::{
-    CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus, Verdict, WordKey,
+    CompletionBatchVerdict, LabelKey, LabelName, ReceiptWordLabel, ValidationStatus, Verdict,
+    VerdictSource, WordKey,
 };
 use crate::parse::{ParsedLine, ParsedResult, ResultSkip};
 use crate::pinecone::merge::{LabelSets, word_label_sets};
@@ -376,7 +375,6 @@ impl PlanBuilder {
                 }
             }
             Outcome::Completed | Outcome::Expired | Outcome::Cancelled => {
-                let mut last_source = None;
                 // A word's labels are contiguous in key order.
                 for word in self.slots.chunk_by_mut(|a, b| a.key.word == b.key.word) {
                     // NEEDS_REVIEW when another label of the word was INVALID before this
@@ -425,7 +423,11 @@ impl PlanBuilder {
                                         && (s == ValidationStatus::Pending
                                             || s == row.verdict.status()) =>
                                 {
-                                    apply(key, row.verdict, row.suggested_label.clone());
+                                    apply(
+                                        key,
+                                        row.verdict,
+                                        row.suggested_label.as_deref().map(LabelName::new),
+                                    );
                                 }
                                 Some(_) => tc.conflicts += 1,
                             }
@@ -444,17 +446,20 @@ impl PlanBuilder {
                                     (false, false) => Verdict::Invalid,
                                 };
                                 counters.verdicts.add(verdict);
+                                // The row takes the text as written; the plan keeps it as a
+                                // label name (a core one without an allocation).
+                                let suggestion = c.correct_label.as_deref().map(LabelName::new);
                                 plan.verdicts.push(CompletionBatchVerdict {
                                     batch_id: self.batch_id.clone(),
                                     label: key.clone(),
                                     verdict,
                                     previous_status: status,
-                                    suggested_label: c.correct_label.clone(),
-                                    source: source(&mut last_source, c.position.0),
+                                    suggested_label: c.correct_label,
+                                    source: VerdictSource::output_line(c.position.0),
                                     validated_at: self.validated_at,
                                 });
                                 if status == ValidationStatus::Pending {
-                                    apply(key, verdict, c.correct_label);
+                                    apply(key, verdict, suggestion);
                                 } else {
                                     tc.conflicts += 1;
                                 }
@@ -491,22 +496,6 @@ fn recorded_reset(tc: &mut TargetCounters, current: Option<ValidationStatus>) {
         None => tc.missing += 1,
         Some(ValidationStatus::Pending) => tc.reclaimed += 1,
         Some(_) => tc.reset_recorded += 1,
-    }
-}
-
-/// `output:{n}`, without the formatting machinery; built once per output line and shared by
-/// its verdicts (`last`: the line number and text built last).
-fn source(last: &mut Option<(u64, Arc<str>)>, line_no: u64) -> Arc<str> {
-    match last {
-        Some((n, text)) if *n == line_no => Arc::clone(text),
-        _ => {
-            let mut s = String::with_capacity(7 + 20);
-            s.push_str("output:");
-            push_decimal(&mut s, line_no, 1);
-            let text: Arc<str> = s.into();
-            *last = Some((line_no, Arc::clone(&text)));
-            text
-        }
     }
 }
 

@@ -131,7 +131,9 @@ impl VectorMerge {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Effective {
     pub(crate) verdict: Verdict,
-    pub(crate) suggestion: Option<String>,
+    /// As the model wrote it (a [`LabelName`] holds any text, a core label without an
+    /// allocation).
+    pub(crate) suggestion: Option<LabelName>,
     /// The core label names on the verdict's word when planned ([`core_label_bit`]): a
     /// correction is created only where its name is absent, and only core labels are created.
     pub(crate) word_labels: u32,
@@ -457,7 +459,7 @@ impl Plan {
                             batch_id: self.batch_id.clone(),
                             label: label.clone(),
                             status,
-                            gpt_suggested_label: e.suggestion.clone(),
+                            gpt_suggested_label: e.suggestion.as_ref().map(String::from),
                             validated_at: self.validated_at,
                         });
                     } else {
