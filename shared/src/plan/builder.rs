@@ -375,6 +375,8 @@ impl PlanBuilder {
                 }
             }
             Outcome::Completed | Outcome::Expired | Outcome::Cancelled => {
+                // The source of the last verdict: a line's verdicts share it.
+                let mut last_source: Option<(u64, VerdictSource)> = None;
                 // A word's labels are contiguous in key order.
                 for word in self.slots.chunk_by_mut(|a, b| a.key.word == b.key.word) {
                     // NEEDS_REVIEW when another label of the word was INVALID before this
@@ -455,7 +457,16 @@ impl PlanBuilder {
                                     verdict,
                                     previous_status: status,
                                     suggested_label: c.correct_label,
-                                    source: VerdictSource::output_line(c.position.0),
+                                    source: match &last_source {
+                                        Some((line, source)) if *line == c.position.0 => {
+                                            source.clone()
+                                        }
+                                        _ => {
+                                            let source = VerdictSource::output_line(c.position.0);
+                                            last_source = Some((c.position.0, source.clone()));
+                                            source
+                                        }
+                                    },
                                     validated_at: self.validated_at,
                                 });
                                 if status == ValidationStatus::Pending {

@@ -213,6 +213,7 @@ struct Spare {
     vector_merges: Vec<VectorMerge>,
     results: Vec<CompletionBatchResult>,
     effective: Vec<Effective>,
+    packed_keys: FastSet<u64>,
 }
 
 static SPARE: std::sync::Mutex<Option<Spare>> = std::sync::Mutex::new(None);
@@ -250,6 +251,14 @@ impl Drop for Plan {
             vector_merges: Spare::keep(&mut self.vector_merges),
             results: Spare::keep(&mut self.results),
             effective: Spare::keep(&mut self.effective),
+            packed_keys: {
+                let mut keys = std::mem::take(&mut self.packed_keys.0);
+                keys.clear();
+                if keys.capacity() * 2 * std::mem::size_of::<u64>() > Spare::MAX_BYTES {
+                    keys = FastSet::default();
+                }
+                keys
+            },
         };
         if let Ok(mut kept) = SPARE.lock()
             && kept.is_none()
@@ -322,6 +331,26 @@ pub struct Plan {
     pub counters: PlanCounters,
     /// One per status change, in the same order.
     pub(crate) effective: Vec<Effective>,
+    /// [`derive`](Self::derive)'s set of result keys, kept with the plan's storage ([`Spare`]).
+    packed_keys: KeyScratch,
+}
+
+/// Scratch storage of a plan, not part of what it says: every two compare equal.
+#[derive(Default, Clone)]
+struct KeyScratch(FastSet<u64>);
+
+impl PartialEq for KeyScratch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for KeyScratch {}
+
+impl std::fmt::Debug for KeyScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyScratch")
+    }
 }
 
 impl Plan {
@@ -347,6 +376,7 @@ impl Plan {
             summary: None,
             counters: PlanCounters::default(),
             effective: spare.effective,
+            packed_keys: KeyScratch(spare.packed_keys),
         }
     }
 
@@ -396,20 +426,26 @@ impl Plan {
         results.clear();
         results.reserve(n);
         // Result keys taken: (receipt, line, word, label), the SK without the image.
-        let mut packed_keys: FastSet<u64> = FastSet::default();
+        let mut packed_keys = std::mem::take(&mut self.packed_keys.0);
+        packed_keys.clear();
         packed_keys.reserve(n);
         let mut result_keys: FastSet<(u32, u32, u32, &str)> = FastSet::default();
         // Sorted by (image, receipt, line, word, label): a word's verdicts are contiguous,
         // within a word the smallest judged label comes first, and among colliding result keys
         // the smallest image id.
-        let applied: Vec<(&StatusChange, &Effective)> =
-            self.status_changes.iter().zip(&self.effective).collect();
         // (suggested name, judged label) of a word's new labels, and names already there:
         // cleared for each word, allocated once.
         let mut created: Vec<(&str, &str)> = Vec::new();
         let mut existing: Vec<&str> = Vec::new();
-        for word in applied.chunk_by(|a, b| a.0.label.word == b.0.label.word) {
-            let w = &word[0].0.label.word;
+        // `effective` runs parallel to `status_changes`: a word's verdicts start at `at`.
+        let mut at = 0;
+        for changes in self
+            .status_changes
+            .chunk_by(|a, b| a.label.word == b.label.word)
+        {
+            let word = changes.iter().zip(&self.effective[at..at + changes.len()]);
+            at += changes.len();
+            let w = &changes[0].label.word;
             let mut merge = VectorMerge {
                 word: w.clone(),
                 valid_labels: LabelSet::new(),
@@ -493,6 +529,7 @@ impl Plan {
         self.corrections = corrections;
         self.vector_merges = merges;
         self.results = results;
+        self.packed_keys = KeyScratch(packed_keys);
     }
 }
 
