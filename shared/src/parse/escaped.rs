@@ -275,6 +275,11 @@ fn small_integer(n: &[u8]) -> Option<()> {
 
 /// One element of `results` (the last of a repeated key wins, as [`Picked`] reads it), judged.
 fn entry(sc: &mut Esc<'_>, receipt: &ReceiptKey) -> Option<Result<ParsedResult, ResultSkip>> {
+    let at = sc.i;
+    if let Some(result) = usual_entry(sc, receipt) {
+        return Some(Ok(result));
+    }
+    sc.i = at;
     let mut values: [Option<Value<'_>>; 3] = [None; 3];
     // The value of `values[0]` parsed, when it is a canonical id (the last `id` wins).
     let mut parsed_id = None;
@@ -315,6 +320,69 @@ fn entry(sc: &mut Esc<'_>, receipt: &ReceiptKey) -> Option<Result<ParsedResult, 
     let [id, is_valid, correct] = values;
     let picked = Picked::object([scalar(id)?, scalar(is_valid)?, scalar(correct)?]);
     Some(check_result(receipt, picked))
+}
+
+/// The usual entry, `{"id": <canonical id of the line's receipt>, "is_valid": <bool>}` with
+/// an optional label-like `"correct_label"` string (or `null`) last, read in one go: what
+/// [`entry`] and [`usual_result`] make of it, without looking up each key. `None` (the cursor
+/// anywhere) for anything else, which [`entry`] then reads field by field.
+#[inline]
+fn usual_entry(sc: &mut Esc<'_>, receipt: &ReceiptKey) -> Option<ParsedResult> {
+    /// `"key":` at the cursor (after spaces), the key spelled with its escaped quotes.
+    #[inline]
+    fn key(sc: &mut Esc<'_>, quoted: &[u8]) -> Option<()> {
+        sc.ws();
+        let end = sc.i + quoted.len();
+        if sc.s.get(sc.i..end)? != quoted {
+            return None;
+        }
+        sc.i = end;
+        sc.eat(b':')
+    }
+    sc.eat(b'{')?;
+    key(sc, b"\\\"id\\\"")?;
+    let (id, _) = sc.id_string(receipt)?;
+    if id.label.word.receipt != *receipt {
+        return None;
+    }
+    sc.eat(b',')?;
+    key(sc, b"\\\"is_valid\\\"")?;
+    let is_valid = match sc.peek()? {
+        b't' => sc.literal(b"true").map(|()| true)?,
+        b'f' => sc.literal(b"false").map(|()| false)?,
+        _ => return None,
+    };
+    let correct_label = match sc.peek()? {
+        b'}' => None,
+        b',' => {
+            sc.i += 1;
+            key(sc, b"\\\"correct_label\\\"")?;
+            match sc.peek()? {
+                b'n' => sc.literal(b"null").map(|()| None)?,
+                _ => {
+                    let s = sc.string()?;
+                    let label_like = s.len() <= MAX_CORRECT_LABEL
+                        && s.iter()
+                            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b' ');
+                    if !label_like {
+                        return None;
+                    }
+                    // Empty: no suggestion, as `check_result` reads it.
+                    (!s.is_empty())
+                        .then(|| std::str::from_utf8(s).ok().map(str::to_owned))
+                        .flatten()
+                }
+            }
+        }
+        _ => return None,
+    };
+    sc.eat(b'}')?;
+    Some(ParsedResult {
+        label: id.label,
+        status_at_submit: id.status_at_submit,
+        is_valid,
+        correct_label,
+    })
 }
 
 /// A field as [`Scalar`] holds it (`None` inside: absent); `None` never happens (plain
