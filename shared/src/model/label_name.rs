@@ -61,7 +61,39 @@ fn core_index_of_bytes(s: &[u8]) -> Option<u8> {
         (6, b'R', b'D') => 21,
         _ => return None,
     };
-    (CORE_LABELS.get(usize::from(i))?.as_bytes() == s).then_some(i)
+    let name = CORE_LABELS.get(usize::from(i))?.as_bytes();
+    same_bytes(name, s).then_some(i)
+}
+
+/// `a == b` for short byte strings (names, tags: up to 24 bytes), by a few overlapping word
+/// loads each rather than a `memcmp` call (this runs several times per result id of a file).
+#[inline]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn word<const N: usize>(s: &[u8]) -> [u8; N] {
+        let mut w = [0u8; N];
+        w.copy_from_slice(s);
+        w
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        17..=24 => {
+            word::<8>(&a[..8]) == word::<8>(&b[..8])
+                && word::<8>(&a[8..16]) == word::<8>(&b[8..16])
+                && word::<8>(&a[n - 8..]) == word::<8>(&b[n - 8..])
+        }
+        8..=16 => {
+            word::<8>(&a[..8]) == word::<8>(&b[..8])
+                && word::<8>(&a[n - 8..]) == word::<8>(&b[n - 8..])
+        }
+        4..=7 => {
+            word::<4>(&a[..4]) == word::<4>(&b[..4])
+                && word::<4>(&a[n - 4..]) == word::<4>(&b[n - 4..])
+        }
+        _ => a.iter().zip(b).all(|(x, y)| x == y),
+    }
 }
 
 /// Whether `a` sorts before `b` as strings do (byte by byte), at compile time.
@@ -298,6 +330,32 @@ mod tests {
             assert_eq!(LabelName::from_bytes(name.as_bytes()).unwrap(), *name);
         }
         assert_eq!(LabelName::from_bytes(b"\xff"), None);
+        for a in [
+            "",
+            "A",
+            "TAX",
+            "TAXI",
+            "WEBSITE",
+            "DISCOUNT",
+            "MERCHANT_NAME",
+            "x".repeat(20).as_str(),
+        ] {
+            for b in [
+                "",
+                "B",
+                "TAX",
+                "TIX",
+                "TAXI",
+                "WEBSITX",
+                "DISCOUNT",
+                "DISCOUNX",
+                "MERCHANT_NAME",
+                "MERCHANX_NAME",
+                "x".repeat(20).as_str(),
+            ] {
+                assert_eq!(same_bytes(a.as_bytes(), b.as_bytes()), a == b, "{a} {b}");
+            }
+        }
         // Same length, first and last byte as a core label, yet another name.
         for near in ["DAXE", "TIXE", "TAAX", "MERCHANT_XAME", "REFXND"] {
             assert_eq!(LabelName::new(near).core_index(), None, "{near}");

@@ -6,6 +6,7 @@ use crate::model::ValidationStatus;
 use crate::model::keys::{
     ImageId, KeyError, LabelKey, LabelName, ReceiptKey, check_label, parse_id,
 };
+use crate::model::label_name::same_bytes;
 
 /// A label as a request named it, with the status it had when the batch was submitted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,7 +134,13 @@ impl ResultId {
             }
             (v > 0).then_some((v, &b[len..]))
         }
-        let rest = b.strip_prefix(b"IMAGE#")?;
+        /// `b` after `tag`, when it starts with it.
+        #[inline]
+        fn tag<'b>(b: &'b [u8], tag: &[u8]) -> Option<&'b [u8]> {
+            let (head, rest) = b.split_at_checked(tag.len())?;
+            same_bytes(head, tag).then_some(rest)
+        }
+        let rest = tag(b, b"IMAGE#")?;
         // The line's own image, compared in place; any other is parsed in full.
         let (image_id, rest) = match expected {
             Some(r) if rest.get(36) == Some(&b'#') && r.image_id.prefix_of(rest) => {
@@ -145,10 +152,10 @@ impl ResultId {
                 (image, &rest[len..])
             }
         };
-        let (receipt_id, rest) = number(rest.strip_prefix(b"#RECEIPT#")?)?;
-        let (line_id, rest) = number(rest.strip_prefix(b"#LINE#")?)?;
-        let (word_id, rest) = number(rest.strip_prefix(b"#WORD#")?)?;
-        let rest = rest.strip_prefix(b"#LABEL#")?;
+        let (receipt_id, rest) = number(tag(rest, b"#RECEIPT#")?)?;
+        let (line_id, rest) = number(tag(rest, b"#LINE#")?)?;
+        let (word_id, rest) = number(tag(rest, b"#WORD#")?)?;
+        let rest = tag(rest, b"#LABEL#")?;
         // check_label's alphabet; the part ends at the first other byte, which must be the
         // next tag's `#`.
         let len = rest
@@ -161,7 +168,7 @@ impl ResultId {
         let (label, rest) = rest.split_at(len);
         // ASCII: the conversion cannot fail.
         let label = LabelName::from_bytes(label)?;
-        let rest = rest.strip_prefix(b"#VALIDATION_STATUS#")?;
+        let rest = tag(rest, b"#VALIDATION_STATUS#")?;
         // Every status is spelled with upper-case letters and `_`.
         let len = rest
             .iter()
@@ -170,7 +177,7 @@ impl ResultId {
         let status = &rest[..len];
         let status_at_submit = *ValidationStatus::ALL
             .iter()
-            .find(|s| s.as_str().as_bytes() == status)?;
+            .find(|s| same_bytes(s.as_str().as_bytes(), status))?;
         let id = ResultId {
             label: LabelKey::new(image_id, receipt_id, line_id, word_id, label),
             status_at_submit,

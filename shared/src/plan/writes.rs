@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::counters::PlanCounters;
 use super::outcome::{Outcome, SummaryUpdate};
-use crate::model::status::{CORE_LABELS, PROPOSED_BY_COMPLETION_BATCH, is_core_label};
+use crate::model::status::{CORE_LABELS, PROPOSED_BY_COMPLETION_BATCH};
 use crate::model::{
     CompletionBatchResult, CompletionBatchVerdict, LabelKey, LabelName, ReceiptWordLabel,
     ValidationStatus, Verdict, WordKey,
@@ -460,15 +460,15 @@ impl Plan {
                     merge.valid_labels.insert(label.label.clone());
                 } else {
                     merge.invalid_labels.insert(label.label.clone());
-                    match e.suggestion.as_deref() {
+                    // A suggestion is a core label exactly when its name holds a core index.
+                    match e.suggestion.as_ref() {
                         None => {}
-                        Some(s) if s == label.label => counters.corrections.same_label += 1,
-                        Some(s) if !is_core_label(s) => counters.corrections.non_core += 1,
-                        Some(s) => {
-                            merge
-                                .proposed_label
-                                .get_or_insert_with(|| LabelName::new(s));
-                            if e.word_labels & core_label_bit(s) != 0 {
+                        Some(s) if *s == label.label => counters.corrections.same_label += 1,
+                        Some(s) if s.core_index().is_none() => counters.corrections.non_core += 1,
+                        Some(name) => {
+                            merge.proposed_label.get_or_insert_with(|| name.clone());
+                            let s = name.as_str();
+                            if e.word_labels & label_bit(name) != 0 {
                                 if !existing.contains(&s) {
                                     existing.push(s);
                                 }
