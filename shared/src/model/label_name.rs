@@ -69,10 +69,11 @@ fn core_index_of_bytes(s: &[u8]) -> Option<u8> {
 /// loads each rather than a `memcmp` call (this runs several times per result id of a file).
 #[inline]
 pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    fn word<const N: usize>(s: &[u8]) -> [u8; N] {
-        let mut w = [0u8; N];
-        w.copy_from_slice(s);
-        w
+    // As integers: arrays of bytes compare with `memcmp` too.
+    fn word<const N: usize>(s: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        w[..N].copy_from_slice(&s[..N]);
+        u64::from_ne_bytes(w)
     }
     let n = a.len();
     if n != b.len() {

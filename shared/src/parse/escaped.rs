@@ -323,41 +323,46 @@ fn entry(sc: &mut Esc<'_>, receipt: &ReceiptKey) -> Option<Result<ParsedResult, 
 }
 
 /// The usual entry, `{"id": <canonical id of the line's receipt>, "is_valid": <bool>}` with
-/// an optional label-like `"correct_label"` string (or `null`) last, read in one go: what
-/// [`entry`] and [`usual_result`] make of it, without looking up each key. `None` (the cursor
-/// anywhere) for anything else, which [`entry`] then reads field by field.
+/// an optional label-like `"correct_label"` string (or `null`), its keys in any order, each
+/// once, read in one go: what [`entry`] and [`usual_result`] make of it, without looking up
+/// each key. `None` (the cursor anywhere) for anything else, which [`entry`] then reads field
+/// by field.
 #[inline]
 fn usual_entry(sc: &mut Esc<'_>, receipt: &ReceiptKey) -> Option<ParsedResult> {
-    /// `"key":` at the cursor (after spaces), the key spelled with its escaped quotes.
+    /// Whether `"key":` is at the cursor (after spaces), the key spelled with its escaped
+    /// quotes; the cursor moves past the colon only if it is.
     #[inline]
-    fn key(sc: &mut Esc<'_>, quoted: &[u8]) -> Option<()> {
+    fn key(sc: &mut Esc<'_>, quoted: &[u8]) -> Option<bool> {
         sc.ws();
         let end = sc.i + quoted.len();
-        if sc.s.get(sc.i..end)? != quoted {
-            return None;
+        if sc.s.get(sc.i..end) != Some(quoted) {
+            return Some(false);
         }
         sc.i = end;
-        sc.eat(b':')
+        sc.eat(b':').map(|()| true)
     }
     sc.eat(b'{')?;
-    key(sc, b"\\\"id\\\"")?;
-    let (id, _) = sc.id_string(receipt)?;
-    if id.label.word.receipt != *receipt {
-        return None;
-    }
-    sc.eat(b',')?;
-    key(sc, b"\\\"is_valid\\\"")?;
-    let is_valid = match sc.peek()? {
-        b't' => sc.literal(b"true").map(|()| true)?,
-        b'f' => sc.literal(b"false").map(|()| false)?,
-        _ => return None,
-    };
-    let correct_label = match sc.peek()? {
-        b'}' => None,
-        b',' => {
-            sc.i += 1;
-            key(sc, b"\\\"correct_label\\\"")?;
-            match sc.peek()? {
+    let (mut id, mut is_valid, mut correct_label) = (None, None, None);
+    loop {
+        if key(sc, b"\\\"id\\\"")? {
+            if id.is_some() {
+                return None;
+            }
+            id = Some(sc.id_string(receipt)?.0);
+        } else if key(sc, b"\\\"is_valid\\\"")? {
+            if is_valid.is_some() {
+                return None;
+            }
+            is_valid = Some(match sc.peek()? {
+                b't' => sc.literal(b"true").map(|()| true)?,
+                b'f' => sc.literal(b"false").map(|()| false)?,
+                _ => return None,
+            });
+        } else if key(sc, b"\\\"correct_label\\\"")? {
+            if correct_label.is_some() {
+                return None;
+            }
+            correct_label = Some(match sc.peek()? {
                 b'n' => sc.literal(b"null").map(|()| None)?,
                 _ => {
                     let s = sc.string()?;
@@ -368,20 +373,34 @@ fn usual_entry(sc: &mut Esc<'_>, receipt: &ReceiptKey) -> Option<ParsedResult> {
                         return None;
                     }
                     // Empty: no suggestion, as `check_result` reads it.
-                    (!s.is_empty())
-                        .then(|| std::str::from_utf8(s).ok().map(str::to_owned))
-                        .flatten()
+                    if s.is_empty() {
+                        None
+                    } else {
+                        Some(std::str::from_utf8(s).ok()?.to_owned())
+                    }
                 }
-            }
+            });
+        } else {
+            return None;
         }
-        _ => return None,
-    };
-    sc.eat(b'}')?;
+        match sc.peek()? {
+            b',' => sc.i += 1,
+            b'}' => {
+                sc.i += 1;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    let id = id?;
+    if id.label.word.receipt != *receipt {
+        return None;
+    }
     Some(ParsedResult {
         label: id.label,
         status_at_submit: id.status_at_submit,
-        is_valid,
-        correct_label,
+        is_valid: is_valid?,
+        correct_label: correct_label.flatten(),
     })
 }
 
