@@ -79,21 +79,19 @@ pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     if n != b.len() {
         return false;
     }
+    // Differences or-ed together, not a chain of `==`: the compiler turns such a chain back
+    // into a `memcmp` call.
+    let diff = |at: usize, n: usize| -> u64 {
+        match n {
+            8 => word::<8>(&a[at..]) ^ word::<8>(&b[at..]),
+            _ => word::<4>(&a[at..]) ^ word::<4>(&b[at..]),
+        }
+    };
     match n {
-        17..=24 => {
-            word::<8>(&a[..8]) == word::<8>(&b[..8])
-                && word::<8>(&a[8..16]) == word::<8>(&b[8..16])
-                && word::<8>(&a[n - 8..]) == word::<8>(&b[n - 8..])
-        }
-        8..=16 => {
-            word::<8>(&a[..8]) == word::<8>(&b[..8])
-                && word::<8>(&a[n - 8..]) == word::<8>(&b[n - 8..])
-        }
-        4..=7 => {
-            word::<4>(&a[..4]) == word::<4>(&b[..4])
-                && word::<4>(&a[n - 4..]) == word::<4>(&b[n - 4..])
-        }
-        _ => a.iter().zip(b).all(|(x, y)| x == y),
+        17..=24 => diff(0, 8) | diff(8, 8) | diff(n - 8, 8) == 0,
+        8..=16 => diff(0, 8) | diff(n - 8, 8) == 0,
+        4..=7 => diff(0, 4) | diff(n - 4, 4) == 0,
+        _ => a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y)) == 0,
     }
 }
 
