@@ -195,6 +195,21 @@ impl ReceiptKey {
 
     /// Parses a request `custom_id` (`IMAGE#{uuid}#RECEIPT#{n}`; 4 parts).
     pub fn parse_custom_id(s: &str) -> Result<Self, KeyError> {
+        // The usual spelling, without splitting (once per line of a file, twice per line
+        // when it is indexed first); anything else is judged by the split below.
+        if let Some(rest) = s.strip_prefix("IMAGE#")
+            && let (Some(image), Some(receipt)) = (
+                rest.get(..36),
+                rest.get(36..).and_then(|r| r.strip_prefix("#RECEIPT#")),
+            )
+            && let (Ok(image_id), Ok(receipt_id)) =
+                (ImageId::parse(image), parse_id("receipt id", receipt))
+        {
+            return Ok(ReceiptKey {
+                image_id,
+                receipt_id,
+            });
+        }
         let parts: Vec<&str> = s.split('#').collect();
         match parts.as_slice() {
             ["IMAGE", image, "RECEIPT", receipt] => Ok(ReceiptKey {
