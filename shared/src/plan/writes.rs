@@ -194,7 +194,8 @@ fn packed_result_key(label: &LabelKey) -> Option<u64> {
     let receipt = u64::from(w.receipt.receipt_id);
     let (line, word) = (u64::from(w.line_id), u64::from(w.word_id));
     (receipt < 1 << 16 && line < 1 << 21 && word < 1 << 21 && name < 1 << 5)
-        .then_some(receipt << 47 | line << 26 | word << 5 | name)
+        // The top bit set: never 0, which [`KeyScratch`] takes for an empty slot.
+        .then_some(1 << 63 | receipt << 47 | line << 26 | word << 5 | name)
 }
 
 /// The emptied row vectors of the last plan dropped, for the next plan to fill: a batch is
@@ -213,7 +214,7 @@ struct Spare {
     vector_merges: Vec<VectorMerge>,
     results: Vec<CompletionBatchResult>,
     effective: Vec<Effective>,
-    packed_keys: FastSet<u64>,
+    packed_keys: Vec<u64>,
 }
 
 static SPARE: std::sync::Mutex<Option<Spare>> = std::sync::Mutex::new(None);
@@ -251,14 +252,7 @@ impl Drop for Plan {
             vector_merges: Spare::keep(&mut self.vector_merges),
             results: Spare::keep(&mut self.results),
             effective: Spare::keep(&mut self.effective),
-            packed_keys: {
-                let mut keys = std::mem::take(&mut self.packed_keys.0);
-                keys.clear();
-                if keys.capacity() * 2 * std::mem::size_of::<u64>() > Spare::MAX_BYTES {
-                    keys = FastSet::default();
-                }
-                keys
-            },
+            packed_keys: Spare::keep(&mut self.packed_keys.slots),
         };
         if let Ok(mut kept) = SPARE.lock()
             && kept.is_none()
@@ -335,9 +329,44 @@ pub struct Plan {
     packed_keys: KeyScratch,
 }
 
-/// Scratch storage of a plan, not part of what it says: every two compare equal.
+/// Scratch storage of a plan, not part of what it says (every two compare equal): the set of
+/// packed result keys ([`packed_result_key`]) [`Plan::derive`] has taken. An open-addressing
+/// table of the keys themselves (never 0: their top bit is set), at most half full: a
+/// probe is a load and a compare, cheaper than a general hash set's.
 #[derive(Default, Clone)]
-struct KeyScratch(FastSet<u64>);
+struct KeyScratch {
+    slots: Vec<u64>,
+}
+
+impl KeyScratch {
+    /// Empties the set, with room for `n` keys.
+    fn reset(&mut self, n: usize) {
+        let size = (2 * n).next_power_of_two().max(16);
+        self.slots.clear();
+        self.slots.resize(size, 0);
+    }
+
+    /// Adds `key` (not 0); whether it was new.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the hash's low bits pick the slot"
+    )]
+    fn insert(&mut self, key: u64) -> bool {
+        let mask = self.slots.len() - 1;
+        let m = u128::from(key) * 0x9e37_79b9_7f4a_7c15;
+        let mut i = ((m as u64) ^ ((m >> 64) as u64)) as usize & mask;
+        loop {
+            match self.slots[i] {
+                0 => {
+                    self.slots[i] = key;
+                    return true;
+                }
+                k if k == key => return false,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+}
 
 impl PartialEq for KeyScratch {
     fn eq(&self, _: &Self) -> bool {
@@ -376,7 +405,9 @@ impl Plan {
             summary: None,
             counters: PlanCounters::default(),
             effective: spare.effective,
-            packed_keys: KeyScratch(spare.packed_keys),
+            packed_keys: KeyScratch {
+                slots: spare.packed_keys,
+            },
         }
     }
 
@@ -426,9 +457,9 @@ impl Plan {
         results.clear();
         results.reserve(n);
         // Result keys taken: (receipt, line, word, label), the SK without the image.
-        let mut packed_keys = std::mem::take(&mut self.packed_keys.0);
-        packed_keys.clear();
-        packed_keys.reserve(n);
+        // At most one key per status change: the table stays at most half full.
+        let mut packed_keys = std::mem::take(&mut self.packed_keys);
+        packed_keys.reset(n);
         let mut result_keys: FastSet<(u32, u32, u32, &str)> = FastSet::default();
         // Sorted by (image, receipt, line, word, label): a word's verdicts are contiguous,
         // within a word the smallest judged label comes first, and among colliding result keys
@@ -529,7 +560,7 @@ impl Plan {
         self.corrections = corrections;
         self.vector_merges = merges;
         self.results = results;
-        self.packed_keys = KeyScratch(packed_keys);
+        self.packed_keys = packed_keys;
     }
 }
 
