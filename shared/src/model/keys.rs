@@ -61,9 +61,20 @@ impl ImageId {
 impl PartialEq for ImageId {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
-        // Spelled out: an array comparison becomes a `memcmp` call.
-        let (a, b) = (self.words(), other.words());
-        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
+        // Spelled out: an array comparison becomes a `memcmp` call. Native byte order: only
+        // equality matters here.
+        let word = |a: &[u8; 36], i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&a[i..i + 8]);
+            u64::from_ne_bytes(w)
+        };
+        let (a, b) = (&self.0, &other.0);
+        (word(a, 0) ^ word(b, 0))
+            | (word(a, 8) ^ word(b, 8))
+            | (word(a, 16) ^ word(b, 16))
+            | (word(a, 24) ^ word(b, 24))
+            | (word(a, 28) ^ word(b, 28))
+            == 0
     }
 }
 
