@@ -199,6 +199,12 @@ struct Chunked {
     plan_s: f64,
     /// Generating the chunks' targets and labels (not counted in `plan_s`).
     state_s: f64,
+    /// Within `plan_s`: [`PlanBuilder::new`], reading + parsing + `add_line`, `finish`, and
+    /// dropping the plan (what a chunk's writes do with it is not part of this phase).
+    new_s: f64,
+    lines_s: f64,
+    finish_s: f64,
+    drop_s: f64,
     chunks: usize,
     receipts: usize,
     counters: PlanCounters,
@@ -228,6 +234,12 @@ fn chunked_parse_and_plan(path: &std::path::Path, per_chunk: usize) -> Chunked {
     let mut buf = Vec::new();
     let mut parser = OutputParser::new();
     let mut state = Duration::ZERO;
+    let (mut new, mut lines, mut finish, mut dropped) = (
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
     let mut chunks = 0;
     for chunk in index.chunks(per_chunk) {
         chunks += 1;
@@ -235,6 +247,7 @@ fn chunked_parse_and_plan(path: &std::path::Path, per_chunk: usize) -> Chunked {
         let receipts: Vec<&ReceiptKey> = chunk.iter().map(|(r, _)| *r).collect();
         let (targets, labels) = chunk_state(&receipts);
         state += s.elapsed();
+        let s = Instant::now();
         let mut builder = PlanBuilder::new(PlanInput {
             batch_id: "bench".into(),
             batch: &batch,
@@ -242,18 +255,30 @@ fn chunked_parse_and_plan(path: &std::path::Path, per_chunk: usize) -> Chunked {
             labels,
             journal: Vec::new(),
         });
+        new += s.elapsed();
+        let s = Instant::now();
         for at in chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.output) {
             let line = at.read_from(&file, &mut buf).unwrap();
             builder.add_line(at.line_no, parser.parse(line));
         }
+        lines += s.elapsed();
+        let s = Instant::now();
         let plan = builder.finish();
+        finish += s.elapsed();
         counters.merge(&plan.counters);
+        let s = Instant::now();
+        drop(plan);
+        dropped += s.elapsed();
     }
     let total = t.elapsed().as_secs_f64();
     Chunked {
         index_s,
         plan_s: total - state.as_secs_f64(),
         state_s: state.as_secs_f64(),
+        new_s: new.as_secs_f64(),
+        lines_s: lines.as_secs_f64(),
+        finish_s: finish.as_secs_f64(),
+        drop_s: dropped.as_secs_f64(),
         chunks,
         receipts: index.len(),
         counters,
@@ -369,6 +394,10 @@ fn main() {
         println!(
             "  of which the indexing pass: {:.2} s; generating the chunks' targets and labels (not counted): {:.2} s; {} receipts indexed",
             c.index_s, c.state_s, c.receipts
+        );
+        println!(
+            "  by phase: PlanBuilder::new {:.2} s; reading, parsing and add_line {:.2} s; finish {:.2} s; dropping the plans {:.2} s",
+            c.new_s, c.lines_s, c.finish_s, c.drop_s
         );
         let (parse_s, parsed_results) = parse_only(&path, per_chunk);
         println!(

@@ -137,8 +137,113 @@ pub struct CompletionBatchVerdict {
     pub suggested_label: Option<String>,
     /// `output:{line_number}` of the output line that carried the verdict; [`RESET_SOURCE`]
     /// for a reset.
-    pub source: String,
+    pub source: VerdictSource,
     pub validated_at: DateTime<Utc>,
+}
+
+/// A journal row's `source` text. Held inline when short (always, for the fleet's own
+/// `output:{n}` and `reset`), so that a plan makes one per verdict without an allocation or
+/// a shared count; a longer text (read from the table) is kept on the heap. Reads as the
+/// `str` it spells.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VerdictSource(SourceRepr);
+
+#[derive(Clone, PartialEq, Eq)]
+enum SourceRepr {
+    /// The first `len` bytes; the rest zero, so that equal texts compare equal.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_SOURCE],
+    },
+    Heap(Box<str>),
+}
+
+const INLINE_SOURCE: usize = 30;
+
+impl VerdictSource {
+    /// `output:{line_no}`, built without the formatting machinery (one per verdict).
+    pub fn output_line(line_no: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut n = line_no;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut text = [0u8; 27];
+        text[..7].copy_from_slice(b"output:");
+        let digits = &digits[start..];
+        text[7..7 + digits.len()].copy_from_slice(digits);
+        // ASCII.
+        std::str::from_utf8(&text[..7 + digits.len()])
+            .unwrap_or_default()
+            .into()
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Copied from a `str` (or ASCII digits): valid UTF-8.
+            SourceRepr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            SourceRepr::Heap(s) => s,
+        }
+    }
+}
+
+impl From<&str> for VerdictSource {
+    fn from(s: &str) -> Self {
+        match u8::try_from(s.len()) {
+            Ok(len) if s.len() <= INLINE_SOURCE => {
+                let mut bytes = [0u8; INLINE_SOURCE];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                VerdictSource(SourceRepr::Inline { len, bytes })
+            }
+            _ => VerdictSource(SourceRepr::Heap(s.into())),
+        }
+    }
+}
+
+impl From<String> for VerdictSource {
+    fn from(s: String) -> Self {
+        s.as_str().into()
+    }
+}
+
+impl std::ops::Deref for VerdictSource {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for VerdictSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for VerdictSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for VerdictSource {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for VerdictSource {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 pub const VERDICT_SK_PREFIX: &str = "VERDICT#";
@@ -157,7 +262,7 @@ impl CompletionBatchVerdict {
             verdict: Verdict::Reset,
             previous_status: ValidationStatus::Pending,
             suggested_label: None,
-            source: RESET_SOURCE.to_owned(),
+            source: RESET_SOURCE.into(),
             validated_at,
         }
     }
@@ -177,7 +282,7 @@ impl CompletionBatchVerdict {
                 "suggested_label".into(),
                 s_or_null(self.suggested_label.as_deref()),
             ),
-            ("source".into(), s(&self.source)),
+            ("source".into(), s(&*self.source)),
             (
                 "validated_at".into(),
                 s(format_timestamp(self.validated_at)),
@@ -205,7 +310,7 @@ impl CompletionBatchVerdict {
             verdict: r.parsed("verdict", str::parse)?,
             previous_status: r.parsed("previous_status", str::parse)?,
             suggested_label: r.opt_string("suggested_label")?.map(str::to_owned),
-            source: r.string("source")?.to_owned(),
+            source: r.string("source")?.into(),
             validated_at: r.parsed("validated_at", |v| {
                 parse_timestamp(v).ok_or("not an ISO-8601 timestamp")
             })?,
@@ -243,5 +348,31 @@ pub fn parse_label_id(s: &str) -> Result<LabelKey, String> {
         _ => Err(format!(
             "{s:?}: expected IMAGE#uuid#RECEIPT#n#LINE#n#WORD#n#LABEL#label"
         )),
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::VerdictSource;
+
+    #[test]
+    fn a_verdict_source_reads_as_the_text_it_was_made_from() {
+        for n in [0u64, 1, 7, 1_234_567, u64::MAX] {
+            let s = VerdictSource::output_line(n);
+            assert_eq!(s.as_str(), format!("output:{n}"));
+            assert_eq!(s, VerdictSource::from(format!("output:{n}")));
+        }
+        let long = "x".repeat(100);
+        for text in ["reset", "", "output:12", long.as_str()] {
+            let s = VerdictSource::from(text);
+            assert_eq!(&*s, text);
+            assert_eq!(s, text);
+            assert_eq!(format!("{s:?}"), format!("{text:?}"));
+            assert_eq!(s.to_string(), text);
+        }
+        assert_ne!(
+            VerdictSource::from("output:1"),
+            VerdictSource::from("output:10")
+        );
     }
 }

@@ -28,8 +28,83 @@ impl KeyError {
 /// Held inline (a hyphenated UUID is always 36 ASCII bytes), not as a `String`: every label key
 /// carries one, and a batch clones label keys millions of times (results, journal rows, status
 /// changes, result rows), so an allocation per clone was a large share of planning time.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Compared a machine word at a time (see [`ImageId::words`]), not by `memcmp`: label keys
+/// are compared millions of times while a batch is planned (merging and searching its labels
+/// and results), always with their image id first.
+#[derive(Clone)]
 pub struct ImageId([u8; 36]);
+
+impl ImageId {
+    /// The bytes as big-endian integers: comparing these in order compares the bytes
+    /// lexicographically, as a byte string compares.
+    #[inline]
+    fn words(&self) -> [u64; 5] {
+        let b = &self.0;
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            u64::from_be_bytes(w)
+        };
+        let mut last = [0u8; 4];
+        last.copy_from_slice(&b[32..36]);
+        [
+            word(0),
+            word(8),
+            word(16),
+            word(24),
+            u64::from(u32::from_be_bytes(last)),
+        ]
+    }
+}
+
+impl PartialEq for ImageId {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        // Spelled out: an array comparison becomes a `memcmp` call. Native byte order: only
+        // equality matters here.
+        let word = |a: &[u8; 36], i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&a[i..i + 8]);
+            u64::from_ne_bytes(w)
+        };
+        let (a, b) = (&self.0, &other.0);
+        (word(a, 0) ^ word(b, 0))
+            | (word(a, 8) ^ word(b, 8))
+            | (word(a, 16) ^ word(b, 16))
+            | (word(a, 24) ^ word(b, 24))
+            | (word(a, 28) ^ word(b, 28))
+            == 0
+    }
+}
+
+impl Eq for ImageId {}
+
+impl PartialOrd for ImageId {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ImageId {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let (a, b) = (self.words(), other.words());
+        for (x, y) in a.iter().zip(&b) {
+            if x != y {
+                return x.cmp(y);
+            }
+        }
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl std::hash::Hash for ImageId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl ImageId {
     pub fn parse(s: &str) -> Result<Self, KeyError> {
@@ -44,6 +119,22 @@ impl ImageId {
     pub fn as_str(&self) -> &str {
         // Only `parse` builds one, from a UUID that parsed: hex digits and hyphens.
         std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The id's bytes (a hyphenated UUID as written).
+    pub fn as_bytes(&self) -> &[u8; 36] {
+        &self.0
+    }
+
+    /// Whether `b` starts with this id's bytes: compared with bytes read from a file, without
+    /// a UTF-8 check first.
+    #[inline]
+    pub fn prefix_of(&self, b: &[u8]) -> bool {
+        b.get(..36).is_some_and(|b| {
+            let mut other = [0u8; 36];
+            other.copy_from_slice(b);
+            ImageId(other) == *self
+        })
     }
 
     /// Whether `s` spells this id exactly (byte for byte, as keys compare).
@@ -115,6 +206,21 @@ impl ReceiptKey {
 
     /// Parses a request `custom_id` (`IMAGE#{uuid}#RECEIPT#{n}`; 4 parts).
     pub fn parse_custom_id(s: &str) -> Result<Self, KeyError> {
+        // The usual spelling, without splitting (once per line of a file, twice per line
+        // when it is indexed first); anything else is judged by the split below.
+        if let Some(rest) = s.strip_prefix("IMAGE#")
+            && let (Some(image), Some(receipt)) = (
+                rest.get(..36),
+                rest.get(36..).and_then(|r| r.strip_prefix("#RECEIPT#")),
+            )
+            && let (Ok(image_id), Ok(receipt_id)) =
+                (ImageId::parse(image), parse_id("receipt id", receipt))
+        {
+            return Ok(ReceiptKey {
+                image_id,
+                receipt_id,
+            });
+        }
         let parts: Vec<&str> = s.split('#').collect();
         match parts.as_slice() {
             ["IMAGE", image, "RECEIPT", receipt] => Ok(ReceiptKey {
@@ -300,6 +406,26 @@ mod tests {
             let mut s = String::new();
             push_decimal(&mut s, n, 5);
             assert_eq!(s, format!("{n:05}"));
+        }
+    }
+
+    #[test]
+    fn image_ids_compare_as_their_strings() {
+        let ids = [
+            IMG,
+            "3f52804b-2fad-4e00-92c8-b593da3a8ed4",
+            "3f52804b-2fad-4e00-92c8-b593da3a8ed2",
+            "3f52804c-2fad-4e00-92c8-b593da3a8ed3",
+            "3f52804b-2fad-4e00-92c9-b593da3a8ed3",
+            "00000000-0000-4000-8000-000000000000",
+            "ffffffff-ffff-4fff-bfff-ffffffffffff",
+        ];
+        for a in ids {
+            for b in ids {
+                let (x, y) = (ImageId::parse(a).unwrap(), ImageId::parse(b).unwrap());
+                assert_eq!(x.cmp(&y), a.cmp(b), "{a} {b}");
+                assert_eq!(x == y, a == b, "{a} {b}");
+            }
         }
     }
 

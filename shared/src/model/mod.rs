@@ -10,7 +10,7 @@ pub mod status;
 pub mod time;
 pub mod word_label;
 
-pub use audit::{CompletionBatchResult, CompletionBatchVerdict};
+pub use audit::{CompletionBatchResult, CompletionBatchVerdict, VerdictSource};
 pub use batch_summary::BatchSummary;
 pub use item::{DecodeError, Item};
 pub use keys::{ImageId, KeyError, LabelKey, ReceiptKey, WordKey};

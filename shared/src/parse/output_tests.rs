@@ -838,6 +838,110 @@ fn the_scanner_agrees_with_the_general_path_line_for_line() {
     assert!(taken >= 30, "{taken} of {}", lines.len());
 }
 
+/// The answer's opening quote in a line built by [`function_call`] or [`line_with_message`].
+fn arguments_at(line: &str) -> usize {
+    line.find("\"arguments\":\"").expect("arguments") + "\"arguments\":".len()
+}
+
+#[test]
+fn a_plain_answer_is_read_in_place_as_the_two_pass_reading_reads_it() {
+    for line in scanner_corpus() {
+        let Some(at) = line
+            .find("\"arguments\":\"")
+            .map(|a| a + "\"arguments\":".len())
+        else {
+            continue;
+        };
+        // Whatever is read in place, the general path reads the same way from the unescaped
+        // string.
+        if let Some((results, after)) =
+            crate::parse::escaped::results_in_place(line.as_bytes(), at, &receipt())
+        {
+            let arguments: String = serde_json::from_str(&line[at..after]).expect("a string");
+            assert_eq!(
+                parse_arguments(receipt(), "arguments", &arguments),
+                ParsedLine::Answered {
+                    receipt: receipt(),
+                    results
+                },
+                "{line}"
+            );
+        }
+    }
+    // The usual answer is read in place, every kind of result included.
+    let line = function_call(json!([
+        {"id": rid(1, 1, "DATE"), "is_valid": true},
+        {"id": rid(1, 2, "TAX"), "is_valid": false, "correct_label": "TOTAL"},
+        {"id": rid(1, 3, "TAX"), "is_valid": "yes"},
+        {"id": rid(1, 3, "TAX").replace(IMG, OTHER_IMG), "is_valid": true},
+        {"id": "IMAGE#x", "is_valid": true},
+        {"id": rid(1, 4, "TIP"), "is_valid": false, "correct_label": "no such label!"},
+        5,
+        "text",
+    ]));
+    let (results, _) =
+        crate::parse::escaped::results_in_place(line.as_bytes(), arguments_at(&line), &receipt())
+            .expect("read in place");
+    assert_eq!(results.len(), 8);
+    assert_eq!(
+        parse(&line),
+        ParsedLine::Answered {
+            receipt: receipt(),
+            results
+        }
+    );
+    // A repeated id: the last one is judged; an id followed by more text is no id.
+    let arguments = format!(
+        r#"{{"results":[{{"id":"{}","is_valid":true,"id":"IMAGE#x"}},{{"id":"IMAGE#x","is_valid":true,"id":"{}"}},{{"id":"{}#MORE","is_valid":true}}]}}"#,
+        rid(1, 5, "DATE"),
+        rid(1, 6, "DATE"),
+        rid(1, 7, "DATE")
+    );
+    let line = line_with_message(json!({"function_call": {"arguments": arguments}}));
+    let (results, _) =
+        crate::parse::escaped::results_in_place(line.as_bytes(), arguments_at(&line), &receipt())
+            .expect("read in place");
+    assert!(matches!(results[0], Err(ResultSkip::BadId(_))));
+    assert_eq!(results[1], ok(key(1, 6, "DATE"), true, None));
+    assert!(matches!(results[2], Err(ResultSkip::BadId(_))));
+    assert_eq!(
+        parse_arguments(receipt(), "arguments", &arguments),
+        ParsedLine::Answered {
+            receipt: receipt(),
+            results
+        }
+    );
+    // Other escapes, or an answer that is not `{"results": [...]}`, are left to the two-pass
+    // reading, which reads the line as before.
+    for arguments in [
+        format!(
+            "{{\"results\":\n[{{\"id\":\"{}\",\"is_valid\":true}}]}}",
+            rid(1, 1, "DATE")
+        ),
+        format!(
+            "{{\"results\":[{{\"id\":\"{}\",\"is_valid\":true}}]}}",
+            rid(1, 1, "DATE").replace('#', "\\u0023")
+        ),
+        format!(
+            "{{\"results\":[{{\"id\":\"{}\",\"is_valid\":true,\"note\":\"caf\u{e9}\"}}]}}",
+            rid(1, 1, "DATE")
+        ),
+        "{\"answers\":[]}".to_owned(),
+    ] {
+        let line = line_with_message(json!({"function_call": {"arguments": arguments}}));
+        assert!(
+            crate::parse::escaped::results_in_place(
+                line.as_bytes(),
+                arguments_at(&line),
+                &receipt()
+            )
+            .is_none(),
+            "{line}"
+        );
+        assert_eq!(parse(&line), parse_general(line.as_bytes()), "{line}");
+    }
+}
+
 mod mutations {
     use proptest::prelude::*;
 

@@ -3,7 +3,10 @@
 use std::fmt;
 
 use crate::model::ValidationStatus;
-use crate::model::keys::{ImageId, KeyError, LabelKey, ReceiptKey, check_label, parse_id};
+use crate::model::keys::{
+    ImageId, KeyError, LabelKey, LabelName, ReceiptKey, check_label, parse_id,
+};
+use crate::model::label_name::same_bytes;
 
 /// A label as a request named it, with the status it had when the batch was submitted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,7 +91,7 @@ impl ResultId {
         s: &str,
         expected: Option<&ReceiptKey>,
     ) -> Result<Self, ResultIdError> {
-        if let Some(id) = Self::parse_canonical(s, expected) {
+        if let Some(id) = Self::parse_canonical(s.as_bytes(), expected) {
             return Ok(id);
         }
         Self::parse_parts(s, expected)
@@ -99,68 +102,87 @@ impl ResultId {
     /// [`parse_parts`](Self::parse_parts) then reads the id again and names what is wrong. It
     /// only accepts ids that `parse_parts` accepts with the same value: twelve parts, the tags,
     /// ids of digits, a label of `check_label`'s alphabet, a known status.
-    fn parse_canonical(s: &str, expected: Option<&ReceiptKey>) -> Option<Self> {
-        let b = s.as_bytes();
-        let mut i = 0;
-        let tag = |t: &[u8], i: &mut usize| -> Option<()> {
-            let end = *i + t.len();
-            (b.get(*i..end)? == t).then(|| *i = end)
-        };
-        /// The bytes up to the next `#` (or the end) from `at`, and the index of that `#`.
-        fn part(b: &[u8], at: usize) -> (&[u8], usize) {
-            let len = b[at..]
-                .iter()
-                .position(|c| *c == b'#')
-                .unwrap_or(b.len() - at);
-            (&b[at..at + len], at + len)
+    ///
+    /// On bytes, so that an id borrowed from an answer read in place (see
+    /// [`super::escaped`]) needs no UTF-8 check first.
+    pub(crate) fn parse_canonical(b: &[u8], expected: Option<&ReceiptKey>) -> Option<Self> {
+        match Self::parse_canonical_prefix(b, expected)? {
+            (id, len) if len == b.len() => Some(id),
+            _ => None,
         }
-        fn number(digits: &[u8]) -> Option<u32> {
-            if digits.is_empty() || digits.len() > 9 {
-                return None;
-            }
+    }
+
+    /// [`parse_canonical`](Self::parse_canonical) of the id at the start of `b`, and its
+    /// length: the id ends after its status (upper-case letters and `_`), so that an id can be
+    /// read straight from a file, where its string's closing quote follows.
+    pub(crate) fn parse_canonical_prefix(
+        b: &[u8],
+        expected: Option<&ReceiptKey>,
+    ) -> Option<(Self, usize)> {
+        /// A positive id of at most 9 digits at the start of `b` (the part ends at the first
+        /// other byte, which the next tag must then match); the rest.
+        #[inline]
+        fn number(b: &[u8]) -> Option<(u32, &[u8])> {
             let mut v: u32 = 0;
-            for d in digits {
-                if !d.is_ascii_digit() {
+            let mut len = 0;
+            while let Some(d) = b.get(len).map(|d| d.wrapping_sub(b'0')).filter(|d| *d <= 9) {
+                if len == 9 {
                     return None;
                 }
-                v = v * 10 + u32::from(d - b'0');
+                v = v * 10 + u32::from(d);
+                len += 1;
             }
-            (v > 0).then_some(v)
+            (v > 0).then_some((v, &b[len..]))
         }
-        tag(b"IMAGE#", &mut i)?;
-        let (image, at) = part(b, i);
-        i = at;
-        let image_id = match expected {
-            Some(r) if r.image_id.is(std::str::from_utf8(image).ok()?) => r.image_id.clone(),
-            _ => ImageId::parse(std::str::from_utf8(image).ok()?).ok()?,
+        /// `b` after `tag`, when it starts with it.
+        #[inline]
+        fn tag<'b>(b: &'b [u8], tag: &[u8]) -> Option<&'b [u8]> {
+            let (head, rest) = b.split_at_checked(tag.len())?;
+            same_bytes(head, tag).then_some(rest)
+        }
+        let rest = tag(b, b"IMAGE#")?;
+        // The line's own image, compared in place; any other is parsed in full.
+        let (image_id, rest) = match expected {
+            Some(r) if rest.get(36) == Some(&b'#') && r.image_id.prefix_of(rest) => {
+                (r.image_id.clone(), &rest[36..])
+            }
+            _ => {
+                let len = rest.iter().position(|c| *c == b'#').unwrap_or(rest.len());
+                let image = ImageId::parse(std::str::from_utf8(&rest[..len]).ok()?).ok()?;
+                (image, &rest[len..])
+            }
         };
-        tag(b"#RECEIPT#", &mut i)?;
-        let (digits, at) = part(b, i);
-        let receipt_id = number(digits)?;
-        i = at;
-        tag(b"#LINE#", &mut i)?;
-        let (digits, at) = part(b, i);
-        let line_id = number(digits)?;
-        i = at;
-        tag(b"#WORD#", &mut i)?;
-        let (digits, at) = part(b, i);
-        let word_id = number(digits)?;
-        i = at;
-        tag(b"#LABEL#", &mut i)?;
-        let (label, at) = part(b, i);
-        i = at;
-        let label = std::str::from_utf8(label).ok()?;
-        check_label(label).ok()?;
-        tag(b"#VALIDATION_STATUS#", &mut i)?;
-        let (status, at) = part(b, i);
-        if at != b.len() {
+        let (receipt_id, rest) = number(tag(rest, b"#RECEIPT#")?)?;
+        let (line_id, rest) = number(tag(rest, b"#LINE#")?)?;
+        let (word_id, rest) = number(tag(rest, b"#WORD#")?)?;
+        let rest = tag(rest, b"#LABEL#")?;
+        // check_label's alphabet; the part ends at the first other byte, which must be the
+        // next tag's `#`.
+        let len = rest
+            .iter()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || **c == b'_')
+            .count();
+        if len == 0 {
             return None;
         }
-        let status_at_submit = std::str::from_utf8(status).ok()?.parse().ok()?;
-        Some(ResultId {
+        let (label, rest) = rest.split_at(len);
+        // ASCII: the conversion cannot fail.
+        let label = LabelName::from_bytes(label)?;
+        let rest = tag(rest, b"#VALIDATION_STATUS#")?;
+        // Every status is spelled with upper-case letters and `_`.
+        let len = rest
+            .iter()
+            .take_while(|c| c.is_ascii_uppercase() || **c == b'_')
+            .count();
+        let status = &rest[..len];
+        let status_at_submit = *ValidationStatus::ALL
+            .iter()
+            .find(|s| same_bytes(s.as_str().as_bytes(), status))?;
+        let id = ResultId {
             label: LabelKey::new(image_id, receipt_id, line_id, word_id, label),
             status_at_submit,
-        })
+        };
+        Some((id, b.len() - rest.len() + len))
     }
 
     /// The general reading: splits into parts, checks them left to right, names the first

@@ -19,6 +19,7 @@
 
 use std::borrow::Cow;
 
+use super::escaped::{Results, results_in_place};
 use super::json::{EntryFields, Picked, Scalar};
 use super::output::{ParsedLine, ParsedResult, ResultSkip, check_result};
 use crate::model::ReceiptKey;
@@ -46,7 +47,7 @@ const HI: u64 = 0x8080_8080_8080_8080;
 /// The index of the first byte at or after `i` that ends a plain run inside a string: `"`,
 /// `\`, a control character or a non-ASCII byte; `s.len()` when there is none.
 #[inline]
-fn skip_plain(s: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_plain(s: &[u8], mut i: usize) -> usize {
     while let Some(chunk) = s.get(i..i + 8) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
@@ -372,7 +373,17 @@ fn once(seen: &mut bool) -> Option<()> {
 struct Answers<'b> {
     /// The unescaped candidates, one after another.
     buf: &'b mut Vec<u8>,
-    found: [Option<std::ops::Range<usize>>; 3],
+    found: [Option<Found>; 3],
+    /// The line's receipt, once its `custom_id` was read: a candidate is read in place
+    /// ([`results_in_place`]) only then, as its results are judged against it.
+    receipt: Option<ReceiptKey>,
+}
+
+/// An answer candidate: read in place, or unescaped into [`Answers::buf`] to be read after
+/// the line.
+enum Found {
+    InPlace(Results),
+    Buffered(std::ops::Range<usize>),
 }
 
 /// A number serde reads as an `i64` or `u64` for sure (where serde reads a number rather than
@@ -387,9 +398,16 @@ fn answer(sc: &mut Scan<'_>, answers: &mut Answers<'_>, slot: Option<usize>) -> 
     match sc.peek()? {
         b'"' => {
             if let Some(slot) = slot {
+                if let Some(receipt) = &answers.receipt
+                    && let Some((results, after)) = results_in_place(sc.s, sc.i, receipt)
+                {
+                    sc.i = after;
+                    answers.found[slot] = Some(Found::InPlace(results));
+                    return Some(());
+                }
                 let start = answers.buf.len();
                 sc.string_to(Some(answers.buf))?;
-                answers.found[slot] = Some(start..answers.buf.len());
+                answers.found[slot] = Some(Found::Buffered(start..answers.buf.len()));
             } else {
                 sc.string()?;
             }
@@ -500,15 +518,15 @@ pub(crate) fn scan_usual(line: &[u8], scratch: &mut ScanScratch) -> Option<Parse
     let mut answers = Answers {
         buf: &mut scratch.answer,
         found: Default::default(),
+        receipt: None,
     };
-    let mut custom_id = None;
-    let (mut seen_response, mut seen_error) = (false, false);
+    let (mut seen_custom_id, mut seen_response, mut seen_error) = (false, false, false);
     sc.object(0, |sc, key| match key {
         b"custom_id" => {
-            if custom_id.is_some() {
-                return None;
-            }
-            custom_id = Some(sc.string()?);
+            once(&mut seen_custom_id)?;
+            // A custom_id that names no receipt gives up here rather than after the line.
+            let receipt = ReceiptKey::parse_custom_id(&sc.string()?.text()?).ok()?;
+            answers.receipt = Some(receipt);
             Some(())
         }
         b"response" => {
@@ -526,14 +544,13 @@ pub(crate) fn scan_usual(line: &[u8], scratch: &mut ScanScratch) -> Option<Parse
     if !seen_response {
         return None;
     }
-    let receipt = ReceiptKey::parse_custom_id(&custom_id?.text()?).ok()?;
-    let answer = answers.found.into_iter().flatten().next()?;
-    let arguments = &scratch.answer[answer];
-    let results = scan_results(&receipt, arguments)?;
+    let receipt = answers.receipt?;
+    let results = match answers.found.into_iter().flatten().next()? {
+        Found::InPlace(results) => results,
+        Found::Buffered(answer) => scan_results(&receipt, &scratch.answer[answer])?,
+    };
     Some(ParsedLine::Answered { receipt, results })
 }
-
-type Results = Vec<Result<ParsedResult, ResultSkip>>;
 
 /// `{"results": [...]}` judged entry by entry; `None` when it is anything else.
 fn scan_results(receipt: &ReceiptKey, arguments: &[u8]) -> Option<Results> {

@@ -8,10 +8,10 @@ use super::counters::{LineCounters, PlanCounters, TargetCounters};
 use super::input::PlanInput;
 use super::outcome::{Outcome, batch_timestamp, summary_update};
 use super::writes::{Effective, Plan, StatusChange, label_bit};
-use crate::model::keys::push_decimal;
 use crate::model::status::PROPOSED_BY_COMPLETION_BATCH;
 use crate::model::{
-    CompletionBatchVerdict, LabelKey, ReceiptWordLabel, ValidationStatus, Verdict, WordKey,
+    CompletionBatchVerdict, LabelKey, LabelName, ReceiptWordLabel, ValidationStatus, Verdict,
+    VerdictSource, WordKey,
 };
 use crate::parse::{ParsedLine, ParsedResult, ResultSkip};
 use crate::pinecone::merge::{LabelSets, word_label_sets};
@@ -57,6 +57,31 @@ impl Slot {
     /// The status a decision is made from: that of a present label.
     fn current(&self) -> Option<ValidationStatus> {
         if self.present { self.status } else { None }
+    }
+}
+
+/// The emptied slot vector of the last builder that finished, for the next one: as with a
+/// plan's rows (`super::writes::Spare`), a chunk's slots are a large allocation the allocator
+/// would otherwise hand back to the system and zero again for every chunk. At most one is
+/// kept, of at most [`MAX_SPARE_BYTES`].
+static SPARE_SLOTS: std::sync::Mutex<Vec<Slot>> = std::sync::Mutex::new(Vec::new());
+
+const MAX_SPARE_BYTES: usize = 1 << 20;
+
+fn spare_slots() -> Vec<Slot> {
+    SPARE_SLOTS
+        .lock()
+        .map(|mut spare| std::mem::take(&mut *spare))
+        .unwrap_or_default()
+}
+
+fn keep_slots(mut slots: Vec<Slot>) {
+    slots.clear();
+    if slots.capacity() * std::mem::size_of::<Slot>() <= MAX_SPARE_BYTES
+        && let Ok(mut spare) = SPARE_SLOTS.lock()
+        && spare.capacity() < slots.capacity()
+    {
+        *spare = slots;
     }
 }
 
@@ -142,19 +167,12 @@ impl PlanBuilder {
         // Labels, targets and journal rows, each in key order, merged into one slot per key:
         // a merge, not a sort of all of them (a chunk has thousands, and slots are large).
         // The table's labels usually come in key order already; the journal is small.
-        let mut labels: Vec<Slot> = input
-            .labels
-            .into_iter()
-            .map(|l| Slot {
-                status: Some(l.validation_status),
-                present: !is_own_correction(&l, validated_at),
-                ..Slot::new(l.key)
-            })
-            .collect();
+        let mut labels = input.labels;
         if !labels.is_sorted_by(|a, b| a.key <= b.key) {
             // Stable: of two labels with one key, the later one handed in wins (below).
             labels.sort_by(|a, b| a.key.cmp(&b.key));
         }
+        let n_labels = labels.len();
         // A label this batch already decided stays its target even if a re-run's target list
         // (say, from the fallback) no longer names it: its remaining writes must be finished,
         // and it must not count as "INVALID before this batch" for its neighbours.
@@ -168,37 +186,57 @@ impl PlanBuilder {
             })
             .collect();
         rows.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut slots: Vec<Slot> =
-            Vec::with_capacity(labels.len() + input.targets.len() + rows.len());
+        let mut slots = spare_slots();
+        slots.reserve(n_labels + input.targets.len() + rows.len());
+        let label_slot = |l: ReceiptWordLabel| Slot {
+            status: Some(l.validation_status),
+            present: !is_own_correction(&l, validated_at),
+            ..Slot::new(l.key)
+        };
+        let target_slot = |key| Slot {
+            target: true,
+            ..Slot::new(key)
+        };
+        // Peeked as handed in; a slot is made only for what is taken.
         let mut labels = labels.into_iter().peekable();
-        let mut targets = input
-            .targets
-            .into_iter()
-            .map(|key| Slot {
-                target: true,
-                ..Slot::new(key)
-            })
-            .peekable();
+        let mut targets = input.targets.into_iter().peekable();
         let mut rows = rows.into_iter().peekable();
         loop {
             // The smallest key next; of equal keys, labels before targets before journal rows
             // (the order they are handed in), so that the later one wins as documented.
-            let mut next: Option<(usize, &LabelKey)> = None;
-            for (from, head) in [labels.peek(), targets.peek(), rows.peek()]
-                .into_iter()
-                .enumerate()
-            {
-                if let Some(head) = head
-                    && next.is_none_or(|(_, key)| head.key < *key)
-                {
-                    next = Some((from, &head.key));
+            let slot = match (labels.peek(), targets.peek(), rows.peek()) {
+                (None, None, None) => break,
+                // Without journal rows (nearly always), one comparison: a label and the
+                // target of the same key make one slot at once.
+                (Some(label), Some(target), None) => match label.key.cmp(target) {
+                    std::cmp::Ordering::Less => labels.next().map(label_slot),
+                    std::cmp::Ordering::Equal => {
+                        targets.next();
+                        labels.next().map(|l| Slot {
+                            target: true,
+                            ..label_slot(l)
+                        })
+                    }
+                    std::cmp::Ordering::Greater => targets.next().map(target_slot),
+                },
+                (label, target, row) => {
+                    let mut next: Option<(usize, &LabelKey)> = None;
+                    for (from, head) in [label.map(|l| &l.key), target, row.map(|r| &r.key)]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        if let Some(head) = head
+                            && next.is_none_or(|(_, key)| head < key)
+                        {
+                            next = Some((from, head));
+                        }
+                    }
+                    match next.map(|(from, _)| from) {
+                        Some(0) => labels.next().map(label_slot),
+                        Some(1) => targets.next().map(target_slot),
+                        _ => rows.next(),
+                    }
                 }
-            }
-            let slot = match next.map(|(from, _)| from) {
-                None => break,
-                Some(0) => labels.next(),
-                Some(1) => targets.next(),
-                Some(_) => rows.next(),
             }
             .expect("peeked");
             match slots.last_mut() {
@@ -337,6 +375,8 @@ impl PlanBuilder {
                 }
             }
             Outcome::Completed | Outcome::Expired | Outcome::Cancelled => {
+                // The source of the last verdict: a line's verdicts share it.
+                let mut last_source: Option<(u64, VerdictSource)> = None;
                 // A word's labels are contiguous in key order.
                 for word in self.slots.chunk_by_mut(|a, b| a.key.word == b.key.word) {
                     // NEEDS_REVIEW when another label of the word was INVALID before this
@@ -385,7 +425,11 @@ impl PlanBuilder {
                                         && (s == ValidationStatus::Pending
                                             || s == row.verdict.status()) =>
                                 {
-                                    apply(key, row.verdict, row.suggested_label.clone());
+                                    apply(
+                                        key,
+                                        row.verdict,
+                                        row.suggested_label.as_deref().map(LabelName::new),
+                                    );
                                 }
                                 Some(_) => tc.conflicts += 1,
                             }
@@ -404,17 +448,29 @@ impl PlanBuilder {
                                     (false, false) => Verdict::Invalid,
                                 };
                                 counters.verdicts.add(verdict);
+                                // The row takes the text as written; the plan keeps it as a
+                                // label name (a core one without an allocation).
+                                let suggestion = c.correct_label.as_deref().map(LabelName::new);
                                 plan.verdicts.push(CompletionBatchVerdict {
                                     batch_id: self.batch_id.clone(),
                                     label: key.clone(),
                                     verdict,
                                     previous_status: status,
-                                    suggested_label: c.correct_label.clone(),
-                                    source: source(c.position.0),
+                                    suggested_label: c.correct_label,
+                                    source: match &last_source {
+                                        Some((line, source)) if *line == c.position.0 => {
+                                            source.clone()
+                                        }
+                                        _ => {
+                                            let source = VerdictSource::output_line(c.position.0);
+                                            last_source = Some((c.position.0, source.clone()));
+                                            source
+                                        }
+                                    },
                                     validated_at: self.validated_at,
                                 });
                                 if status == ValidationStatus::Pending {
-                                    apply(key, verdict, c.correct_label);
+                                    apply(key, verdict, suggestion);
                                 } else {
                                     tc.conflicts += 1;
                                 }
@@ -438,6 +494,7 @@ impl PlanBuilder {
         plan.summary = summary_update(self.outcome, self.output_file_id.take());
         plan.word_labels = std::mem::take(&mut self.word_labels);
         plan.derive();
+        keep_slots(std::mem::take(&mut self.slots));
         plan
     }
 }
@@ -451,14 +508,6 @@ fn recorded_reset(tc: &mut TargetCounters, current: Option<ValidationStatus>) {
         Some(ValidationStatus::Pending) => tc.reclaimed += 1,
         Some(_) => tc.reset_recorded += 1,
     }
-}
-
-/// `output:{n}`, without the formatting machinery (one per verdict).
-fn source(line_no: u64) -> String {
-    let mut s = String::with_capacity(7 + 20);
-    s.push_str("output:");
-    push_decimal(&mut s, line_no, 1);
-    s
 }
 
 /// Counts a line; hands back the results of an answered one.

@@ -55,7 +55,7 @@ pub use counters::{
 pub use input::{PlanInput, fallback_targets, receipts_to_load};
 pub(crate) use outcome::batch_timestamp;
 pub use outcome::{Outcome, SummaryUpdate, summary_update};
-pub use writes::{Plan, StatusChange, VectorMerge};
+pub use writes::{LabelSet, Plan, StatusChange, VectorMerge};
 
 #[cfg(test)]
 mod tests;

@@ -50,9 +50,9 @@ pub(in crate::finish) async fn write_vectors(
     let mut changes: BTreeMap<String, MetadataChange> = BTreeMap::new();
     for m in &plan.vector_merges {
         let mut change = MetadataChange {
-            add_valid: m.valid_labels.clone(),
-            add_invalid: m.invalid_labels.clone(),
-            proposed_label: m.proposed_label.clone(),
+            add_valid: m.valid_labels.to_strings(),
+            add_invalid: m.invalid_labels.to_strings(),
+            proposed_label: m.proposed_label.as_ref().map(String::from),
             rewrite: rewrite.contains(&m.word),
         };
         if let Some(sets) = plan.word_labels.get(&m.word) {

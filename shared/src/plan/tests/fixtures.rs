@@ -405,10 +405,10 @@ impl World {
             }
             match self.vectors.get_mut(&m.vector_id()) {
                 Some(v) => {
-                    v.valid_labels.extend(m.valid_labels.iter().cloned());
-                    v.invalid_labels.extend(m.invalid_labels.iter().cloned());
+                    v.valid_labels.extend(m.valid_labels.to_strings());
+                    v.invalid_labels.extend(m.invalid_labels.to_strings());
                     if let Some(p) = &m.proposed_label {
-                        v.proposed_label = Some(p.clone());
+                        v.proposed_label = Some(String::from(p));
                     }
                 }
                 None => done.missing_vectors += 1,
