@@ -29,7 +29,7 @@ use fleet_shared::model::{ImageId, LabelKey, ReceiptKey, ReceiptWordLabel, Valid
 use fleet_shared::openai::BatchObject;
 use fleet_shared::parse::{
     BatchIndex, LineReader, LineRef, OutputParser, ParsedLine, chunk_lines, locate_custom_id,
-    parse_output_read,
+    parse_output_read, read_lines,
 };
 use fleet_shared::plan::{PlanBuilder, PlanCounters, PlanInput};
 use fleet_tests::openai::fixtures::{self, AnswerShape};
@@ -257,10 +257,12 @@ fn chunked_parse_and_plan(path: &std::path::Path, per_chunk: usize) -> Chunked {
         });
         new += s.elapsed();
         let s = Instant::now();
-        for at in chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.output) {
-            let line = at.read_from(&file, &mut buf).unwrap();
+        let at = chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.output);
+        read_lines(&file, &at, &mut buf, |at, line| {
             builder.add_line(at.line_no, parser.parse(line));
-        }
+            Ok(())
+        })
+        .unwrap();
         lines += s.elapsed();
         let s = Instant::now();
         let plan = builder.finish();
@@ -307,12 +309,14 @@ fn parse_only(path: &std::path::Path, per_chunk: usize) -> (f64, usize) {
     let mut parser = OutputParser::new();
     let mut results = 0;
     for chunk in index.chunks(per_chunk) {
-        for at in chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.output) {
-            let line = at.read_from(&file, &mut buf).unwrap();
+        let at = chunk_lines(chunk.iter().map(|(_, l)| *l), |l| &l.output);
+        read_lines(&file, &at, &mut buf, |_, line| {
             if let ParsedLine::Answered { results: r, .. } = parser.parse(line) {
                 results += r.len();
             }
-        }
+            Ok(())
+        })
+        .unwrap();
     }
     (t.elapsed().as_secs_f64(), results)
 }

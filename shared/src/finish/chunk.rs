@@ -15,7 +15,9 @@ use super::report::ApplyReport;
 use super::{FinishError, Services};
 use crate::model::{BatchSummary, CompletionBatchVerdict, ReceiptKey, ReceiptWordLabel};
 use crate::openai::BatchObject;
-use crate::parse::{InputLine, OutputParser, ReceiptLines, chunk_lines, parse_input_line};
+use crate::parse::{
+    InputLine, OutputParser, ReceiptLines, chunk_lines, parse_input_line, read_lines,
+};
 use crate::plan::{Plan, PlanBuilder, PlanInput, fallback_targets, receipts_to_load};
 
 /// What planning one chunk needs.
@@ -53,9 +55,8 @@ impl ChunkContext<'_> {
             targets = blocking("input file", move || {
                 let mut targets = BTreeSet::new();
                 let mut buf = Vec::new();
-                for at in &lines {
-                    if let InputLine::Request(r) = parse_input_line(at.read_from(&file, &mut buf)?)
-                    {
+                read_lines(&file, &lines, &mut buf, |_, line| {
+                    if let InputLine::Request(r) = parse_input_line(line) {
                         targets.extend(
                             r.targets
                                 .into_iter()
@@ -63,7 +64,8 @@ impl ChunkContext<'_> {
                                 .filter(|k| owned.contains(&k.word.receipt)),
                         );
                     }
-                }
+                    Ok(())
+                })?;
                 Ok(targets)
             })
             .await??;
@@ -127,11 +129,12 @@ impl ChunkContext<'_> {
             builder = blocking("output file", move || {
                 let mut buf = Vec::new();
                 let mut parser = OutputParser::new();
-                for at in &lines {
-                    let parsed = parser.parse(at.read_from(&file, &mut buf)?);
+                read_lines(&file, &lines, &mut buf, |at, line| {
+                    let parsed = parser.parse(line);
                     log.line("output", at.line_no, &parsed);
                     builder.add_line(at.line_no, parsed);
-                }
+                    Ok(())
+                })?;
                 Ok(builder)
             })
             .await??;

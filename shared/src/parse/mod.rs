@@ -29,7 +29,7 @@ pub use input::{
 };
 pub use lines::{
     AsyncLineReader, DEFAULT_MAX_LINE_BYTES, LineReader, LineRef, LineTooLong, LocatedLine,
-    NumberedLine,
+    NumberedLine, read_lines,
 };
 pub use malformed::{Malformed, MalformedKind};
 pub use output::{
