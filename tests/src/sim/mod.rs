@@ -74,9 +74,10 @@
 //! `K` compresses, and a ratio of about 1.17 as `K` goes to 0 (`pacing-1`, one worker at
 //! `K = 5`, measured 1.17 too). So a larger `K` does not make `big` much faster in real time
 //! (208 s at 20, 339 s at 10), it only makes its ratio more pessimistic. The whole
-//! `scripts/simulate.sh` took 712 s (and 59 s of release build) with `pacing` at `K = 20`;
-//! it fits in 10 minutes once `big` and `restarts` run nearer their floor (2225 simulated
-//! seconds each, 111 real ones at `K = 20`).
+//! `scripts/simulate.sh` took 712 s (and 59 s of release build) with `pacing` at `K = 20`.
+//! (Those figures are from before the apply's overlapping stages and the scaled fetch
+//! ceiling; now `big` runs at its floor, `ratio = 1.008` at `K = 20` in 112 real seconds, and
+//! the whole script takes 438 s plus the build.)
 //!
 //! The driver: mimalloc instead of glibc's malloc (whose bin searches took 40 % of the
 //! driver's CPU on its 2 GB heap: the reference run of `big` went from 233 s to 57 s), items
