@@ -25,6 +25,7 @@ use std::borrow::Cow;
 use super::json::{Picked, Scalar};
 use super::output::{MAX_CORRECT_LABEL, ParsedResult, ResultSkip, check_result};
 use super::result_id::ResultId;
+use super::scan::{json_number, literal_at};
 use crate::model::ReceiptKey;
 
 /// Nesting deeper than this gives up (the two-pass reading has the same limit).
@@ -108,42 +109,14 @@ impl<'a> Esc<'a> {
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         self.ws();
-        let end = self.i + word.len();
-        (self.s.get(self.i..end)? == word).then(|| self.i = end)
+        literal_at(self.s, &mut self.i, word)
     }
 
     /// A number by JSON's grammar; its text.
     fn number(&mut self) -> Option<&'a [u8]> {
         self.ws();
         let start = self.i;
-        let digits = |sc: &mut Self| {
-            let from = sc.i;
-            while let Some(b'0'..=b'9') = sc.s.get(sc.i) {
-                sc.i += 1;
-            }
-            sc.i > from
-        };
-        if self.s.get(self.i) == Some(&b'-') {
-            self.i += 1;
-        }
-        match self.s.get(self.i)? {
-            b'0' => self.i += 1,
-            b'1'..=b'9' => {
-                digits(self);
-            }
-            _ => return None,
-        }
-        if self.s.get(self.i) == Some(&b'.') {
-            self.i += 1;
-            digits(self).then_some(())?;
-        }
-        if let Some(b'e' | b'E') = self.s.get(self.i) {
-            self.i += 1;
-            if let Some(b'+' | b'-') = self.s.get(self.i) {
-                self.i += 1;
-            }
-            digits(self).then_some(())?;
-        }
+        json_number(self.s, &mut self.i)?;
         Some(&self.s[start..self.i])
     }
 

@@ -235,42 +235,14 @@ impl<'a> Scan<'a> {
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         self.ws();
-        let end = self.i + word.len();
-        (self.s.get(self.i..end)? == word).then(|| self.i = end)
+        literal_at(self.s, &mut self.i, word)
     }
 
     /// A number by JSON's grammar; its text.
     fn number(&mut self) -> Option<&'a [u8]> {
         self.ws();
         let start = self.i;
-        let digits = |sc: &mut Self| {
-            let from = sc.i;
-            while let Some(b'0'..=b'9') = sc.s.get(sc.i) {
-                sc.i += 1;
-            }
-            sc.i > from
-        };
-        if self.s.get(self.i) == Some(&b'-') {
-            self.i += 1;
-        }
-        match self.s.get(self.i)? {
-            b'0' => self.i += 1,
-            b'1'..=b'9' => {
-                digits(self);
-            }
-            _ => return None,
-        }
-        if self.s.get(self.i) == Some(&b'.') {
-            self.i += 1;
-            digits(self).then_some(())?;
-        }
-        if let Some(b'e' | b'E') = self.s.get(self.i) {
-            self.i += 1;
-            if let Some(b'+' | b'-') = self.s.get(self.i) {
-                self.i += 1;
-            }
-            digits(self).then_some(())?;
-        }
+        json_number(self.s, &mut self.i)?;
         Some(&self.s[start..self.i])
     }
 
@@ -619,4 +591,47 @@ fn entry<'a>(sc: &mut Scan<'a>, receipt: &ReceiptKey) -> Option<Result<ParsedRes
         }
     };
     Some(check_result(receipt, picked))
+}
+
+/// Reads a number by JSON's grammar at `*i` (whitespace already skipped), moving `*i` past it.
+/// Shared by the line scanner and the reader of an answer inside its JSON string
+/// (`super::escaped`), whose numbers are the same bytes.
+#[inline]
+pub(super) fn json_number(s: &[u8], i: &mut usize) -> Option<()> {
+    let digits = |i: &mut usize| {
+        let from = *i;
+        while let Some(b'0'..=b'9') = s.get(*i) {
+            *i += 1;
+        }
+        *i > from
+    };
+    if s.get(*i) == Some(&b'-') {
+        *i += 1;
+    }
+    match s.get(*i)? {
+        b'0' => *i += 1,
+        b'1'..=b'9' => {
+            digits(i);
+        }
+        _ => return None,
+    }
+    if s.get(*i) == Some(&b'.') {
+        *i += 1;
+        digits(i).then_some(())?;
+    }
+    if let Some(b'e' | b'E') = s.get(*i) {
+        *i += 1;
+        if let Some(b'+' | b'-') = s.get(*i) {
+            *i += 1;
+        }
+        digits(i).then_some(())?;
+    }
+    Some(())
+}
+
+/// Reads `word` (`true`, `false`, `null`) at `*i`, moving `*i` past it.
+#[inline]
+pub(super) fn literal_at(s: &[u8], i: &mut usize, word: &[u8]) -> Option<()> {
+    let end = *i + word.len();
+    (s.get(*i..end)? == word).then(|| *i = end)
 }
