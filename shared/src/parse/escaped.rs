@@ -22,14 +22,11 @@
 
 use std::borrow::Cow;
 
+use super::cursor::Cursor;
 use super::json::{Picked, Scalar};
 use super::output::{MAX_CORRECT_LABEL, ParsedResult, ResultSkip, check_result};
 use super::result_id::ResultId;
-use super::scan::{json_number, literal_at};
 use crate::model::ReceiptKey;
-
-/// Nesting deeper than this gives up (the two-pass reading has the same limit).
-const MAX_DEPTH: usize = 64;
 
 pub(crate) type Results = Vec<Result<ParsedResult, ResultSkip>>;
 
@@ -50,7 +47,20 @@ enum Value<'a> {
     Other,
 }
 
-impl<'a> Esc<'a> {
+impl<'a> Cursor<'a> for Esc<'a> {
+    const STRING_START: u8 = b'\\';
+
+    #[inline]
+    fn bytes(&self) -> &'a [u8] {
+        self.s
+    }
+
+    #[inline]
+    fn at(&mut self) -> &mut usize {
+        &mut self.i
+    }
+
+    /// Inside a string only spaces: a line break or tab there would be an escape.
     #[inline]
     fn ws(&mut self) {
         while self.s.get(self.i) == Some(&b' ') {
@@ -58,17 +68,16 @@ impl<'a> Esc<'a> {
         }
     }
 
-    #[inline]
-    fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.s.get(self.i).copied()
+    fn skip_string(&mut self) -> Option<()> {
+        self.string().map(drop)
     }
 
-    #[inline]
-    fn eat(&mut self, b: u8) -> Option<()> {
-        (self.peek()? == b).then(|| self.i += 1)
+    fn key(&mut self) -> Option<&'a [u8]> {
+        self.string()
     }
+}
 
+impl<'a> Esc<'a> {
     /// An inner string (`\"...\"`, plain contents); its contents.
     #[inline]
     fn string(&mut self) -> Option<&'a [u8]> {
@@ -107,88 +116,6 @@ impl<'a> Esc<'a> {
         Some((id, &self.s[start..end]))
     }
 
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        self.ws();
-        literal_at(self.s, &mut self.i, word)
-    }
-
-    /// A number by JSON's grammar; its text.
-    fn number(&mut self) -> Option<&'a [u8]> {
-        self.ws();
-        let start = self.i;
-        json_number(self.s, &mut self.i)?;
-        Some(&self.s[start..self.i])
-    }
-
-    /// Any JSON value, validated and skipped.
-    fn skip(&mut self, depth: usize) -> Option<()> {
-        match self.peek()? {
-            b'\\' => self.string().map(drop),
-            b'{' => self.object(depth, |sc, _| sc.skip(depth + 1)),
-            b'[' => self.array(depth, |sc| sc.skip(depth + 1)),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            _ => self.number().map(drop),
-        }
-    }
-
-    /// An object: `field` is called with each key and must read its value.
-    fn object(
-        &mut self,
-        depth: usize,
-        mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
-    ) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.eat(b'{')?;
-        if self.peek()? == b'}' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            let key = self.string()?;
-            self.eat(b':')?;
-            field(self, key)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// An array: `element` is called for each element and must read it.
-    fn array(
-        &mut self,
-        depth: usize,
-        mut element: impl FnMut(&mut Self) -> Option<()>,
-    ) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.eat(b'[')?;
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            element(self)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-
     /// A field value as [`Scalar`] reads it; numbers give up (as the two-pass reading does).
     fn value(&mut self, depth: usize) -> Option<Value<'a>> {
         Some(match self.peek()? {
@@ -224,7 +151,7 @@ pub(crate) fn results_in_place(
                 return None;
             }
             let mut entries = Vec::with_capacity(32);
-            sc.array(1, |sc| {
+            sc.array(1, |sc, _| {
                 entries.push(entry(sc, receipt)?);
                 Some(())
             })?;

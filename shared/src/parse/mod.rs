@@ -11,6 +11,7 @@
 //! a panic: every way a line, a result or an id can be wrong has its own variant, so it can be
 //! counted and logged with its position and processing goes on.
 
+mod cursor;
 mod escaped;
 mod fast;
 pub mod index;

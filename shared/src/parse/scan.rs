@@ -11,21 +11,19 @@
 //!
 //! It only ever accepts a subset of JSON and of the line shapes: anything it is not sure of
 //! (an escape `\u` of a surrogate, an escaped key, a number where a value is read, nesting
-//! deeper than [`MAX_DEPTH`], a duplicate key where one is read, a failed request, ...) makes
-//! it give up, and the line goes to the serde-based readings ([`super::fast`], then the
+//! deeper than [`super::cursor::MAX_DEPTH`], a duplicate key where one is read, a failed
+//! request, ...) makes it give up, and the line goes to the serde-based readings ([`super::fast`], then the
 //! general path), which then read it exactly as they always have. So what it accepts is valid
 //! JSON that the general path reads with the same values (a test compares them line for line,
 //! on hand-picked and on randomly mutated lines); it only makes the common line cheaper.
 
 use std::borrow::Cow;
 
+use super::cursor::Cursor;
 use super::escaped::{Results, results_in_place};
 use super::json::{EntryFields, Picked, Scalar};
 use super::output::{ParsedLine, ParsedResult, ResultSkip, check_result};
 use crate::model::ReceiptKey;
-
-/// Nesting deeper than this is left to serde (which has its own limit).
-const MAX_DEPTH: usize = 64;
 
 /// Buffers kept from line to line.
 #[derive(Debug, Default)]
@@ -139,9 +137,17 @@ fn unescape(raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
     }
 }
 
-impl<'a> Scan<'a> {
-    fn new(s: &'a [u8]) -> Self {
-        Scan { s, i: 0 }
+impl<'a> Cursor<'a> for Scan<'a> {
+    const STRING_START: u8 = b'"';
+
+    #[inline]
+    fn bytes(&self) -> &'a [u8] {
+        self.s
+    }
+
+    #[inline]
+    fn at(&mut self) -> &mut usize {
+        &mut self.i
     }
 
     #[inline]
@@ -151,16 +157,20 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// The next byte after whitespace, not consumed.
-    #[inline]
-    fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.s.get(self.i).copied()
+    fn skip_string(&mut self) -> Option<()> {
+        self.string().map(drop)
     }
 
-    #[inline]
-    fn eat(&mut self, b: u8) -> Option<()> {
-        (self.peek()? == b).then(|| self.i += 1)
+    /// A key with escapes gives up.
+    fn key(&mut self) -> Option<&'a [u8]> {
+        let key = self.string()?;
+        (!key.escaped).then_some(key.raw)
+    }
+}
+
+impl<'a> Scan<'a> {
+    fn new(s: &'a [u8]) -> Self {
+        Scan { s, i: 0 }
     }
 
     /// Only whitespace left.
@@ -231,94 +241,6 @@ impl<'a> Scan<'a> {
         }
         self.i = i + 1;
         Some(Str { raw, escaped })
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        self.ws();
-        literal_at(self.s, &mut self.i, word)
-    }
-
-    /// A number by JSON's grammar; its text.
-    fn number(&mut self) -> Option<&'a [u8]> {
-        self.ws();
-        let start = self.i;
-        json_number(self.s, &mut self.i)?;
-        Some(&self.s[start..self.i])
-    }
-
-    /// Any JSON value, validated and skipped.
-    fn skip(&mut self, depth: usize) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string().map(drop),
-            b'{' => self.object(depth, |sc, _| sc.skip(depth + 1)),
-            b'[' => self.array(depth, |sc, _| sc.skip(depth + 1)),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            _ => self.number().map(drop),
-        }
-    }
-
-    /// An object: `field` is called with each key (which must have no escapes) and must read
-    /// its value.
-    fn object(
-        &mut self,
-        depth: usize,
-        mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
-    ) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.eat(b'{')?;
-        if self.peek()? == b'}' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            let key = self.string()?;
-            if key.escaped {
-                return None;
-            }
-            self.eat(b':')?;
-            field(self, key.raw)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// An array: `element` is called with each index and must read the element.
-    fn array(
-        &mut self,
-        depth: usize,
-        mut element: impl FnMut(&mut Self, usize) -> Option<()>,
-    ) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.eat(b'[')?;
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(());
-        }
-        let mut n = 0;
-        loop {
-            element(self, n)?;
-            n += 1;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
     }
 
     /// `null`, or an object read by `then`.
@@ -591,47 +513,4 @@ fn entry<'a>(sc: &mut Scan<'a>, receipt: &ReceiptKey) -> Option<Result<ParsedRes
         }
     };
     Some(check_result(receipt, picked))
-}
-
-/// Reads a number by JSON's grammar at `*i` (whitespace already skipped), moving `*i` past it.
-/// Shared by the line scanner and the reader of an answer inside its JSON string
-/// (`super::escaped`), whose numbers are the same bytes.
-#[inline]
-pub(super) fn json_number(s: &[u8], i: &mut usize) -> Option<()> {
-    let digits = |i: &mut usize| {
-        let from = *i;
-        while let Some(b'0'..=b'9') = s.get(*i) {
-            *i += 1;
-        }
-        *i > from
-    };
-    if s.get(*i) == Some(&b'-') {
-        *i += 1;
-    }
-    match s.get(*i)? {
-        b'0' => *i += 1,
-        b'1'..=b'9' => {
-            digits(i);
-        }
-        _ => return None,
-    }
-    if s.get(*i) == Some(&b'.') {
-        *i += 1;
-        digits(i).then_some(())?;
-    }
-    if let Some(b'e' | b'E') = s.get(*i) {
-        *i += 1;
-        if let Some(b'+' | b'-') = s.get(*i) {
-            *i += 1;
-        }
-        digits(i).then_some(())?;
-    }
-    Some(())
-}
-
-/// Reads `word` (`true`, `false`, `null`) at `*i`, moving `*i` past it.
-#[inline]
-pub(super) fn literal_at(s: &[u8], i: &mut usize, word: &[u8]) -> Option<()> {
-    let end = *i + word.len();
-    (s.get(*i..end)? == word).then(|| *i = end)
 }
