@@ -139,8 +139,7 @@ async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Resu
 
     let mut receive_failures: u32 = 0;
     // The long poll in flight when the loop stopped, if any.
-    let mut outstanding: Option<JoinHandle<Result<Vec<aws_sdk_sqs::types::Message>, QueueError>>> =
-        None;
+    let mut outstanding: Option<Poll> = None;
     loop {
         health.turn();
         let first = tokio::select! {
@@ -159,7 +158,7 @@ async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Resu
                 Err(_) => break,
             }
         }
-        let mut polling = tokio::spawn(receive_owned(ctx.clone(), permits.len()));
+        let mut polling = tokio::spawn(receive(ctx.clone(), permits.len()));
         let received = tokio::select! {
             biased;
             () = stop.cancelled() => {
@@ -245,12 +244,12 @@ async fn consume(ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Resu
     Ok(())
 }
 
+/// A long poll running on its own task.
+type Poll = JoinHandle<Result<Vec<aws_sdk_sqs::types::Message>, QueueError>>;
+
 /// Waits for the long poll left in flight at shutdown (it ends within its wait time) and
 /// makes whatever it received visible again at once: this worker will not handle it.
-async fn hand_back_late(
-    ctx: &Context,
-    poll: JoinHandle<Result<Vec<aws_sdk_sqs::types::Message>, QueueError>>,
-) {
+async fn hand_back_late(ctx: &Context, poll: Poll) {
     let wait = Duration::from_secs(u64::from(WAIT_TIME_SECONDS.unsigned_abs())) + ABANDON_TIMEOUT;
     let messages = match tokio::time::timeout(wait, poll).await {
         Ok(Ok(Ok(messages))) => messages,
@@ -261,40 +260,19 @@ async fn hand_back_late(
         Ok(Err(_)) | Err(_) => return,
     };
     for message in messages {
-        let Some(handle) = message.receipt_handle() else {
-            continue;
-        };
-        let sent = ctx
-            .sqs
-            .change_message_visibility()
-            .queue_url(&ctx.settings.common.queue_url)
-            .receipt_handle(handle)
-            .visibility_timeout(0)
-            .send()
-            .await;
-        match sent {
-            Ok(_) => tracing::info!(
-                message_id = message.message_id().unwrap_or_default(),
-                "message received while draining; handed back"
-            ),
-            Err(e) => tracing::warn!(
-                message_id = message.message_id().unwrap_or_default(),
-                error = %queue::classify("ChangeMessageVisibility", e),
-                "message received while draining could not be handed back; it returns after the visibility timeout"
-            ),
+        // Received::from_sqs gives up only on a message without a receipt handle: nothing
+        // to hand back then.
+        if let Some(msg) = Received::from_sqs(message) {
+            tracing::info!(message_id = %msg.message_id, "message received while draining; handed back");
+            ctx.delivery(msg).leave_for(0).await;
         }
     }
 }
 
-async fn receive_owned(
-    ctx: Arc<Context>,
-    max: usize,
-) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
-    receive(&ctx, max).await
-}
-
+/// One long poll for up to `max` messages. It owns its context: it is spawned, so that at
+/// shutdown it can be kept after the loop has stopped.
 async fn receive(
-    ctx: &Context,
+    ctx: Arc<Context>,
     max: usize,
 ) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
     let out = ctx
