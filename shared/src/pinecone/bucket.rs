@@ -192,7 +192,7 @@ impl TokenBucket {
 
     fn on_throttled_at(&self, retry_after: Option<Duration>, now: Instant) {
         let mut state = self.lock();
-        let mut changed = false;
+        let mut decreased = false;
         if let Some(adapt) = self.adapt {
             let due = state
                 .last_decrease
@@ -200,28 +200,27 @@ impl TokenBucket {
             if due {
                 state.rate = (state.rate / 2.0).max(adapt.floor);
                 state.last_decrease = Some(now);
-                changed = true;
+                decreased = true;
             }
         }
-        if let Some(wait) = retry_after {
-            // Settle the balance up to now; then owe at least `wait` worth of tokens.
-            let elapsed = now.saturating_duration_since(state.last).as_secs_f64();
-            let burst = self.burst(state.rate);
-            state.tokens = (state.tokens + elapsed * state.rate).min(burst);
-            state.last = now;
+        if decreased || retry_after.is_some() {
+            self.settle(&mut state, now);
             // The reservations outstanding are void (their callers take new ones at the new
-            // pace), so their debt is forgiven rather than counted twice.
-            state.tokens = state.tokens.max(0.0).min(-wait.as_secs_f64() * state.rate);
-            changed = true;
-        } else if changed {
-            let elapsed = now.saturating_duration_since(state.last).as_secs_f64();
-            let burst = self.burst(state.rate);
-            state.tokens = (state.tokens + elapsed * state.rate).clamp(0.0, burst);
-            state.last = now;
-        }
-        if changed {
+            // pace), so their debt is forgiven rather than counted twice; then owe at least
+            // `Retry-After` worth of tokens.
+            state.tokens = state.tokens.max(0.0);
+            if let Some(wait) = retry_after {
+                state.tokens = state.tokens.min(-wait.as_secs_f64() * state.rate);
+            }
             state.generation += 1;
         }
+    }
+
+    /// Refills the balance for the time since it was last settled, up to the burst.
+    fn settle(&self, state: &mut State, now: Instant) {
+        let elapsed = now.saturating_duration_since(state.last).as_secs_f64();
+        state.tokens = (state.tokens + elapsed * state.rate).min(self.burst(state.rate));
+        state.last = now;
     }
 
     fn burst(&self, rate: f64) -> f64 {
@@ -251,10 +250,7 @@ impl TokenBucket {
     /// it belongs to. The clock is a parameter so the pacing can be tested without sleeping.
     fn take(&self, now: Instant) -> (Duration, u64) {
         let mut state = self.lock();
-        let elapsed = now.saturating_duration_since(state.last).as_secs_f64();
-        let burst = self.burst(state.rate);
-        state.tokens = (state.tokens + elapsed * state.rate).min(burst);
-        state.last = now;
+        self.settle(&mut state, now);
         state.tokens -= 1.0;
         let wait = if state.tokens >= 0.0 {
             Duration::ZERO
